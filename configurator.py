@@ -1,0 +1,70 @@
+"""
+Poor Man's Configurator, after nanoGPT's. It is exec'd by train.py (and bench.py, sample.py):
+    python train.py config/mnist.py --batch_size=64 --compile=False
+Bare arguments are config files, executed in order; --key=value arguments override single keys.
+A key must be one of the script's globals, and a value must have the type of its default
+(an int is fine for a float). Anything else stops the script with one line and exit code 2.
+Scripts that read train.py's config files set _skip_unknown_file_keys = True to skip the keys
+they have no use for (out_dir in bench.py, say).
+"""
+import os
+import sys
+from ast import literal_eval
+from difflib import get_close_matches
+
+
+def _config_error(message):
+    print(f"config error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _checked(key, value, source):
+    """value converted to the type of the key's default, or a config error naming both."""
+    default = globals()[key]
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is type(default):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif type(value) is type(default):
+        return value
+    _config_error(f"{source}: {key} must be {type(default).__name__} (default {default!r}), got {value!r}")
+
+
+_config_keys = [k for k, v in globals().items()
+                if not k.startswith('_') and isinstance(v, (bool, int, float, str))]
+
+
+def _unknown_key(key, source):
+    close = get_close_matches(key, _config_keys, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    _config_error(f"{source}: unknown config key {key!r}{hint}")
+
+
+for _arg in sys.argv[1:]:
+    if not _arg.startswith('--'):
+        # a config file: run it in a scratch namespace, then take its keys one by one
+        if not os.path.isfile(_arg):
+            _config_error(f"config file not found: {_arg}")
+        print(f"Overriding config with {_arg}")
+        _namespace = {}
+        exec(open(_arg).read(), _namespace)
+        for _key, _value in _namespace.items():
+            if _key.startswith('_') or not isinstance(_value, (bool, int, float, str)):
+                continue
+            if _key in _config_keys:
+                globals()[_key] = _checked(_key, _value, _arg)
+            elif not globals().get('_skip_unknown_file_keys', False):
+                _unknown_key(_key, _arg)
+    else:
+        if '=' not in _arg:
+            _config_error(f"{_arg}: overrides are written --key=value")
+        _key, _text = _arg[2:].split('=', 1)
+        if _key not in _config_keys:
+            _unknown_key(_key, _arg)
+        try:
+            _value = literal_eval(_text)
+        except (SyntaxError, ValueError):
+            _value = _text  # a bare word is a string: --device=cpu
+        globals()[_key] = _checked(_key, _value, _arg)
+        print(f"Overriding: {_key} = {globals()[_key]!r}")

@@ -1,0 +1,243 @@
+"""
+A Vision Transformer in one file.
+References:
+1) the ViT paper, "An Image is Worth 16x16 Words" (Dosovitskiy et al.)
+2) timm's vision_transformer.py, for the correctness details (pre-norm, init, no decay on pos/cls)
+3) "Better plain ViT baselines" (big_vision): mean pooling, 2-D sin-cos positions, zero head
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class ViTConfig:
+    img_size: int = 28
+    patch_size: int = 4
+    in_chans: int = 1
+    n_classes: int = 10
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 768
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    bias: bool = True
+    pool: str = 'cls'        # 'cls': classify the cls token; 'mean': classify the mean patch token
+    pos_embd: str = 'learned'  # 'learned' or 'sincos' (fixed 2-D sin-cos)
+    pos_std: float = 0.02    # init std of a learned position embedding
+
+    def __post_init__(self):
+        if self.img_size % self.patch_size != 0:
+            raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.pool not in ('cls', 'mean'):
+            raise ValueError(f"pool={self.pool!r} must be 'cls' or 'mean'")
+        if self.pos_embd not in ('learned', 'sincos'):
+            raise ValueError(f"pos_embd={self.pos_embd!r} must be 'learned' or 'sincos'")
+        if self.pos_embd == 'sincos' and self.n_embd % 4 != 0:
+            raise ValueError(f"pos_embd='sincos' needs n_embd divisible by 4, got n_embd={self.n_embd}")
+
+    @property
+    def n_patches(self):
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def n_tokens(self):
+        return self.n_patches + (1 if self.pool == 'cls' else 0)
+
+
+def sincos_pos_embd(grid_size, dim):
+    """Fixed 2-D sin-cos position embedding (MAE / big_vision), shape (grid_size**2, dim).
+    A quarter of the channels each for sin(y), cos(y), sin(x), cos(x) at geometric frequencies."""
+    y, x = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing='ij')
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
+
+
+class Attention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        # SDPA picks a fused kernel (flash / memory-efficient) when the hardware has one;
+        # the plain path below is for older PyTorch and for reading the attention weights
+        self.flash = hasattr(F, 'scaled_dot_product_attention')
+
+    def split_heads(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        return [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
+
+    def weights(self, x):
+        """The attention probabilities softmax(QK^T / sqrt(d)), shape (B, n_head, T, T)."""
+        q, k, _ = self.split_heads(x)
+        return self.scores_to_weights(q, k)
+
+    def scores_to_weights(self, q, k):
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        return F.softmax(att.float(), dim=-1).to(q.dtype)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.split_heads(x)
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            y = self.attn_dropout(self.scores_to_weights(q, k)) @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = int(config.mlp_ratio * config.n_embd)
+        self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(self.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class ViT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        # one conv with kernel = stride = patch cuts the image into patches and embeds each
+        self.patch_embd = nn.Conv2d(config.in_chans, config.n_embd, config.patch_size,
+                                    stride=config.patch_size, bias=config.bias)
+        if config.pool == 'cls':
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, config.n_embd))
+        grid = config.img_size // config.patch_size
+        if config.pos_embd == 'learned':
+            self.pos_embd = nn.Parameter(torch.zeros(1, config.n_patches, config.n_embd))
+        else:
+            self.register_buffer('pos_embd', sincos_pos_embd(grid, config.n_embd)[None], persistent=False)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.head = nn.Linear(config.n_embd, config.n_classes)
+        self.init_weights()
+
+    def init_weights(self):
+        c = self.config
+        self.apply(self._init_module)
+        for name, p in self.named_parameters():
+            # GPT-2 / nanoGPT: the layers that write into the residual stream start smaller,
+            # so the stream's variance does not grow with depth
+            if name.endswith('proj.weight'):
+                nn.init.trunc_normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+        # the patch embedding is a linear map of each flattened patch: a fan-in init keeps
+        # the tokens at unit scale whatever the patch size
+        nn.init.trunc_normal_(self.patch_embd.weight, std=1 / math.sqrt(c.in_chans * c.patch_size ** 2))
+        if c.pos_embd == 'learned':
+            nn.init.trunc_normal_(self.pos_embd, std=c.pos_std)
+        if c.pool == 'cls':
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        # a zero head starts every class at equal odds, loss = ln(n_classes) (big_vision)
+        nn.init.zeros_(self.head.weight)
+
+    def _init_module(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def embed(self, imgs):
+        c = self.config
+        expected = (c.in_chans, c.img_size, c.img_size)
+        if imgs.dim() != 4 or tuple(imgs.shape[1:]) != expected:
+            raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(imgs.shape)}")
+        x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, n_patches, n_embd)
+        x = x + self.pos_embd
+        if c.pool == 'cls':
+            x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)
+        return self.drop(x)
+
+    def forward(self, imgs, targets=None, label_smoothing=0.0):
+        x = self.embed(imgs)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        x = x[:, 0] if self.config.pool == 'cls' else x.mean(dim=1)
+        logits = self.head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, imgs):
+        """Attention probabilities of every layer, (n_layer, B, n_head, T, T), from the plain path.
+        Separate from forward() so that training keeps the fused SDPA kernel."""
+        x = self.embed(imgs)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.weights(block.ln_1(x)))
+            x = block(x)
+        return torch.stack(maps)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay the weight matrices of the linear and conv layers only: never position
+        # embeddings or the cls token (3-D, but not weights), LayerNorm gains or biases
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_matrix = p.dim() >= 2 and name not in ('pos_embd', 'cls_token')
+            (decay if is_matrix else no_decay).append(p)
+        groups = [
+            {'params': decay, 'weight_decay': weight_decay},
+            {'params': no_decay, 'weight_decay': 0.0},
+        ]
+        # the fused kernel does the whole update in a few launches; CUDA only
+        fused = device_type == 'cuda'
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_image(self):
+        """Matmul FLOPs of one forward pass on one image (2 FLOPs per multiply-add),
+        attention scores and weighted sum included; a training step costs 3x this."""
+        c = self.config
+        T, C = c.n_tokens, c.n_embd
+        hidden = int(c.mlp_ratio * C)
+        patch = 2 * c.n_patches * (c.in_chans * c.patch_size ** 2) * C
+        per_token = 2 * (3 * C * C + C * C + 2 * C * hidden)  # qkv, proj, fc, fc proj
+        attention = 2 * 2 * T * C  # QK^T and att @ V, per token, summed over heads
+        blocks = c.n_layer * T * (per_token + attention)
+        head = 2 * C * c.n_classes
+        return patch + blocks + head

@@ -1,0 +1,59 @@
+"""
+Training curves from the metrics.jsonl that train.py writes to each out_dir.
+One run (train.py calls this at every evaluation):
+$ python plot.py out-mnist
+Several runs overlaid on one figure, for comparisons:
+$ python plot.py out-a out-b out-c --out=images/compare.png
+"""
+import json
+import os
+import sys
+
+import matplotlib
+matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(out_dir):
+    """(train log records, evaluation records) of one run."""
+    path = os.path.join(out_dir, 'metrics.jsonl')
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if 'loss' in r], [r for r in records if 'val_acc' in r]
+
+
+def plot_runs(out_dirs, path, labels=None):
+    """Train loss, val loss and val accuracy against iteration, one colour per run."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, out_dir in enumerate(out_dirs):
+        logs, evals = read_metrics(out_dir)
+        label = labels[i] if labels else os.path.basename(os.path.normpath(out_dir))
+        color = f"C{i}"
+        ax_loss.plot([r['iter'] for r in logs], [r['loss'] for r in logs], color=color, alpha=0.5,
+                     label=f"{label} train")
+        ax_loss.plot([r['iter'] for r in evals], [r['val_loss'] for r in evals], 'o-', color=color,
+                     label=f"{label} val")
+        ax_acc.plot([r['iter'] for r in evals], [100 * r['val_acc'] for r in evals], 'o-', color=color,
+                    label=f"{label} ({100 * evals[-1]['val_acc']:.2f}%)" if evals else label)
+    ax_loss.set(xlabel='iteration', ylabel='cross-entropy loss', yscale='log', title='loss')
+    ax_acc.set(xlabel='iteration', ylabel='accuracy (%)', title='val accuracy (10,000 test images)')
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == '__main__':
+    args = [a for a in sys.argv[1:] if not a.startswith('--out=')]
+    outs = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--out=')]
+    if not args:
+        sys.exit("usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=images/name.png]")
+    for out_dir in args:
+        if not os.path.isfile(os.path.join(out_dir, 'metrics.jsonl')):
+            sys.exit(f"error: no metrics.jsonl in {out_dir} (is it a train.py out_dir?)")
+    path = outs[0] if outs else os.path.join('images', os.path.basename(os.path.normpath(args[0])) + '.png')
+    plot_runs(args, path)
+    print(f"wrote {path}")
