@@ -85,8 +85,6 @@ for key in ('max_iters', 'batch_size', 'eval_batch_size', 'log_interval', 'eval_
         die(f"{key}={config[key]} must be at least 1", 2)
 if init_from not in ('scratch', 'resume'):
     die(f"init_from={init_from!r}: use 'scratch' or 'resume'", 2)
-if not 0 <= warmup_iters <= max_iters:
-    die(f"warmup_iters={warmup_iters} must be between 0 and max_iters={max_iters}", 2)
 
 # processes: torchrun sets RANK for each one it starts; a plain `python train.py` is one process
 ddp = int(os.environ.get('RANK', -1)) != -1

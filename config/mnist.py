@@ -1,0 +1,20 @@
+# The prototype's model and budget: a 4-layer, 4-head, 768-wide ViT with 4x4 patches,
+# 1000 iterations at batch 32 (half an epoch of MNIST).
+# $ python train.py config/mnist.py
+out_dir = 'out-mnist'
+eval_interval = 500
+log_interval = 50
+
+n_layer = 4
+n_head = 4
+n_embd = 768
+patch_size = 4
+dropout = 0.0
+
+batch_size = 32
+max_iters = 1000
+learning_rate = 1e-3
+warmup_iters = 100
+min_lr = 1e-5
+weight_decay = 0.05
+pos_std = 1.0
