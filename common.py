@@ -150,8 +150,9 @@ def load_dataset(dataset, data_dir, device):
             images, labels = ds.data, ds.targets
         except Exception as e:
             raw = os.path.join(data_dir, datasets[dataset].__name__, 'raw')
-            die(f"could not load {dataset} from {raw}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                " (delete the files to download them again)")
+            split = 'train' if train else 'test'
+            die(f"could not load the {dataset} {split} split from {raw}: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''} (delete the files to download them again)")
         if images.dim() != 3 or images.shape[0] != labels.shape[0] or images.dtype != torch.uint8:
             die(f"{dataset} in {data_dir}: images {tuple(images.shape)} {images.dtype} do not match "
                 f"labels {tuple(labels.shape)}")

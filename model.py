@@ -212,6 +212,24 @@ class ViT(nn.Module):
             x = block(x)
         return torch.stack(maps)
 
+    @torch.no_grad()
+    def attention_rollout(self, imgs):
+        """Attention rollout (Abnar & Zuidema, 2020): each layer's attention averaged over heads, mixed
+        half and half with the residual path (identity), multiplied through the layers. Returns how much
+        each patch feeds the pooled representation, (B, grid, grid), summing to 1 over the patches."""
+        maps = self.attention_maps(imgs).float().mean(dim=2)  # (n_layer, B, T, T)
+        eye = torch.eye(maps.size(-1), device=maps.device)
+        rollout = eye
+        for att in maps:
+            rollout = ((att + eye) / 2) @ rollout
+        if self.config.pool == 'cls':
+            weights = rollout[:, 0, 1:]  # what the cls token gathered from each patch
+        else:
+            weights = rollout.mean(dim=1)  # mean pooling: every token's share, averaged
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        grid = self.config.img_size // self.config.patch_size
+        return weights.view(-1, grid, grid)
+
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay the weight matrices of the linear and conv layers only: never position
         # embeddings or the cls token (3-D, but not weights), LayerNorm gains or biases

@@ -306,6 +306,15 @@ def save_checkpoint():
     os.replace(tmp_path, ckpt_path)  # atomic on POSIX and Windows
 
 
+def global_mean(loss_sum, count):
+    """Mean of a loss summed over count steps, over all processes: each saw its part of every batch."""
+    if ddp:
+        loss_sum = loss_sum.clone()
+        dist.all_reduce(loss_sum)
+        loss_sum /= world_size
+    return (loss_sum / count).item()
+
+
 def log_metrics(**record):
     if master:
         with open(metrics_path, 'a') as f:
@@ -356,6 +365,17 @@ signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
 
 
+def leave(code):
+    if ddp:
+        dist.barrier()  # leave together
+        dist.destroy_process_group()
+        # skip interpreter teardown: with gloo it can abort (std::terminate) in torch's C++
+        # threads after all the work is done, and torchrun would report a failed run
+        sys.stdout.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def should_stop():
     if not ddp:
         return stop_signal
@@ -403,7 +423,7 @@ while iter_num < max_iters:
 
     last = iter_num == max_iters
     if iter_num % log_interval == 0 or last:
-        mean_loss = (interval_loss / interval_iters).item()  # waits for the device: the lap ends here
+        mean_loss = global_mean(interval_loss, interval_iters)  # waits for the device: the lap ends here
         if lap_iters:
             ms_per_iter = (time.time() - lap_start) * 1000 / lap_iters
             timed_seconds, timed_iters = timed_seconds + ms_per_iter * lap_iters / 1000, timed_iters + lap_iters
@@ -426,7 +446,7 @@ while iter_num < max_iters:
             synchronize(device_type)
             timed_seconds, timed_iters = timed_seconds + time.time() - lap_start, timed_iters + lap_iters
         val_loss, val_acc = evaluate()
-        mean_train_loss = (train_loss / train_iters).item()
+        mean_train_loss = global_mean(train_loss, train_iters)
         check_finite(val_loss, "the val loss")
         best_val_acc = max(best_val_acc, val_acc)
         if master:
@@ -446,9 +466,7 @@ while iter_num < max_iters:
             args = ' '.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
             print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
                   f"Resume with: python train.py {args} --init_from=resume")
-        if ddp:
-            dist.destroy_process_group()
-        sys.exit(0 if signum == signal.SIGINT else 128 + signum)
+        leave(0 if signum == signal.SIGINT else 128 + signum)
 
 if master:
     mean_ms = timed_seconds * 1000 / timed_iters if timed_iters else float('nan')
@@ -456,5 +474,4 @@ if master:
     print(f"done: val acc {100 * val_acc:.2f}% (best during the run {100 * best_val_acc:.2f}%), val loss {val_loss:.4f} "
           f"| {iter_num - start_iter} iters in {duration(time.time() - t_process)} wall, {mean_ms:.2f} ms/iter{mfu} "
           f"| checkpoint {ckpt_path}")
-if ddp:
-    dist.destroy_process_group()
+leave(0)

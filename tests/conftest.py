@@ -56,3 +56,21 @@ def run_script(script, *args, cwd, timeout=300, env=None):
     full_env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', **(env or {}))
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_script(script, *args, cwd):
+    """Start one of the repo's scripts and return the Popen, its stdout a text pipe, for tests that
+    act on a run while it is going (signals, kills)."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    return subprocess.Popen([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(process, prefix):
+    """Read the process's stdout until a line starts with prefix; returns the lines read."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"the run ended without printing {prefix!r}:\n{''.join(lines)}{process.stderr.read()}")
