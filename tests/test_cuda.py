@@ -1,0 +1,64 @@
+"""What only a GPU can check; each test skips cleanly on a machine without CUDA."""
+import json
+
+import pytest
+import torch
+
+from common import pick_dtype, sdpa_backend
+from conftest import TINY, run_script
+from model import ViT, ViTConfig
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+GPU = [a for a in TINY if not a.startswith(('--device', '--dtype', '--compile'))] + ['--device=cuda']
+
+
+@cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_sdpa_matches_plain_attention_on_gpu(dtype):
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(n_layer=2, n_head=4, n_embd=128, pos_std=1.0)).cuda().eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    x = torch.randn(16, 1, 28, 28, device='cuda')
+    with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+        fast, _ = model(x)
+        for block in model.blocks:
+            block.attn.flash = False
+        plain, _ = model(x)
+    tolerance = 1e-3 if dtype == torch.float32 else 5e-2
+    assert torch.allclose(fast.float(), plain.float(), atol=tolerance), (fast - plain).abs().max()
+
+
+@cuda
+def test_dtype_rule_on_this_gpu():
+    major, _ = torch.cuda.get_device_capability()
+    assert pick_dtype('auto', 'cuda')[0] == ('bfloat16' if major >= 8 else 'float16' if major >= 7 else 'float32')
+    assert sdpa_backend('cuda', 'float16', 64) in ('flash', 'memory-efficient', 'cudnn')
+
+
+@cuda
+@pytest.mark.parametrize('dtype,compile', [('auto', True), ('float16', False), ('float32', False)])
+def test_trains_on_gpu_and_the_checkpoint_evaluates_on_cpu(dtype, compile, synthetic_data, tmp_path):
+    result = run_script('train.py', *GPU, f'--dtype={dtype}', f'--compile={compile}', f'--data_dir={synthetic_data}',
+                        '--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10', '--max_iters=200',
+                        '--eval_interval=100', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'device cuda' in result.stdout and ('compile on' in result.stdout) == compile
+    evals = [json.loads(line) for line in open(tmp_path / 'out' / 'metrics.jsonl') if 'val_acc' in line]
+    assert evals[-1]['val_acc'] >= 0.9, evals
+    checkpoint = torch.load(tmp_path / 'out' / 'ckpt.pt', map_location='cpu', weights_only=True)
+    if dtype == 'float16':
+        assert checkpoint['scaler']['scale'] > 0  # the GradScaler's state travels with the run
+    cpu = run_script('sample.py', '--out_dir=out', '--device=cpu', cwd=tmp_path)
+    assert cpu.returncode == 0, cpu.stderr
+    accuracy = float(cpu.stdout.split('test accuracy: ')[1].split('%')[0]) / 100
+    assert abs(accuracy - evals[-1]['val_acc']) <= 0.01
+
+
+@cuda
+def test_bench_on_gpu(tmp_path):
+    result = run_script('bench.py', '--device=cuda', '--n_layer=1', '--n_embd=64', '--n_head=2', '--batch_size=16',
+                        '--bench_warmup=3', '--bench_iters=5', '--bench_out=b.json', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / 'b.json').read_text())
+    assert all(r['peak_memory_mib'] > 0 for r in report['rows'])
+    assert {r['mode'] for r in report['rows']} == {'eager', 'compiled'}
