@@ -136,28 +136,31 @@ def synchronize(device_type):
 # data: the whole dataset as uint8 tensors on the device, loaded once
 
 
-def load_dataset(dataset, data_dir, device):
-    """(train_x, train_y, test_x, test_y) on device: images uint8 (N, 1, H, W), labels int64."""
+DATASETS = ('mnist', 'fashion_mnist')
+
+
+def load_split(dataset, data_dir, train, device):
+    """One split on device, loaded once: images uint8 (N, 1, H, W) and labels int64 (N,)."""
     import torchvision
-    datasets = {'mnist': torchvision.datasets.MNIST, 'fashion_mnist': torchvision.datasets.FashionMNIST}
-    if dataset not in datasets:
-        die(f"unknown dataset={dataset!r}; choose from {', '.join(datasets)}", 2)
-    splits = []
-    for train in (True, False):
-        try:
-            # download=True fetches the files once; it downloads nothing when they are there
-            ds = datasets[dataset](data_dir, train=train, download=True)
-            images, labels = ds.data, ds.targets
-        except Exception as e:
-            raw = os.path.join(data_dir, datasets[dataset].__name__, 'raw')
-            split = 'train' if train else 'test'
-            die(f"could not load the {dataset} {split} split from {raw}: {type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''} (delete the files to download them again)")
-        if images.dim() != 3 or images.shape[0] != labels.shape[0] or images.dtype != torch.uint8:
-            die(f"{dataset} in {data_dir}: images {tuple(images.shape)} {images.dtype} do not match "
-                f"labels {tuple(labels.shape)}")
-        splits += [images.unsqueeze(1).to(device), labels.long().to(device)]
-    return splits
+    if dataset not in DATASETS:
+        die(f"unknown dataset={dataset!r}; choose from {', '.join(DATASETS)}", 2)
+    cls = torchvision.datasets.MNIST if dataset == 'mnist' else torchvision.datasets.FashionMNIST
+    raw = os.path.join(data_dir, cls.__name__, 'raw')
+    split = 'train' if train else 'test'
+    try:
+        # download=True fetches the files once; it downloads nothing when they are there
+        ds = cls(data_dir, train=train, download=True)
+        images, labels = ds.data, ds.targets
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if not os.path.isdir(raw) or not os.listdir(raw):
+            die(f"{dataset} is not in {raw} and downloading it failed ({reason}); offline, point "
+                f"--data_dir at a folder that holds {cls.__name__}/raw")
+        die(f"could not load the {dataset} {split} split from {raw}: {reason} (delete the files to download them again)")
+    if images.dim() != 3 or images.shape[0] != labels.shape[0] or images.dtype != torch.uint8:
+        die(f"{dataset} {split} split in {raw}: images {tuple(images.shape)} {images.dtype} do not match "
+            f"labels {tuple(labels.shape)}")
+    return images.unsqueeze(1).to(device), labels.long().to(device)
 
 
 def augment(x, translate, rotate, scale, generator):

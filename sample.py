@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common import die, load_checkpoint, load_dataset, load_model_state, pick_device
+from common import die, load_checkpoint, load_model_state, load_split, pick_device
 from model import ViT, ViTConfig
 
 # -----------------------------------------------------------------------------
@@ -146,7 +146,7 @@ if image:
 
 # the test split: accuracy, per class and overall
 config = checkpoint['config']
-_, _, test_x, test_y = load_dataset(config['dataset'], data_dir or config['data_dir'], device)
+test_x, test_y = load_split(config['dataset'], data_dir or config['data_dir'], False, device)
 probs = classify(test_x)
 confidence, predicted = probs.max(dim=1)
 correct = predicted == test_y

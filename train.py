@@ -25,7 +25,7 @@ from torch.nn import functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 from common import (augment, autocast, compile_blocker, device_name, die, load_checkpoint,  # noqa: E402
-                    load_dataset, load_model_state, peak_flops, pick_device, pick_dtype, sdpa_backend,
+                    load_model_state, load_split, peak_flops, pick_device, pick_dtype, sdpa_backend,
                     synchronize)
 from model import ViT, ViTConfig  # noqa: E402
 
@@ -120,7 +120,8 @@ if master:
 # data: the whole dataset lives on the device as uint8; batches are cut and normalized there
 if ddp and not master:
     dist.barrier()  # let rank 0 download first
-train_x, train_y, test_x, test_y = load_dataset(dataset, data_dir, device)
+train_x, train_y = load_split(dataset, data_dir, True, device)
+test_x, test_y = load_split(dataset, data_dir, False, device)
 if ddp and master:
     dist.barrier()
 pixels = train_x.float().div_(255)
