@@ -29,6 +29,7 @@ class ViTConfig:
     pool: str = 'cls'        # 'cls': classify the cls token; 'mean': classify the mean patch token
     pos_embd: str = 'learned'  # 'learned' or 'sincos' (fixed 2-D sin-cos)
     pos_std: float = 0.02    # init std of a learned position embedding
+    qk_norm: bool = False    # LayerNorm on queries and keys (ViT-22B): bounded attention logits
 
     def __post_init__(self):
         if self.img_size % self.patch_size != 0:
@@ -67,6 +68,9 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        head_dim = config.n_embd // config.n_head
+        self.q_norm = nn.LayerNorm(head_dim, bias=config.bias) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(head_dim, bias=config.bias) if config.qk_norm else nn.Identity()
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -79,7 +83,8 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
-        return [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
+        q, k, v = [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
+        return self.q_norm(q), self.k_norm(k), v
 
     def weights(self, x):
         """The attention probabilities softmax(QK^T / sqrt(d)), shape (B, n_head, T, T)."""
@@ -243,8 +248,8 @@ class ViT(nn.Module):
             {'params': decay, 'weight_decay': weight_decay},
             {'params': no_decay, 'weight_decay': 0.0},
         ]
-        # the fused kernel does the whole update in a few launches; CUDA only
-        fused = device_type == 'cuda'
+        # the fused kernel does the whole update in one pass over the parameters (CUDA and CPU)
+        fused = device_type in ('cuda', 'cpu')
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def flops_per_image(self):

@@ -3,7 +3,7 @@ Training curves from the metrics.jsonl that train.py writes to each out_dir.
 One run (train.py calls this at every evaluation):
 $ python plot.py out-mnist
 Several runs overlaid on one figure, for comparisons:
-$ python plot.py out-a out-b out-c --out=images/compare.png
+$ python plot.py out-a out-b out-c --out=images/compare.png --labels="lr 1e-3,lr 3e-4,lr 1e-4"
 """
 import json
 import os
@@ -36,7 +36,7 @@ def plot_runs(out_dirs, path, labels=None):
         ax_acc.plot([r['iter'] for r in evals], [100 * r['val_acc'] for r in evals], 'o-', color=color,
                     label=f"{label} ({100 * evals[-1]['val_acc']:.2f}%)" if evals else label)
     ax_loss.set(xlabel='iteration', ylabel='cross-entropy loss', yscale='log', title='loss')
-    ax_acc.set(xlabel='iteration', ylabel='accuracy (%)', title='val accuracy (10,000 test images)')
+    ax_acc.set(xlabel='iteration', ylabel='accuracy (%)', title='val accuracy (the whole test split)')
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -47,13 +47,16 @@ def plot_runs(out_dirs, path, labels=None):
 
 
 if __name__ == '__main__':
-    args = [a for a in sys.argv[1:] if not a.startswith('--out=')]
-    outs = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--out=')]
-    if not args:
-        sys.exit("usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=images/name.png]")
+    options = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)
+    args = [a for a in sys.argv[1:] if not a.startswith('--')]
+    if not args or not options.keys() <= {'out', 'labels'}:
+        sys.exit("usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=images/name.png] [--labels=a,b,...]")
+    labels = options['labels'].split(',') if 'labels' in options else None
+    if labels and len(labels) != len(args):
+        sys.exit(f"error: {len(labels)} labels for {len(args)} runs")
     for out_dir in args:
         if not os.path.isfile(os.path.join(out_dir, 'metrics.jsonl')):
             sys.exit(f"error: no metrics.jsonl in {out_dir} (is it a train.py out_dir?)")
-    path = outs[0] if outs else os.path.join('images', os.path.basename(os.path.normpath(args[0])) + '.png')
-    plot_runs(args, path)
+    path = options.get('out', os.path.join('images', os.path.basename(os.path.normpath(args[0])) + '.png'))
+    plot_runs(args, path, labels)
     print(f"wrote {path}")

@@ -80,9 +80,10 @@ def save_figure(fig, name):
     print(f"wrote {path}")
 
 
-def show_digits(images, titles, colors, name, cols=8):
-    rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows), squeeze=False)
+def show_digits(images, titles, colors, name, heading, cols=8):
+    rows = max(1, (len(images) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows + 0.4), squeeze=False)
+    fig.suptitle(heading, fontsize=10)
     for ax in axes.flat:
         ax.axis('off')
     for ax, img, title, color in zip(axes.flat, images, titles, colors):
@@ -161,12 +162,14 @@ images = test_x[:, 0].cpu().numpy()
 pred, true = predicted.tolist(), test_y.tolist()
 
 show_digits(images[:32], [f"{p} / {t}" + ('' if p == t else ' x') for p, t in zip(pred[:32], true[:32])],
-            ['black' if p == t else 'red' for p, t in zip(pred[:32], true[:32])], f"{run_name}-predictions.png")
+            ['black' if p == t else 'red' for p, t in zip(pred[:32], true[:32])], f"{run_name}-predictions.png",
+            "the first test digits: predicted / true (mistakes in red, marked x)")
 
 mistakes = torch.nonzero(~correct).flatten()
 mistakes = mistakes[confidence[mistakes].argsort(descending=True)][:24].tolist()
 show_digits(images[mistakes], [f"{pred[i]} ({100 * confidence[i].item():.0f}%) / {true[i]}" for i in mistakes],
-            ['red'] * len(mistakes), f"{run_name}-mistakes.png")
+            ['red'] * len(mistakes), f"{run_name}-mistakes.png",
+            "the most confident mistakes: predicted (confidence) / true")
 
 confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
 confusion.index_put_((test_y.cpu(), predicted.cpu()), torch.ones(len(test_y), dtype=torch.long), accumulate=True)

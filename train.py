@@ -58,6 +58,7 @@ bias = True
 pool = 'cls'  # 'cls' token or 'mean' of the patch tokens
 pos_embd = 'learned'  # 'learned' or 'sincos'
 pos_std = 0.02  # init std of a learned position embedding
+qk_norm = False  # LayerNorm on queries and keys
 # AdamW optimizer
 learning_rate = 1e-3
 max_iters = 1000
@@ -163,7 +164,8 @@ def get_batch(it, micro_step):
 # model
 model_args = dict(img_size=train_x.shape[-1], patch_size=patch_size, in_chans=train_x.shape[1],
                   n_classes=int(train_y.max()) + 1, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                  mlp_ratio=mlp_ratio, dropout=dropout, bias=bias, pool=pool, pos_embd=pos_embd, pos_std=pos_std)
+                  mlp_ratio=mlp_ratio, dropout=dropout, bias=bias, pool=pool, pos_embd=pos_embd, pos_std=pos_std,
+                  qk_norm=qk_norm)
 iter_num = 0
 best_val_acc = 0.0
 checkpoint = None
@@ -218,7 +220,8 @@ flops_per_iter = 3 * raw_model.flops_per_image() * batch_size * gradient_accumul
 peak = peak_flops(device_name(device), dtype)
 if master:
     print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note} | "
-          f"attention: sdpa {sdpa_backend(device, dtype, n_embd // n_head)} kernel")
+          f"attention: sdpa {sdpa_backend(device, dtype, n_embd // n_head)} kernel (fastest for {dtype}, "
+          f"head_dim {n_embd // n_head} here)")
     print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {raw_model.flops_per_image() / 1e9:.3f} "
           f"GFLOPs per image forward | data: {len(train_x)} train / {len(test_x)} test images | "
           f"{world_size} process(es), {global_batch} images per iteration")
@@ -387,6 +390,19 @@ def should_stop():
     return int(flag.item())
 
 
+def end_lap():
+    """Close the current timing lap; returns its ms/iter, or None when it timed no iteration."""
+    global lap_start, lap_iters, timed_seconds, timed_iters
+    synchronize(device_type)
+    ms = None
+    if lap_iters:
+        elapsed = time.time() - lap_start
+        timed_seconds, timed_iters = timed_seconds + elapsed, timed_iters + lap_iters
+        ms = elapsed * 1000 / lap_iters
+    lap_start, lap_iters = time.time(), 0
+    return ms
+
+
 # training loop
 start_iter = iter_num
 untimed_iters = 2  # the first steps compile and warm up allocators: no place in the timing
@@ -424,11 +440,8 @@ while iter_num < max_iters:
 
     last = iter_num == max_iters
     if iter_num % log_interval == 0 or last:
-        mean_loss = global_mean(interval_loss, interval_iters)  # waits for the device: the lap ends here
-        if lap_iters:
-            ms_per_iter = (time.time() - lap_start) * 1000 / lap_iters
-            timed_seconds, timed_iters = timed_seconds + ms_per_iter * lap_iters / 1000, timed_iters + lap_iters
-            lap_start, lap_iters = time.time(), 0
+        mean_loss = global_mean(interval_loss, interval_iters)
+        ms_per_iter = end_lap() or ms_per_iter
         check_finite(mean_loss, "the training loss")
         if scaler.is_enabled() and scaler.get_scale() < 1.0:
             die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
@@ -443,9 +456,7 @@ while iter_num < max_iters:
         interval_loss, interval_iters = 0.0, 0
 
     if iter_num % eval_interval == 0 or last:
-        if lap_iters:  # close the lap: evaluation is not training time
-            synchronize(device_type)
-            timed_seconds, timed_iters = timed_seconds + time.time() - lap_start, timed_iters + lap_iters
+        end_lap()  # evaluation is not training time
         val_loss, val_acc = evaluate()
         mean_train_loss = global_mean(train_loss, train_iters)
         check_finite(val_loss, "the val loss")
@@ -458,7 +469,7 @@ while iter_num < max_iters:
             save_checkpoint()
         if plot and master:
             draw_curves()
-        lap_start, lap_iters = time.time(), 0
+        lap_start = time.time()
 
     signum = should_stop()
     if signum and not last:

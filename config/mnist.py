@@ -2,7 +2,7 @@
 # 1000 iterations at batch 32 (half an epoch of MNIST).
 # $ python train.py config/mnist.py
 out_dir = 'out-mnist'
-eval_interval = 500
+eval_interval = 250
 log_interval = 50
 
 n_layer = 4
@@ -13,8 +13,9 @@ dropout = 0.0
 
 batch_size = 32
 max_iters = 1000
-learning_rate = 1e-3
+learning_rate = 3e-4
 warmup_iters = 100
 min_lr = 1e-5
 weight_decay = 0.05
 pos_std = 1.0
+qk_norm = True

@@ -27,6 +27,9 @@ def test_mnist_model_shape_and_parameter_count():
     assert model.get_num_params() == hand_count_params(4, 768, 4)
     assert ViT(ViTConfig(n_layer=2, n_embd=64, n_head=2, pool='mean')).get_num_params() == \
         hand_count_params(2, 64, 4, cls=False)
+    # qk_norm adds a LayerNorm (gain and bias) over each head's 32 dims, for queries and keys
+    assert ViT(ViTConfig(n_layer=2, n_embd=64, n_head=2, qk_norm=True)).get_num_params() == \
+        hand_count_params(2, 64, 4) + 2 * 2 * 2 * 32
 
 
 def test_loss_at_init_is_uniform_guess():
@@ -36,10 +39,11 @@ def test_loss_at_init_is_uniform_guess():
     assert loss.item() == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=1e-5)
 
 
-@pytest.mark.parametrize('pool,pos_embd', [('cls', 'learned'), ('mean', 'sincos')])
-def test_sdpa_matches_plain_attention(pool, pos_embd):
+@pytest.mark.parametrize('pool,pos_embd,qk_norm', [('cls', 'learned', False), ('mean', 'sincos', True)])
+def test_sdpa_matches_plain_attention(pool, pos_embd, qk_norm):
     torch.manual_seed(0)
-    model = randomized(ViT(ViTConfig(n_layer=2, n_head=4, n_embd=64, pool=pool, pos_embd=pos_embd, pos_std=1.0)))
+    model = randomized(ViT(ViTConfig(n_layer=2, n_head=4, n_embd=64, pool=pool, pos_embd=pos_embd, pos_std=1.0,
+                                     qk_norm=qk_norm)))
     x = torch.randn(4, 1, 28, 28)
     fast, _ = model(x)
     for block in model.blocks:

@@ -1,7 +1,6 @@
 """train.py end to end on synthetic MNIST-format data, and its answers to bad input."""
 import json
 import os
-import shutil
 
 import pytest
 import torch
