@@ -225,8 +225,9 @@ class ViT(nn.Module):
         maps = self.attention_maps(imgs).float().mean(dim=2)  # (n_layer, B, T, T)
         eye = torch.eye(maps.size(-1), device=maps.device)
         rollout = eye
-        for att in maps:
-            rollout = ((att + eye) / 2) @ rollout
+        with torch.autocast(maps.device.type, enabled=False):  # products of probabilities, in float32
+            for att in maps:
+                rollout = ((att + eye) / 2) @ rollout
         if self.config.pool == 'cls':
             weights = rollout[:, 0, 1:]  # what the cls token gathered from each patch
         else:

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common import die, load_checkpoint, load_model_state, load_split, pick_device
+from common import autocast, die, load_checkpoint, load_model_state, load_split, pick_device, pick_dtype
 from model import ViT, ViTConfig
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-mnist'  # the training run to load: out_dir/ckpt.pt
 device = 'auto'
+dtype = 'auto'  # as in train.py: bf16 on GPUs and CPUs that have it natively
 data_dir = ''  # '' = the data_dir the run trained with
 image = ''  # your own picture(s) to classify: a path, several joined by commas, or a folder
 image_dir = 'images'  # where the figures go
@@ -94,6 +95,7 @@ def show_digits(images, titles, colors, name, heading, cols=8):
 
 # -----------------------------------------------------------------------------
 device, _ = pick_device(device)
+ctx = autocast(device.split(':')[0], pick_dtype(dtype, device.split(':')[0])[0])
 checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), device)
 model = ViT(ViTConfig(**checkpoint['model_args']))
 load_model_state(model, checkpoint['model'], os.path.join(out_dir, 'ckpt.pt'))
@@ -111,7 +113,8 @@ def classify(images_uint8):
     """Class probabilities for uint8 images (B, 1, 28, 28), in batches."""
     probs = []
     for batch in images_uint8.split(500):
-        logits, _ = model((batch.float() / 255 - mean) / std)
+        with ctx:
+            logits, _ = model((batch.float() / 255 - mean) / std)
         probs.append(F.softmax(logits.float(), dim=1))
     return torch.cat(probs)
 
@@ -133,11 +136,11 @@ if image:
         print(f"{path}: {guesses}")
         stem = os.path.splitext(os.path.basename(path))[0]
         Image.fromarray(digit).save(os.path.join(image_dir, f"{run_name}-input-{stem}-28x28.png"))
-        fig, (ax_in, ax_seen, ax_p) = plt.subplots(1, 3, figsize=(9, 3))
+        fig, (ax_in, ax_seen, ax_p) = plt.subplots(1, 3, figsize=(10, 3.2))
         ax_in.imshow(original)
         ax_in.set_title('your picture')
         ax_seen.imshow(digit, cmap='gray')
-        ax_seen.set_title('what the model sees (28x28)')
+        ax_seen.set_title('the model sees (28x28)')
         for ax in (ax_in, ax_seen):
             ax.axis('off')
         ax_p.bar(range(len(probs)), probs.tolist(), color=['C3' if c == top.indices[0] else 'C0' for c in range(len(probs))])
@@ -185,7 +188,7 @@ save_figure(fig, f"{run_name}-confusion.png")
 
 # attention rollout: where, through all the layers, the classification draws its information from
 picks = test_x[:n_attention]
-with torch.no_grad():
+with ctx:
     maps = model.attention_rollout((picks.float() / 255 - mean) / std).cpu().numpy()
 fig, axes = plt.subplots(2, n_attention, figsize=(1.8 * n_attention, 3.8), squeeze=False)
 for i in range(n_attention):
