@@ -53,7 +53,8 @@ TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--patch_size=7', '--batch_s
 
 def run_script(script, *args, cwd, timeout=300, env=None):
     """Run one of the repo's scripts in a fresh process; returns the CompletedProcess."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', **(env or {}))
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    full_env.update(env or {})
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
