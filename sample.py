@@ -108,13 +108,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 os.makedirs(image_dir, exist_ok=True)
 
 
+def normalize(images_uint8):
+    return (images_uint8.float() / 255 - mean) / std  # the training set's statistics, from the checkpoint
+
+
 @torch.no_grad()
 def classify(images_uint8):
     """Class probabilities for uint8 images (B, 1, 28, 28), in batches."""
     probs = []
     for batch in images_uint8.split(500):
         with ctx:
-            logits, _ = model((batch.float() / 255 - mean) / std)
+            logits, _ = model(normalize(batch))
         probs.append(F.softmax(logits.float(), dim=1))
     return torch.cat(probs)
 
@@ -189,7 +193,7 @@ save_figure(fig, f"{run_name}-confusion.png")
 # attention rollout: where, through all the layers, the classification draws its information from
 picks = test_x[:n_attention]
 with ctx:
-    maps = model.attention_rollout((picks.float() / 255 - mean) / std).cpu().numpy()
+    maps = model.attention_rollout(normalize(picks)).cpu().numpy()
 fig, axes = plt.subplots(2, n_attention, figsize=(1.8 * n_attention, 3.8), squeeze=False)
 for i in range(n_attention):
     axes[0, i].imshow(images[i], cmap='gray')
