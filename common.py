@@ -1,10 +1,13 @@
 """
-What train.py, bench.py and sample.py share: picking the device, dtype and compile mode (each
-with the reason said out loud), peak FLOP/s for MFU, and the dataset held on the device.
+The machinery train.py, bench.py and sample.py share, apart from the model and the data: the
+device, dtype and compile mode (each chosen with its reason said out loud), peak FLOP/s for MFU,
+the training step itself, and the run's files (checkpoints, metrics, the out_dir lock).
 """
-import math
+import json
 import os
+import socket
 import sys
+import time
 from contextlib import nullcontext
 
 import torch
@@ -95,6 +98,23 @@ def compile_blocker(device_type):
     return None
 
 
+def sdpa_backend(device, dtype, head_dim):
+    """The fastest kernel F.scaled_dot_product_attention has here for this dtype and head size,
+    found by asking the dispatcher for each in turn on a tiny input."""
+    import warnings
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q = torch.zeros(1, 1, 8, head_dim, device=device, dtype=getattr(torch, dtype))
+    for backend, name in [(SDPBackend.FLASH_ATTENTION, 'flash'), (SDPBackend.EFFICIENT_ATTENTION, 'memory-efficient'),
+                          (SDPBackend.CUDNN_ATTENTION, 'cudnn')]:
+        try:
+            with warnings.catch_warnings(), sdpa_kernel(backend):
+                warnings.simplefilter('ignore')
+                F.scaled_dot_product_attention(q, q, q)
+            return name
+        except RuntimeError:
+            continue
+    return 'math'
+
 # dense tensor-core peak FLOP/s by GPU name, first match wins (so specific names come first).
 # float32 runs as TF32 where the GPU has it (train.py allows TF32 matmuls).
 PEAK_FLOPS = [
@@ -134,76 +154,63 @@ def synchronize(device_type):
         torch.mps.synchronize()
 
 # -----------------------------------------------------------------------------
-# data: the whole dataset as uint8 tensors on the device, loaded once
+# the training step: train.py runs it, bench.py times it
 
 
-DATASETS = ('mnist', 'fashion_mnist')
+def forward_backward(model, x, y, ctx, scaler, label_smoothing, accumulation=1):
+    """Forward under autocast, backward of the (scaled) loss; returns the loss as a tensor, unread,
+    so that the host does not wait for the device."""
+    with ctx:
+        _, loss = model(x, y, label_smoothing)
+    scaler.scale(loss / accumulation).backward()
+    return loss.detach() / accumulation
 
 
-def load_split(dataset, data_dir, train, device):
-    """One split on device, loaded once: images uint8 (N, 1, H, W) and labels int64 (N,)."""
-    import torchvision
-    if dataset not in DATASETS:
-        die(f"unknown dataset={dataset!r}; choose from {', '.join(DATASETS)}", 2)
-    cls = torchvision.datasets.MNIST if dataset == 'mnist' else torchvision.datasets.FashionMNIST
-    raw = os.path.join(data_dir, cls.__name__, 'raw')
-    split = 'train' if train else 'test'
+def optimizer_step(optimizers, scaler, parameters, grad_clip):
+    """Clip the gradients' global norm, step every optimizer, clear the gradients."""
+    if grad_clip > 0:
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16 loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    for optimizer in optimizers:
+        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
+    scaler.update()
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+
+
+def compiled(model, ctx, x, y, label_smoothing):
+    """(torch.compile(model), 'on'), or (model, 'off (why)') where compiling fails. It compiles now, on
+    one forward and backward of the batch (x, y) whose gradients and dropout draws are then thrown away,
+    so that a compiler that cannot work here says so before training starts, not in the middle of it."""
+    rng = torch.get_rng_state(), (torch.cuda.get_rng_state() if x.is_cuda else None)
     try:
-        # download=True fetches the files once; it downloads nothing when they are there
-        ds = cls(data_dir, train=train, download=True)
-        images, labels = ds.data, ds.targets
+        fast = torch.compile(model)
+        forward_backward(fast, x, y, ctx, torch.amp.GradScaler(enabled=False), label_smoothing)
+        return fast, "on"
     except Exception as e:
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if not os.path.isdir(raw) or not os.listdir(raw):
-            die(f"{dataset} is not in {raw} and downloading it failed ({reason}); offline, point "
-                f"--data_dir at a folder that holds {cls.__name__}/raw")
-        die(f"could not load the {dataset} {split} split from {raw}: {reason} (delete the files to download them again)")
-    if images.dim() != 3 or images.shape[0] != labels.shape[0] or images.dtype != torch.uint8:
-        die(f"{dataset} {split} split in {raw}: images {tuple(images.shape)} {images.dtype} do not match "
-            f"labels {tuple(labels.shape)}")
-    return images.unsqueeze(1).to(device), labels.long().to(device)
+        return model, f"off (torch.compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng[0])
+        if x.is_cuda:
+            torch.cuda.set_rng_state(rng[1])
 
 
-def augment(x, translate, rotate, scale, generator):
-    """A random affine map per image, for the whole batch at once on its device.
-    x: float images in [0, 1], (B, C, H, W). translate in pixels, rotate in degrees,
-    scale as a fraction (0.1 = zoom between 0.9x and 1.1x)."""
-    B, _, H, W = x.shape
-    u = torch.rand(B, 4, device=x.device, generator=generator) * 2 - 1  # uniform in [-1, 1)
-    angle = u[:, 0] * math.radians(rotate)
-    zoom = 1 + u[:, 1] * scale
-    # affine_grid works in [-1, 1] coordinates, so one pixel is 2 / size
-    shift_x, shift_y = u[:, 2] * translate * 2 / W, u[:, 3] * translate * 2 / H
-    cos, sin = angle.cos() / zoom, angle.sin() / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # zero padding is black, the background of MNIST digits
-    return F.grid_sample(x, grid, align_corners=False)
-
-
-def sdpa_backend(device, dtype, head_dim):
-    """The fastest kernel F.scaled_dot_product_attention has here for this dtype and head size,
-    found by asking the dispatcher for each in turn on a tiny input."""
-    import warnings
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    q = torch.zeros(1, 1, 8, head_dim, device=device, dtype=getattr(torch, dtype))
-    for backend, name in [(SDPBackend.FLASH_ATTENTION, 'flash'), (SDPBackend.EFFICIENT_ATTENTION, 'memory-efficient'),
-                          (SDPBackend.CUDNN_ATTENTION, 'cudnn')]:
-        try:
-            with warnings.catch_warnings(), sdpa_kernel(backend):
-                warnings.simplefilter('ignore')
-                F.scaled_dot_product_attention(q, q, q)
-            return name
-        except RuntimeError:
-            continue
-    return 'math'
+def train_defaults():
+    """train.py's block of config defaults, as source to exec: bench.py runs it, so that a config file
+    and its flags mean the same to both, and a new knob needs no second default."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')) as f:
+        source = f.read()
+    start = source.index('# default config values')
+    return source[start:source.index('exec(open(', start)]
 
 # -----------------------------------------------------------------------------
-# checkpoints
+# the run's files: checkpoints, metrics.jsonl, the out_dir lock
 
 
-def load_checkpoint(path, device):
-    """The checkpoint dict at path, or one line saying why there is none to use."""
+def load_checkpoint(path, device, keys=('model', 'model_args')):
+    """The checkpoint dict at path, holding at least keys, or one line saying why there is none to use."""
     if not os.path.isfile(path):
         die(f"no checkpoint at {path} (train one first, or point out_dir at the run's folder)")
     try:
@@ -214,6 +221,9 @@ def load_checkpoint(path, device):
             f"{str(e).splitlines()[0] if str(e) else ''}"[:300])
     if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
         die(f"{path} is not a nanoViT checkpoint (no 'model' and 'model_args' in it)")
+    missing = [k for k in keys if k not in checkpoint]
+    if missing:
+        die(f"{path} lacks {', '.join(missing)}: saved by another version of nanoViT, or edited")
     return checkpoint
 
 
@@ -230,3 +240,86 @@ def load_model_state(model, state_dict, path):
         die(f"{path} does not fit this model: {'; '.join(sorted(problems)[:6])}"
             + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
     model.load_state_dict(state_dict)
+
+
+def load_optimizer_states(optimizers, states, path):
+    """Load the optimizers' states, after checking that every saved tensor has its parameter's shape:
+    a fused kernel given a wrong shape crashes the process instead of raising."""
+    if not isinstance(states, list) or len(states) != len(optimizers):
+        die(f"{path} holds the state of {len(states) if isinstance(states, list) else 'an unknown number of'} "
+            f"optimizer(s), this run has {len(optimizers)}")
+    for optimizer, state in zip(optimizers, states):
+        try:
+            saved = [i for group in state['param_groups'] for i in group['params']]
+            params = [p for group in optimizer.param_groups for p in group['params']]
+            fits = len(saved) == len(params) and all(
+                not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape
+                for i, p in zip(saved, params) for v in state['state'].get(i, {}).values())
+        except (KeyError, TypeError, AttributeError):
+            fits = False
+        if not fits:
+            die(f"{path}: the saved {type(optimizer).__name__} state does not fit this model's parameters")
+        optimizer.load_state_dict(state)
+
+
+def save_checkpoint_file(checkpoint, path):
+    """Write path so that a kill at any instant leaves the old file or the new one, never half of one;
+    if the disk refuses (full, gone), say so in one line, leaving the old file and no temporary one."""
+    tmp_path = path + '.tmp'
+    try:
+        with open(tmp_path, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)  # atomic on POSIX and Windows
+    except OSError as e:
+        if os.path.lexists(tmp_path):
+            os.remove(tmp_path)
+        kept = f"{path} is left as it was" if os.path.exists(path) else "no checkpoint was kept"
+        die(f"could not write the checkpoint {tmp_path}: {e.strerror or e}; {kept}")
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl. A run killed while writing (a full disk, a power cut) can leave
+    its last line half written: that line is dropped, with a note."""
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines):
+                die(f"{path}, line {n}: not a JSON record; the file was edited or is not a metrics.jsonl")
+            print(f"note: {path} ends in a half-written line (the run was killed while writing it); dropped")
+    return records
+
+
+def append_metrics(path, record):
+    try:
+        with open(path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+    except OSError as e:
+        die(f"could not write {path}: {e.strerror or e}; the last checkpoint is kept, resume when there is room")
+
+
+def lock_out_dir(out_dir):
+    """Hold out_dir/lock for as long as this process lives, or stop if another run holds it. The operating
+    system drops the lock when the process ends, however it ends, so a killed run never leaves it stuck."""
+    f = open(os.path.join(out_dir, 'lock'), 'a+')
+    try:
+        if os.name == 'nt':
+            import msvcrt
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        die(f"out_dir={out_dir!r} is in use by another run ({f.read().strip() or 'unknown process'}): "
+            f"wait for it to finish, stop it, or choose another --out_dir", 2)
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f  # the lock lasts while this file stays open

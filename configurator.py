@@ -4,11 +4,13 @@ Poor Man's Configurator, after nanoGPT's. It is exec'd by train.py (and bench.py
 Bare arguments are config files, executed in order; --key=value arguments override single keys.
 A key must be one of the script's globals, and a value must have the type of its default
 (an int is fine for a float). Anything else stops the script with one line and exit code 2.
-Scripts that read train.py's config files set _skip_unknown_file_keys = True to skip the keys
-they have no use for (out_dir in bench.py, say).
+Config files are Python: they may import and compute, and names starting with _ are their own.
 """
+import builtins
 import os
 import sys
+import traceback
+import types
 from ast import literal_eval
 from difflib import get_close_matches
 
@@ -41,21 +43,33 @@ def _unknown_key(key, source):
     _config_error(f"{source}: unknown config key {key!r}{hint}")
 
 
+def _run_config_file(path):
+    """The names a config file defines, or a config error with the file and line where it went wrong."""
+    namespace = {}
+    try:
+        with open(path) as f:
+            # builtins.compile: the scripts' own `compile` key hides the built-in
+            exec(builtins.compile(f.read(), path, 'exec'), namespace)
+    except SyntaxError as e:
+        _config_error(f"{path}, line {e.lineno}: SyntaxError: {e.msg}")
+    except Exception as e:
+        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
+        _config_error(f"{path}, line {line}: {type(e).__name__}: {e}")
+    # imports and helper functions are the file's tools, not config values
+    return {k: v for k, v in namespace.items() if not k.startswith('_')
+            and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
 for _arg in sys.argv[1:]:
     if not _arg.startswith('--'):
         # a config file: run it in a scratch namespace, then take its keys one by one
         if not os.path.isfile(_arg):
             _config_error(f"config file not found: {_arg}")
         print(f"Overriding config with {_arg}")
-        _namespace = {}
-        exec(open(_arg).read(), _namespace)
-        for _key, _value in _namespace.items():
-            if _key.startswith('_') or not isinstance(_value, (bool, int, float, str)):
-                continue
-            if _key in _config_keys:
-                globals()[_key] = _checked(_key, _value, _arg)
-            elif not globals().get('_skip_unknown_file_keys', False):
+        for _key, _value in _run_config_file(_arg).items():
+            if _key not in _config_keys:
                 _unknown_key(_key, _arg)
+            globals()[_key] = _checked(_key, _value, _arg)
     else:
         if '=' not in _arg:
             _config_error(f"{_arg}: overrides are written --key=value")

@@ -32,6 +32,13 @@ class ViTConfig:
     qk_norm: bool = False    # LayerNorm on queries and keys (ViT-22B): bounded attention logits
 
     def __post_init__(self):
+        for name in ('img_size', 'patch_size', 'in_chans', 'n_classes', 'n_layer', 'n_head', 'n_embd'):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.mlp_ratio <= 0 or int(self.mlp_ratio * self.n_embd) < 1:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} must be positive (the MLP needs at least one unit)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if self.img_size % self.patch_size != 0:
             raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
         if self.n_embd % self.n_head != 0:
@@ -48,8 +55,13 @@ class ViTConfig:
         return (self.img_size // self.patch_size) ** 2
 
     @property
+    def n_prefix_tokens(self):
+        """Learned tokens put before the patches (the cls token), which pool() may read."""
+        return 1 if self.pool == 'cls' else 0
+
+    @property
     def n_tokens(self):
-        return self.n_patches + (1 if self.pool == 'cls' else 0)
+        return self.n_prefix_tokens + self.n_patches
 
 
 def sincos_pos_embd(grid_size, dim):
@@ -143,8 +155,8 @@ class ViT(nn.Module):
         # one conv with kernel = stride = patch cuts the image into patches and embeds each
         self.patch_embd = nn.Conv2d(config.in_chans, config.n_embd, config.patch_size,
                                     stride=config.patch_size, bias=config.bias)
-        if config.pool == 'cls':
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, config.n_embd))
+        # the tokens before the patches: pool() decides what the head reads
+        self.cls_token = nn.Parameter(torch.zeros(1, config.n_prefix_tokens, config.n_embd))
         grid = config.img_size // config.patch_size
         if config.pos_embd == 'learned':
             self.pos_embd = nn.Parameter(torch.zeros(1, config.n_patches, config.n_embd))
@@ -169,8 +181,7 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.patch_embd.weight, std=1 / math.sqrt(c.in_chans * c.patch_size ** 2))
         if c.pos_embd == 'learned':
             nn.init.trunc_normal_(self.pos_embd, std=c.pos_std)
-        if c.pool == 'cls':
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
         # a zero head starts every class at equal odds, loss = ln(n_classes) (big_vision)
         nn.init.zeros_(self.head.weight)
 
@@ -190,17 +201,19 @@ class ViT(nn.Module):
             raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(imgs.shape)}")
         x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, n_patches, n_embd)
         x = x + self.pos_embd
-        if c.pool == 'cls':
-            x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)
+        x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)
         return self.drop(x)
+
+    def pool(self, x):
+        """(B, T, ...) per token -> (B, ...) for the whole image: the cls token, or the mean of all tokens.
+        The head reads the pooled features; attention rollout pools the tokens' attention the same way."""
+        return x[:, 0] if self.config.pool == 'cls' else x.mean(dim=1)
 
     def forward(self, imgs, targets=None, label_smoothing=0.0):
         x = self.embed(imgs)
         for block in self.blocks:
             x = block(x)
-        x = self.ln_f(x)
-        x = x[:, 0] if self.config.pool == 'cls' else x.mean(dim=1)
-        logits = self.head(x)
+        logits = self.head(self.pool(self.ln_f(x)))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
@@ -208,13 +221,17 @@ class ViT(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, imgs):
-        """Attention probabilities of every layer, (n_layer, B, n_head, T, T), from the plain path.
-        Separate from forward() so that training keeps the fused SDPA kernel."""
+        """Attention probabilities of every layer, (n_layer, B, n_head, T, T), from the plain path, as the
+        model sees at test time (dropout off, whatever mode it is in). Separate from forward() so that
+        training keeps the fused SDPA kernel."""
+        was_training = self.training
+        self.eval()
         x = self.embed(imgs)
         maps = []
         for block in self.blocks:
             maps.append(block.attn.weights(block.ln_1(x)))
             x = block(x)
+        self.train(was_training)
         return torch.stack(maps)
 
     @torch.no_grad()
@@ -228,30 +245,36 @@ class ViT(nn.Module):
         with torch.autocast(maps.device.type, enabled=False):  # products of probabilities, in float32
             for att in maps:
                 rollout = ((att + eye) / 2) @ rollout
-        if self.config.pool == 'cls':
-            weights = rollout[:, 0, 1:]  # what the cls token gathered from each patch
-        else:
-            weights = rollout.mean(dim=1)  # mean pooling: every token's share, averaged
+        # row t of rollout is what token t gathered from each token: pool the rows as forward() pools
+        # the features, then keep the patches' shares
+        weights = self.pool(rollout)[:, self.config.n_prefix_tokens:]
         weights = weights / weights.sum(dim=-1, keepdim=True)
         grid = self.config.img_size // self.config.patch_size
         return weights.view(-1, grid, grid)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, optimizer, weight_decay, learning_rate, betas, muon_lr, muon_momentum, device_type):
+        """A list of optimizers that together own every parameter; each group keeps its peak lr in 'max_lr'
+        for the schedule to scale. 'adamw': AdamW for all. 'muon': Muon for the blocks' weight matrices,
+        AdamW for the rest (patch embedding, positions, cls token, norms, biases, head), as Muon is meant."""
         # decay the weight matrices of the linear and conv layers only: never position
         # embeddings or the cls token (3-D, but not weights), LayerNorm gains or biases
-        decay, no_decay = [], []
+        matrices, muon, others = [], [], []
         for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_matrix = p.dim() >= 2 and name not in ('pos_embd', 'cls_token')
-            (decay if is_matrix else no_decay).append(p)
-        groups = [
-            {'params': decay, 'weight_decay': weight_decay},
-            {'params': no_decay, 'weight_decay': 0.0},
-        ]
+            if name.startswith('blocks.') and p.dim() == 2 and optimizer == 'muon':
+                muon.append(p)
+            elif p.dim() >= 2 and name not in ('pos_embd', 'cls_token'):
+                matrices.append(p)
+            else:
+                others.append(p)
+        groups = [{'params': matrices, 'weight_decay': weight_decay, 'max_lr': learning_rate},
+                  {'params': others, 'weight_decay': 0.0, 'max_lr': learning_rate}]
         # the fused kernel does the whole update in one pass over the parameters (CUDA and CPU)
-        fused = device_type in ('cuda', 'cpu')
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))]
+        if muon:
+            # 'original': Keller Jordan's scale, lr * sqrt(max(1, rows / cols)), so muon_lr ~ 0.02 as in modded-nanogpt
+            optimizers.append(torch.optim.Muon([{'params': muon, 'max_lr': muon_lr}], lr=muon_lr, momentum=muon_momentum,
+                                               weight_decay=weight_decay, adjust_lr_fn='original'))
+        return optimizers
 
     def flops_per_image(self):
         """Matmul FLOPs of one forward pass on one image (2 FLOPs per multiply-add),

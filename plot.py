@@ -1,11 +1,10 @@
 """
 Training curves from the metrics.jsonl that train.py writes to each out_dir.
-One run (train.py calls this at every evaluation):
+One run (train.py calls this at every evaluation), drawn into out-mnist/curves.png:
 $ python plot.py out-mnist
 Several runs overlaid on one figure, for comparisons:
-$ python plot.py out-a out-b out-c --out=images/compare.png --labels="lr 1e-3,lr 3e-4,lr 1e-4"
+$ python plot.py out-a out-b out-c --out=compare.png --labels="lr 1e-3,lr 3e-4,lr 1e-4"
 """
-import json
 import os
 import sys
 
@@ -13,20 +12,15 @@ import matplotlib
 matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def read_metrics(out_dir):
-    """(train log records, evaluation records) of one run."""
-    path = os.path.join(out_dir, 'metrics.jsonl')
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if 'loss' in r], [r for r in records if 'val_acc' in r]
+from common import read_metrics  # noqa: E402
 
 
 def plot_runs(out_dirs, path, labels=None):
     """Train loss, val loss and val accuracy against iteration, one colour per run."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for i, out_dir in enumerate(out_dirs):
-        logs, evals = read_metrics(out_dir)
+        records = read_metrics(os.path.join(out_dir, 'metrics.jsonl'))
+        logs, evals = [r for r in records if 'loss' in r], [r for r in records if 'val_acc' in r]
         label = labels[i] if labels else os.path.basename(os.path.normpath(out_dir))
         color = f"C{i}"
         ax_loss.plot([r['iter'] for r in logs], [r['loss'] for r in logs], color=color, alpha=0.5,
@@ -50,13 +44,13 @@ if __name__ == '__main__':
     options = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)
     args = [a for a in sys.argv[1:] if not a.startswith('--')]
     if not args or not options.keys() <= {'out', 'labels'}:
-        sys.exit("usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=images/name.png] [--labels=a,b,...]")
+        sys.exit("usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=name.png] [--labels=a,b,...]")
     labels = options['labels'].split(',') if 'labels' in options else None
     if labels and len(labels) != len(args):
         sys.exit(f"error: {len(labels)} labels for {len(args)} runs")
     for out_dir in args:
         if not os.path.isfile(os.path.join(out_dir, 'metrics.jsonl')):
             sys.exit(f"error: no metrics.jsonl in {out_dir} (is it a train.py out_dir?)")
-    path = options.get('out', os.path.join('images', os.path.basename(os.path.normpath(args[0])) + '.png'))
+    path = options.get('out', os.path.join(args[0], 'curves.png'))
     plot_runs(args, path, labels)
     print(f"wrote {path}")

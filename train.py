@@ -2,51 +2,56 @@
 Train a Vision Transformer. On one device (CUDA, MPS or CPU, picked for you):
 $ python train.py config/mnist.py
 Override any config key from the command line:
-$ python train.py config/mnist.py --max_iters=2000 --batch_size=64 --dropout=0.1
+$ python train.py config/cifar10.py --max_iters=2000 --batch_size=64 --dropout=0.1
 Carry on after a crash, a disconnect or Ctrl-C:
 $ python train.py config/mnist.py --init_from=resume
 Several GPUs (or CPU processes) with DDP, on one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/mnist.py
 """
-import json
-import math
-import os
-import signal
-import sys
 import time
-from dataclasses import asdict
-from functools import lru_cache
+_started = time.time()  # the summary's wall time counts from here, imports included (the _ keeps it out of the config)
 
-t_process = time.time()  # the summary reports wall time from here, start-up included
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import asdict, fields  # noqa: E402
+from functools import lru_cache  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-from common import (augment, autocast, compile_blocker, device_name, die, load_checkpoint,  # noqa: E402
-                    load_model_state, load_split, peak_flops, pick_device, pick_dtype, sdpa_backend,
-                    synchronize)
+from common import (append_metrics, autocast, compile_blocker, compiled, device_name, die, forward_backward,  # noqa: E402
+                    load_checkpoint, load_model_state, load_optimizer_states, lock_out_dir, optimizer_step, peak_flops,
+                    pick_device, pick_dtype, read_metrics, save_checkpoint_file, sdpa_backend, synchronize)
+from data import augment, channel_stats, get_dataset, load_split, normalize  # noqa: E402
 from model import ViT, ViTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # default config values: config/*.py files and --key=value flags override them
 # I/O
-out_dir = 'out-mnist'
+out_dir = 'out-mnist'  # the run's folder: ckpt.pt, metrics.jsonl, curves.png
 eval_interval = 250  # evaluate on the whole test split, then checkpoint, every this many iterations
 log_interval = 10
 always_save_checkpoint = True  # checkpoint at every evaluation; if False only at the end (and on Ctrl-C)
-init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-plot = True  # redraw images/<out_dir name>.png at every evaluation
+init_from = 'scratch'  # 'scratch' (an out_dir without a checkpoint) or 'resume' (from out_dir/ckpt.pt)
+plot = True  # redraw out_dir/curves.png at every evaluation
 # data
-dataset = 'mnist'  # 'mnist' or 'fashion_mnist'
-data_dir = 'data'  # holds MNIST/raw/*-ubyte in torchvision's layout; downloaded there when missing
+dataset = 'mnist'  # 'mnist', 'fashion_mnist', 'cifar10' or 'folder' (data.py)
+data_dir = 'data'  # where torchvision datasets are (or get downloaded); for 'folder', the folder of pictures
+img_size = 0  # folder datasets: 0 keeps the pictures' size, N resizes the shorter side to N and cuts the centre N x N
 batch_size = 32  # images per process per micro-step
 gradient_accumulation_steps = 1
 eval_batch_size = 500
 aug_translate = 0.0  # random shift of up to this many pixels (0 = no augmentation)
 aug_rotate = 0.0  # random rotation of up to this many degrees
 aug_scale = 0.0  # random zoom by up to this fraction
+aug_crop = 0  # random crop of the image padded by this many pixels (a shift by whole pixels)
+aug_flip = False  # mirror half of the images left to right (never digits)
 # model
 n_layer = 4
 n_head = 4
@@ -59,15 +64,18 @@ pool = 'cls'  # 'cls' token or 'mean' of the patch tokens
 pos_embd = 'learned'  # 'learned' or 'sincos'
 pos_std = 0.02  # init std of a learned position embedding
 qk_norm = False  # LayerNorm on queries and keys
-# AdamW optimizer
-learning_rate = 1e-3
+# optimizer
+optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for the rest
+learning_rate = 1e-3  # AdamW's peak learning rate
+muon_lr = 0.02  # Muon's peak learning rate
+muon_momentum = 0.95
 max_iters = 1000
 weight_decay = 0.05
 beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0  # clip gradients at this norm, or 0.0 for no clipping
 label_smoothing = 0.0
-# learning rate schedule: linear warmup, then cosine decay to min_lr at max_iters
+# learning rate schedule: linear warmup, then cosine decay to min_lr at max_iters (every lr in proportion)
 warmup_iters = 100
 min_lr = 1e-5
 # system
@@ -80,12 +88,27 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in _config_keys}  # plain types only, saved in the checkpoint
 # -----------------------------------------------------------------------------
 
-for key in ('max_iters', 'batch_size', 'eval_batch_size', 'log_interval', 'eval_interval',
-            'gradient_accumulation_steps'):
-    if config[key] < 1:
-        die(f"{key}={config[key]} must be at least 1", 2)
-if init_from not in ('scratch', 'resume'):
-    die(f"init_from={init_from!r}: use 'scratch' or 'resume'", 2)
+for key, valid, rule in [
+        ('max_iters', max_iters >= 1, 'at least 1'), ('batch_size', batch_size >= 1, 'at least 1'),
+        ('eval_batch_size', eval_batch_size >= 1, 'at least 1'), ('log_interval', log_interval >= 1, 'at least 1'),
+        ('eval_interval', eval_interval >= 1, 'at least 1'),
+        ('gradient_accumulation_steps', gradient_accumulation_steps >= 1, 'at least 1'),
+        ('learning_rate', learning_rate > 0, 'positive'), ('muon_lr', muon_lr > 0, 'positive'),
+        ('min_lr', 0 <= min_lr <= learning_rate, 'between 0 and learning_rate'),
+        ('warmup_iters', warmup_iters >= 0, '0 or more'), ('weight_decay', weight_decay >= 0, '0 or more'),
+        ('beta1', 0 <= beta1 < 1, 'in [0, 1)'), ('beta2', 0 <= beta2 < 1, 'in [0, 1)'),
+        ('muon_momentum', 0 <= muon_momentum < 1, 'in [0, 1)'), ('grad_clip', grad_clip >= 0, '0 (off) or more'),
+        ('label_smoothing', 0 <= label_smoothing < 1, 'in [0, 1)'), ('seed', 0 <= seed < 2 ** 63, 'in [0, 2**63)'),
+        ('img_size', img_size >= 0, '0 (keep the size) or more'), ('aug_crop', aug_crop >= 0, '0 (off) or more'),
+        ('aug_translate', aug_translate >= 0, '0 (off) or more'), ('aug_rotate', aug_rotate >= 0, '0 (off) or more'),
+        ('aug_scale', 0 <= aug_scale < 1, 'in [0, 1)'),
+        ('init_from', init_from in ('scratch', 'resume'), "'scratch' or 'resume'"),
+        ('optimizer', optimizer in ('adamw', 'muon'), "'adamw' or 'muon'")]:
+    if not valid:
+        die(f"{key}={config[key]!r} must be {rule}", 2)
+data_entry = get_dataset(dataset)
+if aug_flip and data_entry.digits:
+    die(f"aug_flip=True on {dataset}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
 
 # processes: torchrun sets RANK for each one it starts; a plain `python train.py` is one process
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -106,34 +129,35 @@ dtype, dtype_reason = pick_dtype(dtype, device_type)
 torch.manual_seed(seed + rank)
 torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
 
+# the run's folder: one run at a time, and never a finished or interrupted run overwritten unasked
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 metrics_path = os.path.join(out_dir, 'metrics.jsonl')
 if master:
     try:
-        # find out now, not at the first checkpoint, whether out_dir takes files
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f'.write-test-{os.getpid()}')
-        open(probe, 'w').close()
-        os.remove(probe)
+        out_dir_lock = lock_out_dir(out_dir)  # held until the process ends
     except OSError as e:
         die(f"out_dir={out_dir!r} is not writable: {e.strerror}")
+    if init_from == 'scratch' and os.path.exists(ckpt_path):
+        die(f"{ckpt_path} already holds a run; carry it on with --init_from=resume, or to start over delete "
+            f"{out_dir} (or choose another --out_dir)", 2)
 
-# data: the whole dataset lives on the device as uint8; batches are cut and normalized there
+# data: the whole dataset lives on the device as uint8; batches are cut, augmented and normalized there
 if ddp and not master:
-    dist.barrier()  # let rank 0 download first
-train_x, train_y = load_split(dataset, data_dir, True, device)
-test_x, test_y = load_split(dataset, data_dir, False, device)
+    dist.barrier()  # let rank 0 download (or decode and cache) first
+train_x, train_y, classes = load_split(dataset, data_dir, True, img_size, device)
+test_x, test_y, test_classes = load_split(dataset, data_dir, False, img_size, device)
 if ddp and master:
     dist.barrier()
-pixels = train_x.float().div_(255)
-data_mean, data_std = pixels.mean().item(), pixels.std().item()
-del pixels
+data_mean, data_std = channel_stats(train_x)
+mean_on_device, std_on_device = torch.tensor(data_mean, device=device), torch.tensor(data_std, device=device)
 global_batch = batch_size * gradient_accumulation_steps * world_size
 steps_per_epoch = len(train_x) // global_batch
 if steps_per_epoch == 0:
     die(f"batch_size={batch_size} x gradient_accumulation_steps x processes = {global_batch} "
         f"is larger than the {len(train_x)} training images", 2)
-augmenting = aug_translate > 0 or aug_rotate > 0 or aug_scale > 0
+aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
+augmenting = any(aug.values())
 aug_generator = torch.Generator(device=device)
 
 
@@ -145,40 +169,48 @@ def epoch_order(epoch):
     return torch.randperm(len(train_x), generator=generator).to(device)
 
 
-def normalize(images):
-    return (images.float() / 255 - data_mean) / data_std
-
-
 def get_batch(it, micro_step):
     epoch, step = divmod(it, steps_per_epoch)
     start = step * global_batch + (micro_step * world_size + rank) * batch_size
     idx = epoch_order(epoch)[start:start + batch_size]
     x = train_x[idx].float() / 255
     if augmenting:
-        # seeded by the step, like the batch order: nothing to save for an exact resume
-        aug_generator.manual_seed(hash((seed, rank, it, micro_step)))
-        x = augment(x, aug_translate, aug_rotate, aug_scale, aug_generator)
-    return (x - data_mean) / data_std, train_y[idx]
+        # seeded by the draw's place in the run, like the batch order: nothing to save for an exact resume
+        draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
+        aug_generator.manual_seed((seed * 1_000_033 + draw) % 2 ** 64)
+        x = augment(x, aug_generator, **aug)
+    return normalize(x, mean_on_device, std_on_device), train_y[idx]
 
 
 # model
-model_args = dict(img_size=train_x.shape[-1], patch_size=patch_size, in_chans=train_x.shape[1],
-                  n_classes=int(train_y.max()) + 1, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                  mlp_ratio=mlp_ratio, dropout=dropout, bias=bias, pool=pool, pos_embd=pos_embd, pos_std=pos_std,
-                  qk_norm=qk_norm)
+data_shape = dict(img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_classes=len(classes))
+model_args = {f.name: config[f.name] for f in fields(ViTConfig) if f.name not in data_shape} | data_shape
 iter_num = 0
 best_val_acc = 0.0
+saved_val_loss = math.inf  # the val loss of the checkpoint in out_dir, which a diverged run must not replace
 checkpoint = None
 if init_from == 'resume':
-    checkpoint = load_checkpoint(ckpt_path, device)
-    saved_args = checkpoint['model_args']
+    checkpoint = load_checkpoint(ckpt_path, device, keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
+                                                          'best_val_acc', 'val_loss', 'config', 'classes', 'rng'))
+    saved, saved_args = checkpoint['config'], checkpoint['model_args']
     changed = [k for k in model_args if k != 'dropout' and saved_args.get(k) != model_args[k]]
-    if changed:
-        die(f"{ckpt_path} holds a model with {', '.join(f'{k}={saved_args.get(k)!r}' for k in changed)} but this "
-            f"run asks for {', '.join(f'{k}={model_args[k]!r}' for k in changed)}; resume with the run's own config")
-    iter_num, best_val_acc = checkpoint['iter_num'], checkpoint['best_val_acc']
+    changed += [k for k in ('dataset', 'optimizer') if saved.get(k) != config[k]]
+    if changed or checkpoint['classes'] != classes:
+        then = [f'{k}={saved_args.get(k, saved.get(k))!r}' for k in changed] or [f"classes {checkpoint['classes']}"]
+        now = [f'{k}={model_args.get(k, config.get(k))!r}' for k in changed] or [f"classes {classes}"]
+        die(f"{ckpt_path} holds a run with {', '.join(then)} but this run asks for {', '.join(now)}; "
+            f"resume with the run's own config", 2)
+    iter_num, best_val_acc, saved_val_loss = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['val_loss']
     if iter_num >= max_iters:
-        die(f"{ckpt_path} is at iter {iter_num}, already at max_iters={max_iters}; raise max_iters to train on")
+        die(f"{ckpt_path} is at iter {iter_num}, already at max_iters={max_iters}; raise max_iters to train on", 2)
+    notes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved.get(k) != v]
+    if len(checkpoint['rng']) != world_size:
+        notes.append(f"processes {len(checkpoint['rng'])} -> {world_size}")
+    saved_batch = saved['batch_size'] * saved['gradient_accumulation_steps'] * len(checkpoint['rng'])
+    if saved_batch != global_batch:
+        notes.append(f"images per iteration {saved_batch} -> {global_batch}")
+    if notes and master:
+        print(f"note: resuming with changes: {', '.join(notes)}")
 try:
     model = ViT(ViTConfig(**model_args))
 except ValueError as e:
@@ -188,11 +220,12 @@ if checkpoint:
 model.to(device)
 raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
 
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizers = model.configure_optimizers(optimizer, weight_decay, learning_rate, (beta1, beta2), muon_lr, muon_momentum,
+                                        device_type)
 # fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 if checkpoint:
-    optimizer.load_state_dict(checkpoint['optimizer'])
+    load_optimizer_states(optimizers, checkpoint['optimizer'], ckpt_path)
     scaler.load_state_dict(checkpoint['scaler'])
     rng = checkpoint['rng']
     if len(rng) == world_size:
@@ -203,18 +236,16 @@ if checkpoint:
         print(f"note: {ckpt_path} was saved by {len(rng)} processes, this run has {world_size}: dropout draws new numbers")
     del checkpoint  # free the memory
 
+ctx = autocast(device_type, dtype)
 compile_note = "off"
 if compile:
     blocker = compile_blocker(device_type)
-    if blocker:
-        compile_note = f"off ({blocker})"
-    else:
-        compile_note = "on"
-        model = torch.compile(model)
+    compile_note = f"off ({blocker})" if blocker else "on"
+    if not blocker:
+        model, compile_note = compiled(model, ctx, *get_batch(iter_num, 0), label_smoothing)
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
-ctx = autocast(device_type, dtype)
 
 flops_per_iter = 3 * raw_model.flops_per_image() * batch_size * gradient_accumulation_steps
 peak = peak_flops(device_name(device), dtype)
@@ -223,8 +254,13 @@ if master:
           f"attention: sdpa {sdpa_backend(device, dtype, n_embd // n_head)} kernel (fastest for {dtype}, "
           f"head_dim {n_embd // n_head} here)")
     print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {raw_model.flops_per_image() / 1e9:.3f} "
-          f"GFLOPs per image forward | data: {len(train_x)} train / {len(test_x)} test images | "
-          f"{world_size} process(es), {global_batch} images per iteration")
+          f"GFLOPs per image forward | data: {dataset}, {len(train_x)} train / {len(test_x)} test images of "
+          f"{'x'.join(map(str, train_x.shape[1:]))}, {len(classes)} classes | {world_size} process(es), "
+          f"{global_batch} images per iteration | optimizer {optimizer}")
+
+
+def mfu(seconds_per_iter):
+    return f", mfu {100 * flops_per_iter / seconds_per_iter / peak:.1f}%" if peak else ""
 
 
 def get_lr(it):
@@ -237,27 +273,18 @@ def get_lr(it):
 
 def train_step(it):
     """One optimizer step; returns the mean loss as a tensor (reading it would wait for the device)."""
-    lr = get_lr(it)
-    for group in optimizer.param_groups:
-        group['lr'] = lr
-    total = 0.0
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group['lr'] = group['max_lr'] * get_lr(it) / learning_rate  # Muon's lr follows the same schedule
+    loss = 0.0
     for micro_step in range(gradient_accumulation_steps):
         if ddp:
             # all-reduce the gradients once, on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         x, y = get_batch(it, micro_step)
-        with ctx:
-            _, loss = model(x, y, label_smoothing)
-        loss = loss / gradient_accumulation_steps
-        scaler.scale(loss).backward()
-        total += loss.detach()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return total
+        loss += forward_backward(model, x, y, ctx, scaler, label_smoothing, gradient_accumulation_steps)
+    optimizer_step(optimizers, scaler, raw_model.parameters(), grad_clip)
+    return loss
 
 
 @torch.no_grad()
@@ -267,7 +294,8 @@ def evaluate():
     lo, hi = len(test_x) * rank // world_size, len(test_x) * (rank + 1) // world_size
     sums = torch.zeros(2, device=device)  # loss, correct
     for start in range(lo, hi, eval_batch_size):
-        x, y = normalize(test_x[start:min(start + eval_batch_size, hi)]), test_y[start:min(start + eval_batch_size, hi)]
+        end = min(start + eval_batch_size, hi)
+        x, y = normalize(test_x[start:end], mean_on_device, std_on_device), test_y[start:end]
         with ctx:
             logits, _ = eval_model(x)
         sums[0] += F.cross_entropy(logits.float(), y, reduction='sum')
@@ -280,7 +308,6 @@ def evaluate():
 
 
 def save_checkpoint():
-    """Write out_dir/ckpt.pt so that a kill at any instant leaves the old or the new file, never half of one."""
     rng = {'cpu': torch.get_rng_state()}
     if device_type == 'cuda':
         rng['cuda'] = torch.cuda.get_rng_state()
@@ -288,26 +315,32 @@ def save_checkpoint():
     if ddp:
         rngs = [None] * world_size
         dist.all_gather_object(rngs, rng)
-    if not master:
-        return
-    checkpoint = {
-        'model': raw_model.state_dict(),
-        'optimizer': optimizer.state_dict(),
-        'scaler': scaler.state_dict(),
-        'model_args': asdict(raw_model.config),
-        'iter_num': iter_num,
-        'best_val_acc': best_val_acc,
-        'config': config,
-        'data_mean': data_mean,
-        'data_std': data_std,
-        'rng': rngs,
-    }
-    tmp_path = ckpt_path + '.tmp'
-    with open(tmp_path, 'wb') as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_path, ckpt_path)  # atomic on POSIX and Windows
+    if master:
+        save_checkpoint_file({
+            'model': raw_model.state_dict(),
+            'optimizer': [opt.state_dict() for opt in optimizers],
+            'scaler': scaler.state_dict(),
+            'model_args': asdict(raw_model.config),
+            'iter_num': iter_num,
+            'best_val_acc': best_val_acc,
+            'val_loss': saved_val_loss,
+            'config': config,
+            'classes': classes,
+            'data_mean': data_mean,
+            'data_std': data_std,
+            'rng': rngs,
+        }, ckpt_path)
+
+
+def check_loss(value, what):
+    # a diverged run stops here, before it can overwrite the last good checkpoint: a loss that is not
+    # finite, or one worse than chance (the zero-initialised head's ln(n_classes)) where the checkpoint
+    # on disk was better than chance
+    chance = math.log(len(classes))
+    if not math.isfinite(value) or saved_val_loss < chance < value:
+        die(f"{what} is {value:.4g} at iter {iter_num}, chance is {chance:.4g}: training diverged. "
+            f"Lower learning_rate (now {learning_rate:g}){' or use dtype=float32' if dtype != 'float32' else ''}. "
+            f"{ckpt_path} is left as it was.")
 
 
 def global_mean(loss_sum, count):
@@ -321,15 +354,7 @@ def global_mean(loss_sum, count):
 
 def log_metrics(**record):
     if master:
-        with open(metrics_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-
-
-def check_finite(value, what):
-    # a diverged run stops here, before it can overwrite the last good checkpoint
-    if not math.isfinite(value):
-        die(f"{what} is {value} at iter {iter_num}: training diverged. Lower learning_rate (now {learning_rate:g})"
-            f"{' or use dtype=float32' if dtype != 'float32' else ''}. {ckpt_path} is left as it was.")
+        append_metrics(metrics_path, record)
 
 
 def duration(seconds):
@@ -340,18 +365,14 @@ def duration(seconds):
 
 def draw_curves():
     from plot import plot_runs  # matplotlib loads only when it is needed
-    plot_runs([out_dir], os.path.join('images', os.path.basename(os.path.normpath(out_dir)) + '.png'))
+    plot_runs([out_dir], os.path.join(out_dir, 'curves.png'))
 
 
 if master:
-    if iter_num > 0 and os.path.isfile(metrics_path):
-        # drop what the interrupted run logged after its last checkpoint: those steps run again
-        with open(metrics_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)['iter'] <= iter_num]
-        with open(metrics_path, 'w') as f:
-            f.writelines(kept)
-    elif iter_num == 0:
-        open(metrics_path, 'w').close()
+    # a resumed run logs again the steps after its checkpoint: drop what the interrupted run logged of them
+    kept = [r for r in read_metrics(metrics_path) if r['iter'] <= iter_num] if iter_num and os.path.exists(metrics_path) else []
+    with open(metrics_path, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in kept)
 
 # Ctrl-C and SIGTERM (Colab's stop button, a cluster's preemption) finish the current
 # iteration, checkpoint and exit; a second Ctrl-C stops at once
@@ -369,6 +390,25 @@ signal.signal(signal.SIGINT, request_stop)
 signal.signal(signal.SIGTERM, request_stop)
 
 
+def should_stop():
+    if not ddp:
+        return stop_signal
+    if iter_num % log_interval != 0:
+        return 0  # processes agree at log steps only: a collective every step would cost a sync
+    flag = torch.tensor([stop_signal], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def resume_command():
+    args = shlex.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
+    if not ddp:
+        return f"python train.py {args} --init_from=resume"
+    if int(os.environ['LOCAL_WORLD_SIZE']) == world_size:
+        return f"torchrun --standalone --nproc_per_node={world_size} train.py {args} --init_from=resume"
+    return f"the same torchrun command as this run's ({world_size} processes), with train.py {args} --init_from=resume"
+
+
 def leave(code):
     if ddp:
         dist.barrier()  # leave together
@@ -380,110 +420,66 @@ def leave(code):
     sys.exit(code)
 
 
-def should_stop():
-    if not ddp:
-        return stop_signal
-    if iter_num % log_interval != 0:
-        return 0  # processes agree at log steps only: a collective every step would cost a sync
-    flag = torch.tensor([stop_signal], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
-
-
-def end_lap():
-    """Close the current timing lap; returns its ms/iter, or None when it timed no iteration."""
-    global lap_start, lap_iters, timed_seconds, timed_iters
-    synchronize(device_type)
-    ms = None
-    if lap_iters:
-        elapsed = time.time() - lap_start
-        timed_seconds, timed_iters = timed_seconds + elapsed, timed_iters + lap_iters
-        ms = elapsed * 1000 / lap_iters
-    lap_start, lap_iters = time.time(), 0
-    return ms
-
-
-# training loop
+# training loop. Timing as in nanoGPT: t0 restarts at every log line, and after evaluations, which are
+# not training time; the first log interval (warm-up: allocators, a first compile) counts in no average
 start_iter = iter_num
-untimed_iters = 2  # the first steps compile and warm up allocators: no place in the timing
-interval_loss, interval_iters = 0.0, 0  # since the last log line
-train_loss, train_iters = 0.0, 0  # since the last evaluation
-lap_start, lap_iters = time.time(), 0
+loss_sum, loss_steps = 0.0, 0  # since the last log line
+train_loss_sum, train_loss_steps = 0.0, 0  # since the last evaluation
 timed_seconds, timed_iters = 0.0, 0
-ms_per_iter = None
+t0, t0_iter = time.time(), iter_num
 while iter_num < max_iters:
-    if iter_num == start_iter and compile_note == "on":
-        rng_state = torch.get_rng_state()
-        try:
-            loss = train_step(iter_num)
-        except Exception as e:
-            # compilation happens on the first call; where it breaks, say why and run eager
-            compile_note = f"off (torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]})"
-            if master:
-                print(f"compile {compile_note}")
-            optimizer.zero_grad(set_to_none=True)
-            torch.set_rng_state(rng_state)
-            model = eval_model = raw_model
-            if ddp:
-                model = DDP(raw_model, device_ids=[local_rank] if device_type == 'cuda' else None)
-            loss = train_step(iter_num)
-    else:
-        loss = train_step(iter_num)
+    loss = train_step(iter_num)
     iter_num += 1
-    interval_loss, interval_iters = interval_loss + loss, interval_iters + 1
-    train_loss, train_iters = train_loss + loss, train_iters + 1
-    if iter_num - start_iter <= untimed_iters:
-        synchronize(device_type)
-        lap_start = time.time()
-    else:
-        lap_iters += 1
-
+    loss_sum, loss_steps = loss_sum + loss, loss_steps + 1
+    train_loss_sum, train_loss_steps = train_loss_sum + loss, train_loss_steps + 1
     last = iter_num == max_iters
+
     if iter_num % log_interval == 0 or last:
-        mean_loss = global_mean(interval_loss, interval_iters)
-        ms_per_iter = end_lap() or ms_per_iter
-        check_finite(mean_loss, "the training loss")
+        mean_loss = global_mean(loss_sum, loss_steps)  # reading the loss waits for the device
+        synchronize(device_type)
+        dt = time.time() - t0
+        ms = 1000 * dt / (iter_num - t0_iter)
+        if t0_iter > start_iter:
+            timed_seconds, timed_iters = timed_seconds + dt, timed_iters + iter_num - t0_iter
+        check_loss(mean_loss, "the training loss")
         if scaler.is_enabled() and scaler.get_scale() < 1.0:
             die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
                 f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
         if master:
-            mean_ms = timed_seconds * 1000 / timed_iters if timed_iters else None
-            timing = f"time {ms_per_iter:.2f}ms, eta {duration((max_iters - iter_num) * mean_ms / 1000)}" \
-                if ms_per_iter and mean_ms else "time (warm-up)"
-            mfu = f", mfu {100 * flops_per_iter / (ms_per_iter / 1000) / peak:.1f}%" if peak and ms_per_iter else ""
-            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {get_lr(iter_num - 1):.1e}, {timing}{mfu}")
-        log_metrics(iter=iter_num, loss=mean_loss, lr=get_lr(iter_num - 1), ms=ms_per_iter)
-        interval_loss, interval_iters = 0.0, 0
+            eta = f", eta {duration((max_iters - iter_num) * ms / 1000)}" if t0_iter > start_iter else " (warm-up)"
+            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {get_lr(iter_num - 1):.1e}, "
+                  f"time {ms:.2f}ms{eta}{mfu(ms / 1000)}")
+        log_metrics(iter=iter_num, loss=mean_loss, lr=get_lr(iter_num - 1), ms=ms)
+        loss_sum, loss_steps = 0.0, 0
+        t0, t0_iter = time.time(), iter_num
 
     if iter_num % eval_interval == 0 or last:
-        end_lap()  # evaluation is not training time
         val_loss, val_acc = evaluate()
-        mean_train_loss = global_mean(train_loss, train_iters)
-        check_finite(val_loss, "the val loss")
+        mean_train_loss = global_mean(train_loss_sum, train_loss_steps)
+        check_loss(val_loss, "the val loss")
         best_val_acc = max(best_val_acc, val_acc)
         if master:
             print(f"step {iter_num}: train loss {mean_train_loss:.4f}, val loss {val_loss:.4f}, val acc {100 * val_acc:.2f}%")
         log_metrics(iter=iter_num, train_loss=mean_train_loss, val_loss=val_loss, val_acc=val_acc)
-        train_loss, train_iters = 0.0, 0
+        train_loss_sum, train_loss_steps = 0.0, 0
         if always_save_checkpoint or last:
+            saved_val_loss = val_loss
             save_checkpoint()
         if plot and master:
             draw_curves()
-        lap_start = time.time()
+        t0, t0_iter = time.time(), iter_num
 
     signum = should_stop()
     if signum and not last:
         save_checkpoint()
         if master:
-            args = ' '.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
             print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
-                  f"Resume with: python train.py {args} --init_from=resume")
+                  f"Resume with: {resume_command()}")
         leave(0 if signum == signal.SIGINT else 128 + signum)
 
 if master:
-    mean_ms = timed_seconds * 1000 / timed_iters if timed_iters else float('nan')
-    mfu = f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak and timed_iters else ""
+    mean_ms = 1000 * timed_seconds / timed_iters if timed_iters else 1000 * dt / (iter_num - start_iter)
     print(f"done: val acc {100 * val_acc:.2f}% (best during the run {100 * best_val_acc:.2f}%), val loss {val_loss:.4f} "
-          f"| {iter_num - start_iter} iters in {duration(time.time() - t_process)} wall, {mean_ms:.2f} ms/iter{mfu} "
-          f"| checkpoint {ckpt_path}")
+          f"| {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
+          f"{mfu(mean_ms / 1000)} | checkpoint {ckpt_path}")
 leave(0)

@@ -1,0 +1,381 @@
+"""
+Every dataset nanoViT trains on, one entry each, and what turns its pictures into a batch.
+A dataset's loader gives a split as uint8 images (N, C, H, W), int64 labels (N,) and the class
+names; train.py puts them on the device once and cuts every batch there. To add a dataset,
+write its loader, add an entry to DATASETS and a config file (README, "Add a dataset").
+"""
+import hashlib
+import math
+import multiprocessing
+import os
+import struct
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from common import die
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+# -----------------------------------------------------------------------------
+# reading one picture: the same code for folder datasets and for sample.py --image
+
+
+def read_image(path, size=0, max_side=2048):
+    """A picture file as uint8 (H, W, C), C = 1 for grey and 3 for colour, in any format PIL reads:
+    EXIF rotation applied, the first frame of an animation, transparency laid over white, 16-bit
+    grey scaled to 8 bits, palettes and CMYK made RGB. size > 0: the shorter side resized to size,
+    then the centre size x size cut out. max_side > 0: a larger picture is shrunk while it is decoded,
+    so a 10000 x 10000 photo costs about what a 2000 x 2000 one does. A bad file raises ValueError."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        with warnings.catch_warnings(), Image.open(path) as picture:
+            # pictures between PIL's two pixel limits only warn; we shrink them as we decode
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            if size or max_side:
+                picture.draft('RGB', (size or max_side, size or max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+            if picture.getexif().get(0x0112, 1) != 1:  # the EXIF orientation tag says the camera was turned
+                picture = ImageOps.exif_transpose(picture)
+            picture = to_grey_or_rgb(picture)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"too large to decode safely ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"not a picture PIL can read ({type(e).__name__})") from None
+    if max_side and max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side), Image.LANCZOS)
+    if size:
+        scale = size / min(picture.size)
+        w, h = (max(size, round(side * scale)) for side in picture.size)
+        left, top = (w - size) // 2, (h - size) // 2
+        picture = picture.resize((w, h), Image.LANCZOS, reducing_gap=3.0).crop((left, top, left + size, top + size))
+    pixels = np.asarray(picture)
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def to_grey_or_rgb(picture):
+    """A decoded PIL image in mode 'L' (grey) or 'RGB', from any mode."""
+    from PIL import Image
+    mode = picture.mode
+    if mode == 'P' and 'transparency' in picture.info or mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
+        # transparent pixels become white paper, so black ink on a clear background stays black on white
+        paper = Image.new('RGBA', picture.size, (255, 255, 255, 255))
+        flat = Image.alpha_composite(paper, picture.convert('RGBA'))
+        return flat.convert('L' if mode in ('LA', 'La') else 'RGB')
+    if mode.startswith('I'):  # 16- or 32-bit grey: PIL's convert('L') would clip everything above 255
+        pixels = np.asarray(picture, dtype=np.float64)
+        return Image.fromarray(np.clip(pixels / 257, 0, 255).round().astype(np.uint8))
+    if mode in ('L', 'RGB'):
+        return picture.copy()  # loaded, and independent of the file that is about to close
+    return picture.convert('L' if mode in ('1', 'F') else 'RGB')
+
+
+# -----------------------------------------------------------------------------
+# the datasets
+
+
+@dataclass(frozen=True)
+class Dataset:
+    load: Callable  # (data_dir, train, img_size) -> images uint8 (N, C, H, W), labels int64 (N,), class names
+    shape: tuple = None  # (C, H, W) of its images, when known without reading the files
+    digits: bool = False  # handwritten digits: never mirrored; sample.py --image makes a picture look like one
+
+
+def load_torchvision(name, data_dir, train, img_size):
+    """MNIST, FashionMNIST or CIFAR10 through torchvision: downloaded into data_dir once, read from there."""
+    import torchvision
+    cls = getattr(torchvision.datasets, name)
+    split = 'train' if train else 'test'
+    try:
+        ds = cls(data_dir, train=train, download=True)  # downloads nothing when the files are there
+    except Exception as e:
+        die(f"could not load the {name} {split} split from {data_dir}: {why_torchvision_failed(cls, data_dir, train, e)}")
+    images = torch.as_tensor(ds.data)
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()  # MNIST / CIFAR
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    if img_size not in (0, images.shape[-1]):
+        die(f"img_size={img_size}: {name} images are {images.shape[-1]}x{images.shape[-1]}; "
+            f"img_size resizes folder datasets only (0 keeps the native size)", 2)
+    label_file = (os.path.join(ds.raw_folder, f"{'train' if train else 't10k'}-labels-idx1-ubyte")
+                  if hasattr(ds, 'raw_folder') else os.path.join(data_dir, ds.base_folder))
+    check_labels(labels, len(ds.classes), label_file)
+    return images, labels, list(ds.classes)
+
+
+def why_torchvision_failed(cls, data_dir, train, error):
+    """The file at fault, and what is wrong with it, for a torchvision dataset that would not load."""
+    reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:200]
+    if not hasattr(cls, 'resources'):  # CIFAR10: pickled batches in one folder
+        folder = os.path.join(data_dir, cls.base_folder)
+        if not os.path.isdir(folder):
+            return (f"{folder} does not exist and downloading it failed ({reason}); offline, point --data_dir at "
+                    f"the folder that holds {cls.base_folder}/, or use --dataset=folder with a folder of images")
+        return f"{folder}: {reason} (delete the folder to download it again)"
+    raw = os.path.join(data_dir, cls.__name__, 'raw')
+    prefix = 'train' if train else 't10k'
+    for name, rank in ((f'{prefix}-images-idx3-ubyte', 3), (f'{prefix}-labels-idx1-ubyte', 1)):
+        path = os.path.join(raw, name)
+        if not os.path.isfile(path):
+            return (f"{path} is missing and downloading it failed ({reason}); offline, point --data_dir at a "
+                    f"folder that holds {cls.__name__}/raw/{name}")
+        problem = idx_problem(path, rank)
+        if problem:
+            return f"{path} {problem} (delete it to download it again)"
+    return f"{reason} (delete the files in {raw} to download them again)"
+
+
+def idx_problem(path, rank):
+    """What is wrong with an IDX file of unsigned bytes (MNIST's format), or None."""
+    with open(path, 'rb') as f:
+        header = f.read(4 + 4 * rank)
+    if len(header) < 4 + 4 * rank:
+        return f"is {os.path.getsize(path)} bytes, too short for an IDX header"
+    if header[:4] != bytes([0, 0, 0x08, rank]):
+        return f"starts with {header[:4].hex()}, not {bytes([0, 0, 8, rank]).hex()}, the IDX magic number of {rank}-D unsigned bytes"
+    dims = struct.unpack(f'>{rank}I', header[4:])
+    expected = len(header) + math.prod(dims)
+    if os.path.getsize(path) != expected:
+        return f"is {os.path.getsize(path)} bytes, but its header {dims} says {expected}"
+    return None
+
+
+def check_labels(labels, n_classes, source):
+    """Stop with the first label outside 0..n_classes-1: a bad label would crash evaluation or grow the head."""
+    bad = torch.nonzero((labels < 0) | (labels >= n_classes)).flatten()
+    if len(bad):
+        i = bad[0].item()
+        die(f"{source}: label {labels[i].item()} at index {i} is outside 0..{n_classes - 1} "
+            f"({len(bad)} such label{'s' if len(bad) > 1 else ''})")
+
+
+# folder datasets: data_dir/train/<class>/* and data_dir/test/<class>/* (or val/), decoded once, then cached
+FOLDER_LAYOUT = "data_dir/train/<class>/<image> and data_dir/test/<class>/<image> (val/ is taken for test/)"
+MAX_BAD_FRACTION = 0.01  # more unreadable files than this and the folder is probably not what was meant
+CACHE_VERSION = 1
+
+
+def split_dir(data_dir, train):
+    names = ('train',) if train else ('test', 'val')
+    for name in names:
+        if os.path.isdir(os.path.join(data_dir, name)):
+            return os.path.join(data_dir, name)
+    die(f"no {' or '.join(n + '/' for n in names)} in data_dir={data_dir!r}; a folder dataset is laid out as {FOLDER_LAYOUT}")
+
+
+def class_names(folder):
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
+
+
+def load_folder(data_dir, train, img_size):
+    """A split of an ImageFolder-style tree, every picture decoded once and the result cached."""
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    if not os.path.isdir(data_dir):
+        die(f"data_dir={data_dir!r} is not a folder; a folder dataset is laid out as {FOLDER_LAYOUT}")
+    classes = class_names(split_dir(data_dir, True))
+    root = split_dir(data_dir, train)
+    if not classes:
+        die(f"{split_dir(data_dir, True)} has no class folders; a folder dataset is laid out as {FOLDER_LAYOUT}")
+    if not train and class_names(root) != classes:
+        theirs = class_names(root)
+        differ = [f"{c!r} only in train/" for c in classes if c not in theirs]
+        differ += [f"{c!r} only in {os.path.basename(root)}/" for c in theirs if c not in classes]
+        die(f"the class folders of {data_dir} differ between the splits: {', '.join(differ)}")
+    files = [(path, label) for label, c in enumerate(classes) for path in files_below(os.path.join(root, c))]
+    for label, c in enumerate(classes):
+        if not any(lab == label for _, lab in files):
+            die(f"class folder {os.path.join(root, c)} holds no files")
+    stats = [os.stat(path) for path, _ in files]
+    key = hashlib.sha256(repr((CACHE_VERSION, img_size, classes, [(os.path.relpath(p, root), s.st_size, s.st_mtime_ns)
+                                                                    for (p, _), s in zip(files, stats)])).encode())
+    cache = os.path.join(cache_dir(), f"{os.path.basename(data_dir)}-{os.path.basename(root)}-{img_size}-"
+                                      f"{hashlib.sha256(root.encode()).hexdigest()[:8]}.pt")
+    cached = read_cache(cache, key.hexdigest(), classes)
+    if cached:
+        return cached
+    t0 = time.time()
+    images, labels, skipped = decode_all(files, img_size)
+    name = os.path.basename(root)
+    if skipped:
+        listed = '; '.join(f"{os.path.relpath(p, data_dir)} ({why})" for p, why in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        if len(skipped) > MAX_BAD_FRACTION * len(files):
+            die(f"{len(skipped)} of the {len(files)} files in {root} are not readable pictures: {listed}{more}")
+        print(f"note: skipped {len(skipped)} of the {len(files)} files in {root}, not readable pictures: {listed}{more}")
+    for label, c in enumerate(classes):
+        if not (labels == label).any():
+            die(f"class folder {os.path.join(root, c)} holds no readable picture")
+    print(f"{name}/: decoded {len(labels)} pictures in {time.time() - t0:.1f}s, cached in {cache}")
+    write_cache(cache, dict(key=key.hexdigest(), images=images, labels=labels, classes=classes))
+    return images, labels, classes
+
+
+def files_below(folder):
+    """Every file under folder, sorted, hidden ones left out (.DS_Store and the like)."""
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        found += [os.path.join(parent, n) for n in sorted(names) if not n.startswith('.')]
+    return found
+
+
+def decode_all(files, img_size):
+    """(images uint8 (N, C, H, W), labels (N,), [(path, why) skipped]) for a list of (path, label)."""
+    decode = partial(decode_one, size=img_size)
+    if sys.platform == 'linux' and len(files) > 1000:
+        # decoding is CPU-bound Python (threads would queue on the GIL): one process per core. Forked
+        # children only run PIL and numpy. Elsewhere (spawn) a child would run train.py again, so one core.
+        with multiprocessing.get_context('fork').Pool(os.cpu_count()) as pool:
+            decoded = pool.map(decode, [p for p, _ in files], chunksize=256)
+    else:
+        decoded = [decode(p) for p, _ in files]
+    good = [(pixels, label) for (pixels, _), (_, label) in zip(decoded, files) if pixels is not None]
+    skipped = [(path, why) for (pixels, why), (path, _) in zip(decoded, files) if pixels is None]
+    if not good:
+        die(f"none of the {len(files)} files is a readable picture, for instance {skipped[0][0]} ({skipped[0][1]})")
+    shapes = {pixels.shape[:2] for pixels, _ in good}
+    if len(shapes) > 1:
+        sizes = ', '.join(f"{w}x{h}" for h, w in sorted(shapes)[:4])
+        die(f"the pictures have different sizes ({sizes}{', ...' if len(shapes) > 4 else ''}); "
+            f"set --img_size=N to resize the shorter side to N and cut out the centre N x N")
+    channels = max(pixels.shape[2] for pixels, _ in good)  # 1 only when every picture is grey
+    images = np.stack([np.broadcast_to(pixels, pixels.shape[:2] + (channels,)) for pixels, _ in good])
+    labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, skipped
+
+
+def decode_one(path, size):
+    try:
+        return read_image(path, size, max_side=0 if size == 0 else 2048), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def cache_dir():
+    # decoded pictures are cached beside other programs' caches, never in data_dir, which may be read-only
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'nanovit')
+
+
+def read_cache(path, key, classes):
+    """The cached (images, labels, classes) when the file is whole and made from these very files, else None."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        cached = torch.load(path, weights_only=True)
+        images, labels = cached['images'], cached['labels']
+        whole = (cached['key'] == key and cached['classes'] == classes and images.dtype == torch.uint8
+                 and images.dim() == 4 and labels.shape == (len(images),) and int(labels.max()) < len(classes))
+    except Exception:
+        whole = False
+    if not whole:
+        print(f"note: the cache {path} is damaged or was made from other files; decoding the pictures again")
+        return None
+    return images, labels, classes
+
+
+def write_cache(path, contents):
+    """Write the cache atomically; a cache that cannot be written only costs the next start its decode."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(contents, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"note: could not write the cache {path} ({e.strerror}); the next start decodes the pictures again")
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+DATASETS = {
+    'mnist': Dataset(partial(load_torchvision, 'MNIST'), shape=(1, 28, 28), digits=True),
+    'fashion_mnist': Dataset(partial(load_torchvision, 'FashionMNIST'), shape=(1, 28, 28)),
+    'cifar10': Dataset(partial(load_torchvision, 'CIFAR10'), shape=(3, 32, 32)),
+    'folder': Dataset(load_folder),  # its shape is what the files say, or (C, img_size, img_size)
+}
+
+
+def get_dataset(name):
+    if name not in DATASETS:
+        die(f"unknown dataset={name!r}; choose from {', '.join(DATASETS)}", 2)
+    return DATASETS[name]
+
+
+def load_split(name, data_dir, train, img_size, device):
+    """One split on the device, loaded once: images uint8 (N, C, H, W), labels int64 (N,), class names."""
+    images, labels, classes = get_dataset(name).load(data_dir, train, img_size)
+    return images.to(device), labels.to(device), classes
+
+
+# -----------------------------------------------------------------------------
+# from uint8 pictures to what the model eats
+
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units, as two lists. Counted
+    from a histogram of the 256 values, so no float copy of the dataset is ever made."""
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].flatten().long() if images.device.type == 'mps' else images[:, c].flatten(),
+                                minlength=256).double()
+        values = torch.arange(256, dtype=torch.float64, device=counts.device) / 255
+        m = (counts * values).sum() / counts.sum()
+        mean.append(m.item())
+        std.append(((counts * (values - m) ** 2).sum() / counts.sum()).sqrt().item())
+    return mean, std
+
+
+def normalize(images, mean, std):
+    """uint8 images, or floats already in [0, 1], (B, C, H, W) -> zero mean and unit variance per
+    channel; mean and std are lists (or tensors) with one value per channel."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def affine(x, angle, zoom, shift_x, shift_y):
+    """Rotate each image of x (B, C, H, W) by angle (radians), zoom it, and shift it by (shift_x, shift_y)
+    pixels (right, down); each argument holds one value per image. What leaves the frame is lost,
+    what enters is black (zero)."""
+    B, _, H, W = x.shape
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    # affine_grid maps each output pixel to where it samples the input, in [-1, 1] units (a pixel is 2 / size)
+    theta = torch.stack([torch.stack([cos, -sin, -shift_x * 2 / W], 1),
+                         torch.stack([sin, cos, -shift_y * 2 / H], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def shift(x, dy, dx):
+    """Move each image of x (B, C, H, W) down by dy and right by dx whole pixels (one value per image),
+    filling with black: a crop of the image padded with zeros."""
+    B, C, H, W = x.shape
+    pad = int(max(dy.abs().max(), dx.abs().max()))
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (torch.arange(H, device=x.device) + pad - dy[:, None])[:, None, :, None]
+    cols = (torch.arange(W, device=x.device) + pad - dx[:, None])[:, None, None, :]
+    return padded[torch.arange(B, device=x.device)[:, None, None, None], torch.arange(C, device=x.device)[None, :, None, None], rows, cols]
+
+
+def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=False):
+    """Random label-keeping changes to float images x (B, C, H, W), drawn per image from generator, on
+    x's device: an affine map (shift up to translate pixels, rotation up to rotate degrees, zoom by up
+    to scale), a shift by up to crop whole pixels (a random crop of the image padded by crop), and a
+    mirror image half of the time."""
+    B = x.shape[0]
+    if translate or rotate or scale:
+        u = torch.rand(4, B, device=x.device, generator=generator) * 2 - 1  # uniform in [-1, 1)
+        x = affine(x, u[0] * math.radians(rotate), 1 + u[1] * scale, u[2] * translate, u[3] * translate)
+    if crop:
+        dy, dx = torch.randint(-crop, crop + 1, (2, B), device=x.device, generator=generator)
+        x = shift(x, dy, dx)
+    if flip:
+        mirrored = torch.rand(B, 1, 1, 1, device=x.device, generator=generator) < 0.5
+        x = torch.where(mirrored, x.flip(3), x)
+    return x
