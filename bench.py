@@ -99,10 +99,10 @@ def time_step(model, optimizers, dtype):
     return statistics.median(steps), statistics.median(optimizer_parts), memory
 
 
-def ours(mode):
+def ours(mode, dtype):
     model = ViT(model_config).to(device)
-    optimizers = model.configure_optimizers(optimizer, weight_decay, learning_rate, (beta1, beta2), muon_lr,
-                                            muon_momentum, device_type)
+    optimizers = model.configure_optimizers(optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
+                                            muon_momentum, device_type, dtype)
     return (torch.compile(model) if mode == 'compiled' else model), optimizers
 
 
@@ -151,7 +151,7 @@ for dtype in dtypes:
     ceiling_kind = 'peak'
     if ceiling is None and device_type == 'cpu':
         ceiling, ceiling_kind = matmul_flops(dtype), 'matmul'
-    candidates = [('nanoViT', mode, lambda mode=mode: ours(mode)) for mode in modes]
+    candidates = [('nanoViT', mode, lambda mode=mode: ours(mode, dtype)) for mode in modes]
     if torchvision_vit:
         candidates.append(('torchvision', 'eager', theirs))
     for impl, mode, build in candidates:

@@ -44,18 +44,18 @@ def read_image(path, size=0, max_side=2048):
             if picture.getexif().get(0x0112, 1) != 1:  # the EXIF orientation tag says the camera was turned
                 picture = ImageOps.exif_transpose(picture)
             picture = to_grey_or_rgb(picture)
+            if max_side and max(picture.size) > max_side:
+                picture.thumbnail((max_side, max_side), Image.LANCZOS)
+            if size:
+                scale = size / min(picture.size)
+                w, h = (max(size, round(side * scale)) for side in picture.size)
+                left, top = (w - size) // 2, (h - size) // 2
+                picture = picture.resize((w, h), Image.LANCZOS, reducing_gap=3.0).crop((left, top, left + size, top + size))
+            pixels = np.asarray(picture)
     except Image.DecompressionBombError as e:
         raise ValueError(f"too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"not a picture PIL can read ({type(e).__name__})") from None
-    if max_side and max(picture.size) > max_side:
-        picture.thumbnail((max_side, max_side), Image.LANCZOS)
-    if size:
-        scale = size / min(picture.size)
-        w, h = (max(size, round(side * scale)) for side in picture.size)
-        left, top = (w - size) // 2, (h - size) // 2
-        picture = picture.resize((w, h), Image.LANCZOS, reducing_gap=3.0).crop((left, top, left + size, top + size))
-    pixels = np.asarray(picture)
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
@@ -72,7 +72,7 @@ def to_grey_or_rgb(picture):
         pixels = np.asarray(picture, dtype=np.float64)
         return Image.fromarray(np.clip(pixels / 257, 0, 255).round().astype(np.uint8))
     if mode in ('L', 'RGB'):
-        return picture.copy()  # loaded, and independent of the file that is about to close
+        return picture
     return picture.convert('L' if mode in ('1', 'F') else 'RGB')
 
 

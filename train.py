@@ -220,8 +220,8 @@ if checkpoint:
 model.to(device)
 raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
 
-optimizers = model.configure_optimizers(optimizer, weight_decay, learning_rate, (beta1, beta2), muon_lr, muon_momentum,
-                                        device_type)
+optimizers = model.configure_optimizers(optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
+                                        device_type, dtype)
 # fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 if checkpoint:
