@@ -36,9 +36,11 @@ def read_image(path, size=0, max_side=2048):
     so a 10000 x 10000 photo costs about what a 2000 x 2000 one does. A bad file raises ValueError."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     try:
-        with warnings.catch_warnings(), Image.open(path) as picture:
+        with warnings.catch_warnings():
             # pictures between PIL's two pixel limits only warn; we shrink them as we decode
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            picture = Image.open(path)
+        with picture:
             if size or max_side:
                 picture.draft('RGB', (size or max_side, size or max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
             if picture.getexif().get(0x0112, 1) != 1:  # the EXIF orientation tag says the camera was turned
@@ -201,15 +203,15 @@ def load_folder(data_dir, train, img_size):
     t0 = time.time()
     images, labels, skipped = decode_all(files, img_size)
     name = os.path.basename(root)
+    for label, c in enumerate(classes):
+        if not (labels == label).any():
+            die(f"class folder {os.path.join(root, c)} holds no readable picture")
     if skipped:
         listed = '; '.join(f"{os.path.relpath(p, data_dir)} ({why})" for p, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         if len(skipped) > MAX_BAD_FRACTION * len(files):
             die(f"{len(skipped)} of the {len(files)} files in {root} are not readable pictures: {listed}{more}")
         print(f"note: skipped {len(skipped)} of the {len(files)} files in {root}, not readable pictures: {listed}{more}")
-    for label, c in enumerate(classes):
-        if not (labels == label).any():
-            die(f"class folder {os.path.join(root, c)} holds no readable picture")
     print(f"{name}/: decoded {len(labels)} pictures in {time.time() - t0:.1f}s, cached in {cache}")
     write_cache(cache, dict(key=key.hexdigest(), images=images, labels=labels, classes=classes))
     return images, labels, classes

@@ -1,4 +1,5 @@
-"""Shared helpers: synthetic MNIST-format data, and running the scripts as a user would."""
+"""Shared helpers: synthetic data (MNIST's IDX files, folders of pictures), and running the scripts as a user would."""
+import json
 import os
 import struct
 import subprocess
@@ -41,9 +42,41 @@ def make_mnist_dir(root, n_train=2000, n_test=500):
     return root
 
 
+COLOURS = {'red': (220, 40, 40), 'green': (40, 200, 60), 'blue': (40, 60, 220)}
+
+
+def make_picture_folder(root, per_class=(40, 12), size=(16, 16), seed=0, split_names=('train', 'test')):
+    """An ImageFolder tree of colour pictures, one class per colour: a coloured square on a noisy grey
+    background, at a random place. Returns root."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for split, n in zip(split_names, per_class):
+        for name, colour in COLOURS.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(90, 160, (h, w, 3)).astype(np.uint8)
+                y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+                pixels[y:y + h // 2, x:x + w // 2] = colour
+                Image.fromarray(pixels).save(os.path.join(root, split, name, f'{i:03d}.png'))
+    return root
+
+
 @pytest.fixture(scope='session')
 def synthetic_data(tmp_path_factory):
     return make_mnist_dir(str(tmp_path_factory.mktemp('data')))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def private_cache(tmp_path_factory):
+    """The tests decode folder datasets into a cache of their own, never the user's ~/.cache."""
+    before = os.environ.get('XDG_CACHE_HOME')
+    os.environ['XDG_CACHE_HOME'] = str(tmp_path_factory.mktemp('cache'))
+    yield os.environ['XDG_CACHE_HOME']
+    if before is None:
+        del os.environ['XDG_CACHE_HOME']
+    else:
+        os.environ['XDG_CACHE_HOME'] = before
 
 
 # a model small enough to train in seconds on a CPU
@@ -59,11 +92,11 @@ def run_script(script, *args, cwd, timeout=300, env=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_script(script, *args, cwd):
+def start_script(script, *args, cwd, python_args=()):
     """Start one of the repo's scripts and return the Popen, its stdout a text pipe, for tests that
     act on a run while it is going (signals, kills)."""
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-    return subprocess.Popen([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, *python_args, os.path.join(REPO, script), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -75,3 +108,20 @@ def wait_for_line(process, prefix):
         if line.startswith(prefix):
             return lines
     raise AssertionError(f"the run ended without printing {prefix!r}:\n{''.join(lines)}{process.stderr.read()}")
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(out_dir):
+    """{iter: training loss} from a run's metrics.jsonl."""
+    return {r['iter']: r['loss'] for r in read_jsonl(os.path.join(out_dir, 'metrics.jsonl')) if 'loss' in r}
+
+
+def assert_one_line_error(result, message, code=None):
+    """The script stopped with exactly one line on stderr holding message, and no traceback."""
+    assert result.returncode != 0 if code is None else result.returncode == code, (result.returncode, result.stderr)
+    assert message in result.stderr, result.stderr
+    assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -1,8 +1,9 @@
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from common import pick_dtype
-from model import ViT, ViTConfig
+from model import Muon, ViT, ViTConfig, orthogonalize
 
 MNIST_MODEL = dict(n_layer=4, n_head=4, n_embd=768, patch_size=4)  # config/mnist.py's model
 
@@ -63,26 +64,105 @@ def test_bad_shapes_are_rejected_with_their_values():
         model(torch.randn(2, 3, 28, 28))
 
 
-def test_weight_decay_only_on_weight_matrices():
+@pytest.mark.parametrize('field,value,message', [
+    ('n_embd', 0, 'n_embd=0 must be at least 1'), ('n_embd', -4, 'n_embd=-4 must be at least 1'),
+    ('patch_size', 0, 'patch_size=0 must be at least 1'), ('n_head', 0, 'n_head=0 must be at least 1'),
+    ('n_layer', 0, 'n_layer=0 must be at least 1'), ('mlp_ratio', -1.0, 'mlp_ratio=-1.0 must be positive'),
+    ('dropout', 1.0, r'dropout=1.0 must be in \[0, 1\)'),
+])
+def test_impossible_values_are_rejected(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ViTConfig(**{field: value})
+
+
+def test_colour_pictures_of_another_size():
+    model = ViT(ViTConfig(img_size=32, in_chans=3, n_classes=7, n_layer=1, n_embd=32, n_head=2))
+    logits, _ = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 7) and model.config.n_tokens == 65
+
+
+def test_pooling_reads_the_prefix_or_the_mean():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    for pool, prefix in (('cls', 1), ('mean', 0)):
+        model = randomized(ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool=pool, pos_std=1.0)))
+        assert model.config.n_prefix_tokens == prefix and model.config.n_tokens == prefix + 49
+        tokens = model.embed(x)
+        assert tokens.shape == (2, prefix + 49, 32)
+        expected = tokens[:, 0] if pool == 'cls' else tokens.mean(dim=1)
+        assert torch.equal(model.pool(tokens), expected)
+    # mean pooling has no cls token to learn
+    assert ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool='mean')).cls_token.numel() == 0
+
+
+def test_optimizer_groups():
     model = ViT(ViTConfig(n_layer=2, n_embd=32, n_head=2))
-    decay, no_decay = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu').param_groups
     names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names[id(p)] for p in decay['params']}
+    adamw, = model.configure_optimizers('adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32')
+    decay, no_decay = adamw.param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
     assert {'pos_embd', 'cls_token', 'blocks.0.ln_1.weight', 'blocks.0.attn.qkv.bias'} <= \
         {names[id(p)] for p in no_decay['params']}
-    assert decayed == {'patch_embd.weight', 'head.weight'} | {f'blocks.{i}.{m}.weight' for i in range(2)
-                                                              for m in ('attn.qkv', 'attn.proj', 'mlp.fc', 'mlp.proj')}
+    block_matrices = {f'blocks.{i}.{m}.weight' for i in range(2) for m in ('attn.qkv', 'attn.proj', 'mlp.fc', 'mlp.proj')}
+    assert {names[id(p)] for p in decay['params']} == {'patch_embd.weight', 'head.weight'} | block_matrices
+    # Muon takes the blocks' matrices (qkv in three blocks), AdamW everything else
+    adamw, muon = model.configure_optimizers('muon', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32')
+    assert {names[id(p)] for p in adamw.param_groups[0]['params']} == {'patch_embd.weight', 'head.weight'}
+    qkv, rest = muon.param_groups
+    assert qkv['blocks'] == 3
+    assert {names[id(p)] for p in qkv['params']} == {'blocks.0.attn.qkv.weight', 'blocks.1.attn.qkv.weight'}
+    assert {names[id(p)] for p in qkv['params'] + rest['params']} == block_matrices
+    owned = [p for opt in (adamw, muon) for g in opt.param_groups for p in g['params']]
+    assert len(owned) == len(list(model.parameters())) == len({id(p) for p in owned})
+    assert all(g['max_lr'] == 0.02 for g in muon.param_groups) and all(g['max_lr'] == 1e-3 for g in adamw.param_groups)
 
 
-def test_flops_match_a_hand_count():
-    # 28x28, patch 14: 4 patches + cls = 5 tokens, width 8, mlp 16, one layer, 10 classes
-    model = ViT(ViTConfig(patch_size=14, n_layer=1, n_head=2, n_embd=8, mlp_ratio=2))
-    patch = 2 * 4 * 196 * 8
-    matmuls = 5 * 2 * (8 * 24 + 8 * 8 + 8 * 16 + 16 * 8)
-    attention = 2 * (5 * 5 * 8) * 2  # QK^T and att @ V, all heads
-    head = 2 * 8 * 10
-    assert model.flops_per_image() == patch + matmuls + attention + head
+@pytest.mark.parametrize('shape', [(3, 32, 32), (1, 96, 24), (1, 24, 96)])
+def test_orthogonalize_flattens_the_spectrum(shape):
+    torch.manual_seed(0)
+    # singular values spread over a factor of 30, as a momentum of gradients has
+    u, _, v = torch.linalg.svd(torch.randn(shape), full_matrices=False)
+    g = u @ torch.diag_embed(torch.logspace(-0.5, 1, min(shape[1:])).expand(shape[0], -1)) @ v
+    singular = torch.linalg.svdvals(orthogonalize(g))
+    assert singular.min() > 0.6 and singular.max() < 1.3, singular
+
+
+def test_our_muon_steps_as_torch_muon_does():
+    # torch.optim.Muon runs Newton-Schulz in bf16; ours in the dtype it is given: with bf16, the same steps
+    torch.manual_seed(0)
+    w = torch.randn(96, 288)
+    ours, theirs = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    optimizers = [Muon([ours], lr=0.02, momentum=0.95, weight_decay=0.05, ns_dtype=torch.bfloat16),
+                  torch.optim.Muon([theirs], lr=0.02, momentum=0.95, weight_decay=0.05, adjust_lr_fn='original')]
+    for _ in range(3):
+        g = torch.randn(96, 288)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        for opt in optimizers:
+            opt.step()
+    assert (ours - w).abs().max() > 0.01  # they moved
+    assert torch.allclose(ours, theirs, atol=2e-3), (ours - theirs).abs().max()
+
+
+def test_flops_match_torch_s_count():
+    # torch's FlopCounterMode counts the matmuls and convolutions the forward pass really runs (on the plain
+    # attention path: it does not count the CPU's fused attention kernel)
+    for config in (ViTConfig(n_layer=2, n_head=2, n_embd=64, patch_size=7),
+                   ViTConfig(img_size=32, in_chans=3, n_layer=1, n_head=4, n_embd=48, mlp_ratio=2, pool='mean')):
+        model = ViT(config)
+        for block in model.blocks:
+            block.attn.flash = False
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, config.in_chans, config.img_size, config.img_size))
+        assert model.flops_per_image() == counter.get_total_flops()
+
+
+def test_attention_maps_are_those_of_the_eval_model():
+    torch.manual_seed(0)
+    model = randomized(ViT(ViTConfig(n_layer=2, n_head=2, n_embd=32, patch_size=7, dropout=0.5, pos_std=1.0)))
+    x = torch.randn(3, 1, 28, 28)
+    expected = model.attention_maps(x)
+    model.train()  # dropout would change every map
+    assert torch.equal(model.attention_maps(x), expected) and model.training
 
 
 @pytest.mark.parametrize('pool', ['cls', 'mean'])
