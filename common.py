@@ -243,8 +243,9 @@ def load_model_state(model, state_dict, path):
 
 
 def load_optimizer_states(optimizers, states, path):
-    """Load the optimizers' states, after checking that every saved tensor has its parameter's shape:
-    a fused kernel given a wrong shape crashes the process instead of raising."""
+    """Load the optimizers' saved moments, after checking that every saved tensor has its parameter's shape
+    (a fused kernel given a wrong shape crashes the process instead of raising). The hyperparameters (lr,
+    betas, weight decay) stay this run's: a resume may change them."""
     if not isinstance(states, list) or len(states) != len(optimizers):
         die(f"{path} holds the state of {len(states) if isinstance(states, list) else 'an unknown number of'} "
             f"optimizer(s), this run has {len(optimizers)}")
@@ -259,7 +260,10 @@ def load_optimizer_states(optimizers, states, path):
             fits = False
         if not fits:
             die(f"{path}: the saved {type(optimizer).__name__} state does not fit this model's parameters")
+        settings = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
         optimizer.load_state_dict(state)
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)
 
 
 def save_checkpoint_file(checkpoint, path):
@@ -295,10 +299,11 @@ def read_metrics(path):
     return records
 
 
-def append_metrics(path, record):
+def write_metrics(path, records, mode):
+    """Append records to metrics.jsonl (mode 'a'), or write it anew ('w'); a full disk is one line, not a traceback."""
     try:
-        with open(path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        with open(path, mode) as f:
+            f.writelines(json.dumps(r) + '\n' for r in records)
     except OSError as e:
         die(f"could not write {path}: {e.strerror or e}; the last checkpoint is kept, resume when there is room")
 

@@ -11,7 +11,6 @@ $ torchrun --standalone --nproc_per_node=4 train.py config/mnist.py
 import time
 _started = time.time()  # the summary's wall time counts from here, imports included (the _ keeps it out of the config)
 
-import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
@@ -25,9 +24,10 @@ import torch.distributed as dist  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-from common import (append_metrics, autocast, compile_blocker, compiled, device_name, die, forward_backward,  # noqa: E402
+from common import (autocast, compile_blocker, compiled, device_name, die, forward_backward,  # noqa: E402
                     load_checkpoint, load_model_state, load_optimizer_states, lock_out_dir, optimizer_step, peak_flops,
-                    pick_device, pick_dtype, read_metrics, save_checkpoint_file, sdpa_backend, synchronize)
+                    pick_device, pick_dtype, read_metrics, save_checkpoint_file, sdpa_backend, synchronize,
+                    write_metrics)
 from data import augment, channel_stats, get_dataset, load_split, normalize  # noqa: E402
 from model import ViT, ViTConfig  # noqa: E402
 
@@ -187,13 +187,14 @@ data_shape = dict(img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_class
 model_args = {f.name: config[f.name] for f in fields(ViTConfig) if f.name not in data_shape} | data_shape
 iter_num = 0
 best_val_acc = 0.0
-saved_val_loss = math.inf  # the val loss of the checkpoint in out_dir, which a diverged run must not replace
+saved_iter, saved_val_loss = 0, math.inf  # the checkpoint in out_dir, which a run gone bad must not replace
 checkpoint = None
 if init_from == 'resume':
     checkpoint = load_checkpoint(ckpt_path, device, keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
                                                           'best_val_acc', 'val_loss', 'config', 'classes', 'rng'))
     saved, saved_args = checkpoint['config'], checkpoint['model_args']
-    changed = [k for k in model_args if k != 'dropout' and saved_args.get(k) != model_args[k]]
+    # dropout and pos_std (an init) may change: the trained weights mean the same with other values
+    changed = [k for k in model_args if k not in ('dropout', 'pos_std') and saved_args.get(k) != model_args[k]]
     changed += [k for k in ('dataset', 'optimizer') if saved.get(k) != config[k]]
     if changed or checkpoint['classes'] != classes:
         then = [f'{k}={saved_args.get(k, saved.get(k))!r}' for k in changed] or [f"classes {checkpoint['classes']}"]
@@ -201,6 +202,7 @@ if init_from == 'resume':
         die(f"{ckpt_path} holds a run with {', '.join(then)} but this run asks for {', '.join(now)}; "
             f"resume with the run's own config", 2)
     iter_num, best_val_acc, saved_val_loss = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['val_loss']
+    saved_iter = iter_num
     if iter_num >= max_iters:
         die(f"{ckpt_path} is at iter {iter_num}, already at max_iters={max_iters}; raise max_iters to train on", 2)
     notes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved.get(k) != v]
@@ -332,15 +334,18 @@ def save_checkpoint():
         }, ckpt_path)
 
 
-def check_loss(value, what):
-    # a diverged run stops here, before it can overwrite the last good checkpoint: a loss that is not
-    # finite, or one worse than chance (the zero-initialised head's ln(n_classes)) where the checkpoint
-    # on disk was better than chance
-    chance = math.log(len(classes))
-    if not math.isfinite(value) or saved_val_loss < chance < value:
-        die(f"{what} is {value:.4g} at iter {iter_num}, chance is {chance:.4g}: training diverged. "
-            f"Lower learning_rate (now {learning_rate:g}){' or use dtype=float32' if dtype != 'float32' else ''}. "
-            f"{ckpt_path} is left as it was.")
+def check_finite(value, what):
+    # a run whose loss overflowed stops here, before it can overwrite the last good checkpoint
+    if not math.isfinite(value):
+        die(f"{what} is {value} at iter {iter_num}: training diverged. Lower learning_rate (now {learning_rate:g})"
+            f"{' or use dtype=float32' if dtype != 'float32' else ''}. {ckpt_path} is left as it was.")
+
+
+def gone_bad(val_loss):
+    # a finite divergence (a resume at learning_rate=100, say) must not replace the last good checkpoint
+    # either: a val loss more than double the checkpoint's (and 0.5 above it, so that small losses may wobble)
+    # is one that no honest stretch of training makes
+    return val_loss > 2 * saved_val_loss + 0.5
 
 
 def global_mean(loss_sum, count):
@@ -354,7 +359,7 @@ def global_mean(loss_sum, count):
 
 def log_metrics(**record):
     if master:
-        append_metrics(metrics_path, record)
+        write_metrics(metrics_path, [record], 'a')
 
 
 def duration(seconds):
@@ -371,19 +376,19 @@ def draw_curves():
 if master:
     # a resumed run logs again the steps after its checkpoint: drop what the interrupted run logged of them
     kept = [r for r in read_metrics(metrics_path) if r['iter'] <= iter_num] if iter_num and os.path.exists(metrics_path) else []
-    with open(metrics_path, 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in kept)
+    write_metrics(metrics_path, kept, 'w')
 
 # Ctrl-C and SIGTERM (Colab's stop button, a cluster's preemption) finish the current
 # iteration, checkpoint and exit; a second Ctrl-C stops at once
-stop_signal = 0
+stop_signal, stop_time = 0, 0.0
 
 
 def request_stop(signum, frame):
-    global stop_signal
-    stop_signal = signum
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    global stop_signal, stop_time
+    if not stop_signal:
+        stop_signal, stop_time = signum, time.time()
+    elif time.time() - stop_time > 1.0:  # a person's second Ctrl-C; not the copy torchrun sends its workers at once
+        signal.default_int_handler(signum, frame)
 
 
 signal.signal(signal.SIGINT, request_stop)
@@ -420,6 +425,7 @@ def leave(code):
     sys.exit(code)
 
 
+val_loss = saved_val_loss  # the last evaluation's, until there is a new one
 # training loop. Timing as in nanoGPT: t0 restarts at every log line, and after evaluations, which are
 # not training time; the first log interval (warm-up: allocators, a first compile) counts in no average
 start_iter = iter_num
@@ -441,7 +447,7 @@ while iter_num < max_iters:
         ms = 1000 * dt / (iter_num - t0_iter)
         if t0_iter > start_iter:
             timed_seconds, timed_iters = timed_seconds + dt, timed_iters + iter_num - t0_iter
-        check_loss(mean_loss, "the training loss")
+        check_finite(mean_loss, "the training loss")
         if scaler.is_enabled() and scaler.get_scale() < 1.0:
             die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
                 f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
@@ -456,14 +462,18 @@ while iter_num < max_iters:
     if iter_num % eval_interval == 0 or last:
         val_loss, val_acc = evaluate()
         mean_train_loss = global_mean(train_loss_sum, train_loss_steps)
-        check_loss(val_loss, "the val loss")
+        check_finite(val_loss, "the val loss")
         best_val_acc = max(best_val_acc, val_acc)
         if master:
             print(f"step {iter_num}: train loss {mean_train_loss:.4f}, val loss {val_loss:.4f}, val acc {100 * val_acc:.2f}%")
         log_metrics(iter=iter_num, train_loss=mean_train_loss, val_loss=val_loss, val_acc=val_acc)
         train_loss_sum, train_loss_steps = 0.0, 0
-        if always_save_checkpoint or last:
-            saved_val_loss = val_loss
+        if (always_save_checkpoint or last) and gone_bad(val_loss):
+            if master:
+                print(f"note: val loss {val_loss:.4g} is far worse than the checkpoint's {saved_val_loss:.4g}: training "
+                      f"has gone bad (learning_rate {learning_rate:g} too high?); {ckpt_path} stays at iter {saved_iter}")
+        elif always_save_checkpoint or last:
+            saved_iter, saved_val_loss = iter_num, val_loss
             save_checkpoint()
         if plot and master:
             draw_curves()
@@ -471,15 +481,17 @@ while iter_num < max_iters:
 
     signum = should_stop()
     if signum and not last:
-        save_checkpoint()
+        if not gone_bad(val_loss):
+            saved_iter = iter_num
+            save_checkpoint()
         if master:
-            print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
-                  f"Resume with: {resume_command()}")
+            print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint at iter {saved_iter} in "
+                  f"{ckpt_path}. Resume with: {resume_command()}")
         leave(0 if signum == signal.SIGINT else 128 + signum)
 
 if master:
     mean_ms = 1000 * timed_seconds / timed_iters if timed_iters else 1000 * dt / (iter_num - start_iter)
     print(f"done: val acc {100 * val_acc:.2f}% (best during the run {100 * best_val_acc:.2f}%), val loss {val_loss:.4f} "
           f"| {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
-          f"{mfu(mean_ms / 1000)} | checkpoint {ckpt_path}")
+          f"{mfu(mean_ms / 1000)} | checkpoint {ckpt_path} (iter {saved_iter})")
 leave(0)

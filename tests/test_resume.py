@@ -1,54 +1,94 @@
-"""Never lose a run: resume, crash-safe checkpoints, signals, the NaN guard, DDP, bad checkpoints."""
+"""Never lose a run: exact resume, kills inside a save, signals, divergence, a full disk, two runs in one
+out_dir, bad checkpoints, DDP."""
 import hashlib
 import os
+import shutil
 import signal
-import sys
 import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, run_script, start_script, wait_for_line
-from test_train import read_jsonl
+from conftest import (REPO, TINY, assert_one_line_error, losses, read_jsonl, run_script, start_script,
+                      wait_for_line)
 
 # dropout and augmentation on, so that an exact resume needs every RNG restored
 RUN = TINY + ['--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10', '--log_interval=1', '--max_iters=150',
-              '--dropout=0.1', '--aug_translate=2.0', '--aug_rotate=10.0']
+              '--dropout=0.1', '--aug_translate=2.0', '--aug_rotate=10.0', '--aug_crop=1']
 
-
-def losses(out_dir):
-    return {r['iter']: r['loss'] for r in read_jsonl(os.path.join(out_dir, 'metrics.jsonl')) if 'loss' in r}
-
+# train.py (python -c HOOK train.py args), changed by a hook before it runs
+RUN_WITH_HOOK = """
+import io, os, runpy, sys, time, torch
+{hook}
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` would
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+# the second checkpoint is written half, then the process waits to be killed: a kill inside a save, every time
+PAUSED_SAVE = RUN_WITH_HOOK.format(hook="""
+real_save, saves = torch.save, []
+def half_save(obj, f):
+    saves.append(1)
+    if len(saves) == 1:
+        return real_save(obj, f)
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    f.flush()
+    print('paused inside torch.save', flush=True)
+    time.sleep(600)
+torch.save = half_save
+""")
 
 def digest(path):
     with open(path, 'rb') as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-@pytest.fixture(scope='module')
-def reference(synthetic_data, tmp_path_factory):
-    """The uninterrupted run that interrupted-and-resumed runs must reproduce."""
+@pytest.fixture(scope='module', params=['adamw', 'muon'])
+def reference(request, synthetic_data, tmp_path_factory):
+    """The uninterrupted run that interrupted-and-resumed runs must reproduce, with each optimizer."""
     cwd = tmp_path_factory.mktemp('reference')
-    result = run_script('train.py', *RUN, f'--data_dir={synthetic_data}', '--eval_interval=50', '--out_dir=out', cwd=cwd)
+    args = [*RUN, f'--data_dir={synthetic_data}', f'--optimizer={request.param}']
+    result = run_script('train.py', *args, '--eval_interval=50', '--out_dir=out', cwd=cwd)
     assert result.returncode == 0, result.stderr
-    return losses(cwd / 'out')
+    return args, losses(cwd / 'out')
 
 
-def test_ctrl_c_checkpoints_and_resume_reproduces_the_run(reference, synthetic_data, tmp_path):
-    args = [*RUN, f'--data_dir={synthetic_data}', '--eval_interval=50', '--out_dir=out']
+def test_ctrl_c_checkpoints_and_resume_reproduces_the_run(reference, tmp_path):
+    args, expected = reference
+    args = [*args, '--eval_interval=50', '--out_dir=out']
     process = start_script('train.py', *args, cwd=tmp_path)
     wait_for_line(process, 'iter 20/150')
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert 'stopped by SIGINT after iter' in stdout and '--init_from=resume' in stdout
+    assert 'stopped by SIGINT after iter' in stdout and 'Resume with: python train.py' in stdout
+    assert '--init_from=resume' in stdout
     stopped_at = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num']
     assert 20 <= stopped_at < 150
     result = run_script('train.py', *args, '--init_from=resume', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     resumed = losses(tmp_path / 'out')
     assert sorted(resumed) == list(range(1, 151))
-    assert all(resumed[i] == pytest.approx(reference[i], abs=1e-6) for i in range(stopped_at + 1, 151))
+    assert all(resumed[i] == pytest.approx(expected[i], abs=1e-6) for i in range(stopped_at + 1, 151))
+
+
+def test_kill_inside_a_save_keeps_the_last_checkpoint(reference, tmp_path):
+    args, expected = reference
+    args = [*args, '--eval_interval=10', '--out_dir=out']
+    process = start_script('train.py', *args, cwd=tmp_path, python_args=('-c', PAUSED_SAVE))
+    wait_for_line(process, 'paused inside torch.save')  # in the save at iter 20
+    process.kill()
+    process.wait()
+    assert (tmp_path / 'out' / 'ckpt.pt.tmp').stat().st_size > 0  # the half-written new checkpoint
+    assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == 10  # the old one, whole
+    result = run_script('train.py', *args, '--init_from=resume', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    resumed = losses(tmp_path / 'out')
+    assert sorted(resumed) == list(range(1, 151))
+    assert all(resumed[i] == pytest.approx(expected[i], abs=1e-6) for i in range(1, 151))
 
 
 def test_sigterm_checkpoints_and_exits_143(synthetic_data, tmp_path):
@@ -62,87 +102,147 @@ def test_sigterm_checkpoints_and_exits_143(synthetic_data, tmp_path):
     assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] >= 5
 
 
-def test_sigkill_during_saves_leaves_a_loadable_checkpoint(reference, synthetic_data, tmp_path):
-    # a checkpoint at every iteration: the kill is likely to land inside a save
-    args = [*RUN, f'--data_dir={synthetic_data}', '--eval_interval=1', '--plot=False', '--out_dir=out']
-    for kill_after in ('iter 30/150', 'iter 70/150'):
-        process = start_script('train.py', *args, *(['--init_from=resume'] if kill_after != 'iter 30/150' else []),
-                               cwd=tmp_path)
-        wait_for_line(process, kill_after)
-        process.kill()
-        process.wait()
-        checkpoint = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
-        # the kill came during or after the save that followed the printed iteration
-        assert checkpoint['iter_num'] >= int(kill_after.split()[1].split('/')[0]) - 1
-    result = run_script('train.py', *args, '--init_from=resume', cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    resumed = losses(tmp_path / 'out')
-    assert sorted(resumed) == list(range(1, 151))
-    assert all(resumed[i] == pytest.approx(reference[i], abs=1e-6) for i in range(1, 151))
+def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_lives(synthetic_data, tmp_path):
+    args = [*RUN, f'--data_dir={synthetic_data}', '--max_iters=100000', '--eval_interval=100000', '--out_dir=out']
+    first = start_script('train.py', *args, cwd=tmp_path)
+    wait_for_line(first, 'iter 3/')
+    second = run_script('train.py', *args, cwd=tmp_path)
+    assert_one_line_error(second, f"out_dir='out' is in use by another run (pid {first.pid} on ", code=2)
+    first.kill()  # no chance to clean up: the lock must not outlive it
+    first.wait()
+    third = run_script('train.py', *args[:-3], '--max_iters=5', '--eval_interval=5', '--out_dir=out', cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert [r['iter'] for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl') if 'loss' in r] == [1, 2, 3, 4, 5]
+
+
+GOOD = [*TINY, '--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10']
 
 
 @pytest.fixture
 def good_run(synthetic_data, tmp_path):
-    """A finished short run: its checkpoint is what the bad inputs below must leave alone."""
-    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=10', '--eval_interval=10',
+    """A finished short run (about 95% on the synthetic digits): its checkpoint is what the bad inputs below
+    must leave alone."""
+    result = run_script('train.py', *GOOD, f'--data_dir={synthetic_data}', '--max_iters=150', '--eval_interval=50',
                         '--out_dir=out', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return tmp_path, tmp_path / 'out' / 'ckpt.pt'
 
 
-def assert_one_line_error(result, message):
-    assert result.returncode != 0
-    assert message in result.stderr, result.stderr
-    assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+def resume(synthetic_data, cwd, *args, max_iters=170):
+    return run_script('train.py', *GOOD, f'--data_dir={synthetic_data}', f'--max_iters={max_iters}',
+                      '--eval_interval=10', '--out_dir=out', '--init_from=resume', *args, cwd=cwd)
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(good_run, synthetic_data):
+def test_rerunning_without_resume_never_overwrites(good_run, synthetic_data):
+    cwd, ckpt = good_run
+    before, metrics = digest(ckpt), (cwd / 'out' / 'metrics.jsonl').read_text()
+    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=40', '--out_dir=out', cwd=cwd)
+    assert_one_line_error(result, "out/ckpt.pt already holds a run; carry it on with --init_from=resume, or to start "
+                                  "over delete out", code=2)
+    assert digest(ckpt) == before and (cwd / 'out' / 'metrics.jsonl').read_text() == metrics
+
+
+def test_an_overflowing_loss_stops_and_keeps_the_last_good_checkpoint(good_run, synthetic_data):
     cwd, ckpt = good_run
     before = digest(ckpt)
-    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=100', '--eval_interval=5',
-                        '--log_interval=1', '--learning_rate=1e30', '--grad_clip=0.0', '--out_dir=out',
-                        '--init_from=resume', cwd=cwd)
+    result = resume(synthetic_data, cwd, '--learning_rate=1e30', '--grad_clip=0.0', '--log_interval=1')
     assert_one_line_error(result, 'training diverged. Lower learning_rate (now 1e+30)')
-    assert 'is left as it was' in result.stderr
+    assert 'out/ckpt.pt is left as it was' in result.stderr
     assert digest(ckpt) == before
+
+
+def test_a_run_gone_bad_never_replaces_the_last_good_checkpoint(good_run, synthetic_data):
+    # learning_rate=100 wrecks the model with a finite loss: val loss from 0.5 to hundreds
+    cwd, ckpt = good_run
+    before = digest(ckpt)
+    result = resume(synthetic_data, cwd, '--learning_rate=100', '--grad_clip=0.0', max_iters=190)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count('training has gone bad (learning_rate 100 too high?); out/ckpt.pt stays at iter 150') == 4
+    assert 'checkpoint out/ckpt.pt (iter 150)' in result.stdout
+    assert digest(ckpt) == before
+    result = resume(synthetic_data, cwd)  # with the run's own learning rate, it carries on from the good checkpoint
+    assert result.returncode == 0, result.stderr
+    assert torch.load(ckpt, weights_only=True)['iter_num'] == 170
+
+
+def test_a_torn_last_metrics_line_is_dropped(good_run, synthetic_data):
+    cwd, _ = good_run
+    with open(cwd / 'out' / 'metrics.jsonl', 'a') as f:
+        f.write('{"iter": 25, "loss": 2.2')  # a run killed while writing, or a full disk
+    result = resume(synthetic_data, cwd)
+    assert result.returncode == 0, result.stderr
+    assert 'ends in a half-written line' in result.stdout
+    records = read_jsonl(cwd / 'out' / 'metrics.jsonl')
+    assert [r['iter'] for r in records if 'val_acc' in r] == [50, 100, 150, 160, 170]
+
+
+def test_a_full_disk_keeps_the_old_checkpoint_and_no_temporary_file(good_run, synthetic_data):
+    cwd, ckpt = good_run
+    before = digest(ckpt)
+    os.symlink('/dev/full', cwd / 'out' / 'ckpt.pt.tmp')  # every write there fails: "No space left on device"
+    result = resume(synthetic_data, cwd)
+    assert_one_line_error(result, 'could not write the checkpoint out/ckpt.pt.tmp: No space left on device; '
+                                  'out/ckpt.pt is left as it was', code=1)
+    assert digest(ckpt) == before and not os.path.lexists(cwd / 'out' / 'ckpt.pt.tmp')
+    # and a metrics file that cannot be written is one line too
+    os.symlink('/dev/full', cwd / 'new-metrics')
+    os.makedirs(cwd / 'new')
+    os.rename(cwd / 'new-metrics', cwd / 'new' / 'metrics.jsonl')
+    result = run_script('train.py', *GOOD, f'--data_dir={synthetic_data}', '--max_iters=20', '--out_dir=new', cwd=cwd)
+    assert_one_line_error(result, 'could not write new/metrics.jsonl: No space left on device', code=1)
 
 
 @pytest.mark.parametrize('damage,message', [
     ('truncate', 'is not a readable checkpoint (truncated or corrupt?)'),
     ('garbage', 'is not a readable checkpoint (truncated or corrupt?)'),
     ('missing', 'no checkpoint at out/ckpt.pt'),
+    ('no_iter_num', 'out/ckpt.pt lacks iter_num: saved by another version of nanoViT, or edited'),
+    ('no_optimizer', 'out/ckpt.pt lacks optimizer'),
+    ('optimizer_shape', "out/ckpt.pt: the saved AdamW state does not fit this model's parameters"),
 ])
-def test_unreadable_checkpoints(damage, message, good_run, synthetic_data):
+def test_unusable_checkpoints(damage, message, good_run, synthetic_data):
     cwd, ckpt = good_run
     if damage == 'missing':
         ckpt.unlink()
-    else:
+    elif damage in ('truncate', 'garbage'):
         blob = ckpt.read_bytes()
         ckpt.write_bytes(blob[:len(blob) // 2] if damage == 'truncate' else b'\x00junk' * 100)
+    else:
+        checkpoint = torch.load(ckpt, weights_only=True)
+        if damage == 'optimizer_shape':  # a fused AdamW given this would crash the process (rc 139)
+            checkpoint['optimizer'][0]['state'][0]['exp_avg'] = torch.zeros(3, 3)
+        else:
+            del checkpoint[damage.removeprefix('no_')]
+        torch.save(checkpoint, ckpt)
     before = ckpt.read_bytes() if ckpt.exists() else None
-    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=20', '--out_dir=out',
-                        '--init_from=resume', cwd=cwd)
-    assert_one_line_error(result, message)
+    assert_one_line_error(resume(synthetic_data, cwd), message)
     assert (ckpt.read_bytes() if ckpt.exists() else None) == before
 
 
-def test_checkpoint_of_another_shape(good_run, synthetic_data):
+def test_resume_refuses_another_model_or_dataset_and_notes_other_changes(good_run, synthetic_data):
     cwd, ckpt = good_run
     before = digest(ckpt)
-    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=20', '--out_dir=out',
-                        '--init_from=resume', '--n_embd=48', '--n_layer=3', cwd=cwd)
-    assert_one_line_error(result, 'holds a model with n_layer=2, n_embd=32 but this run asks for n_layer=3, n_embd=48')
-    # weights that do not fit the model their config describes: every bad key is named
+    assert_one_line_error(resume(synthetic_data, cwd, '--n_embd=48', '--n_layer=3', '--pos_std=0.02'),
+                          'holds a run with n_layer=2, n_embd=32 but this run asks for n_layer=3, n_embd=48', code=2)
+    fashion = cwd / 'fashion'
+    shutil.copytree(os.path.join(synthetic_data, 'MNIST'), fashion / 'FashionMNIST')
+    assert_one_line_error(resume(synthetic_data, cwd, '--dataset=fashion_mnist', f'--data_dir={fashion}'),
+                          "holds a run with dataset='mnist' but this run asks for dataset='fashion_mnist'", code=2)
+    assert digest(ckpt) == before
+    result = resume(synthetic_data, cwd, '--batch_size=16', '--learning_rate=0.002')
+    assert result.returncode == 0, result.stderr
+    assert ("note: resuming with changes: eval_interval 50 -> 10, batch_size 32 -> 16, learning_rate 0.003 -> 0.002, "
+            "max_iters 150 -> 170, images per iteration 32 -> 16") in result.stdout
+
+
+def test_weights_that_do_not_fit_are_named(good_run, synthetic_data):
+    cwd, ckpt = good_run
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint['model']['head.weight'] = torch.zeros(10, 33)
     del checkpoint['model']['ln_f.bias']
     torch.save(checkpoint, ckpt)
-    before = digest(ckpt)
-    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=20', '--out_dir=out',
-                        '--init_from=resume', cwd=cwd)
-    assert_one_line_error(result, 'does not fit this model: head.weight is (10, 33) in the checkpoint, (10, 32) here; '
-                                  'missing ln_f.bias')
-    assert digest(ckpt) == before
+    assert_one_line_error(resume(synthetic_data, cwd), 'does not fit this model: head.weight is (10, 33) in the '
+                                                       'checkpoint, (10, 32) here; missing ln_f.bias')
 
 
 def test_compiled_checkpoint_keys_are_stripped(good_run, synthetic_data):
@@ -150,10 +250,17 @@ def test_compiled_checkpoint_keys_are_stripped(good_run, synthetic_data):
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint['model'] = {f'_orig_mod.{k}': v for k, v in checkpoint['model'].items()}
     torch.save(checkpoint, ckpt)
-    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=12', '--eval_interval=12',
-                        '--out_dir=out', '--init_from=resume', cwd=cwd)
+    result = resume(synthetic_data, cwd, max_iters=152)
     assert result.returncode == 0, result.stderr
     assert 'done:' in result.stdout
+
+
+def torchrun(*args, cwd, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+               os.path.join(REPO, 'train.py'), *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
 
 
 def test_ddp_two_cpu_processes_match_one(synthetic_data, tmp_path):
@@ -161,16 +268,28 @@ def test_ddp_two_cpu_processes_match_one(synthetic_data, tmp_path):
               '--max_iters=30', '--eval_interval=15', f'--data_dir={synthetic_data}']
     single = run_script('train.py', *common, '--batch_size=32', '--out_dir=single', cwd=tmp_path)
     assert single.returncode == 0, single.stderr
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    ddp = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                          os.path.join(REPO, 'train.py'), *common, '--batch_size=16', '--out_dir=ddp'],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert ddp.stdout.count('done:') == 1  # rank 0 alone reports
-    assert '2 process(es), 32 images per iteration' in ddp.stdout
+    stdout, stderr = torchrun(*common, '--batch_size=16', '--out_dir=ddp', cwd=tmp_path).communicate(timeout=300)
+    assert stdout.count('done:') == 1, stderr[-3000:]  # rank 0 alone reports
+    assert '2 process(es), 32 images per iteration' in stdout
     one, two = losses(tmp_path / 'single'), losses(tmp_path / 'ddp')
     assert sorted(two) == list(range(1, 31))
     assert all(two[i] == pytest.approx(one[i], abs=1e-4) for i in one), (one, two)
     evals = [[r for r in read_jsonl(tmp_path / d / 'metrics.jsonl') if 'val_acc' in r] for d in ('single', 'ddp')]
     assert [r['iter'] for r in evals[1]] == [15, 30]
     assert abs(evals[0][-1]['val_acc'] - evals[1][-1]['val_acc']) <= 0.004
+
+
+def test_ddp_ctrl_c_tells_the_torchrun_command(synthetic_data, tmp_path):
+    args = [*TINY, '--log_interval=2', '--max_iters=100000', '--eval_interval=100000', '--batch_size=16',
+            f'--data_dir={synthetic_data}', '--out_dir=out']
+    process = torchrun(*args, cwd=tmp_path, start_new_session=True)
+    wait_for_line(process, 'iter 4/')
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: torchrun and its workers get SIGINT
+    stdout, stderr = process.communicate(timeout=120)
+    assert 'stopped by SIGINT after iter' in stdout, stderr[-3000:]
+    assert ('Resume with: torchrun --standalone --nproc_per_node=2 train.py ' in stdout
+            and stdout.rstrip().endswith('--init_from=resume'))
+    stopped_at = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num']
+    result = run_script('train.py', *args, f'--max_iters={stopped_at + 2}', '--init_from=resume', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'processes 2 -> 1, images per iteration 32 -> 16' in result.stdout
