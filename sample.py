@@ -152,6 +152,8 @@ def classify_pictures(paths):
         while name in used:
             name += '_'
         used.add(name)
+        Image.fromarray(seen.transpose(1, 2, 0).squeeze(2) if seen.shape[0] == 1 else seen.transpose(1, 2, 0)).save(
+            os.path.join(out_dir, f"input-{name}-seen.png"))  # exactly what the model was given
         fig, (ax_in, ax_seen, ax_p) = plt.subplots(1, 3, figsize=(11, 3.2))
         show(ax_in, original)
         ax_in.set_title('your picture')

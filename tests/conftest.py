@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -60,6 +61,17 @@ def make_picture_folder(root, per_class=(40, 12), size=(16, 16), seed=0, split_n
                 pixels[y:y + h // 2, x:x + w // 2] = colour
                 Image.fromarray(pixels).save(os.path.join(root, split, name, f'{i:03d}.png'))
     return root
+
+
+def png_claiming(path, width, height):
+    """A valid tiny PNG whose header claims width x height (a decompression bomb's header)."""
+    from PIL import Image
+    Image.new('L', (4, 4)).save(path)
+    blob = bytearray(open(path, 'rb').read())
+    blob[16:24] = struct.pack('>II', width, height)  # IHDR data starts after the 8-byte signature, length, type
+    blob[29:33] = struct.pack('>I', zlib.crc32(bytes(blob[12:29])))
+    open(path, 'wb').write(bytes(blob))
+    return path
 
 
 @pytest.fixture(scope='session')

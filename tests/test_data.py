@@ -1,14 +1,13 @@
 """data.py: augmentation geometry, normalization, reading the pictures users have, and folder datasets."""
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import COLOURS, assert_one_line_error, make_mnist_dir, make_picture_folder, run_script, write_idx
+from conftest import (COLOURS, assert_one_line_error, make_mnist_dir, make_picture_folder, png_claiming, run_script,
+                      write_idx)
 from data import affine, augment, channel_stats, load_folder, normalize, read_image, shift
 
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}  # every download fails at once
@@ -80,16 +79,6 @@ def test_channel_stats_and_normalize():
 
 # -----------------------------------------------------------------------------
 # pictures as users have them
-
-
-def png_claiming(path, width, height):
-    """A valid tiny PNG whose header claims width x height (a decompression bomb's header)."""
-    Image.new('L', (4, 4)).save(path)
-    blob = bytearray(open(path, 'rb').read())
-    blob[16:24] = struct.pack('>II', width, height)  # IHDR data starts after the 8-byte signature, length, type
-    blob[29:33] = struct.pack('>I', zlib.crc32(bytes(blob[12:29])))
-    open(path, 'wb').write(bytes(blob))
-    return path
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):

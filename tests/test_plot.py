@@ -24,7 +24,16 @@ def test_overlay_of_several_runs(tmp_path):
 
 def test_plot_names_a_folder_without_metrics(tmp_path):
     fake_run(tmp_path / 'a', 0.9)
-    result = run_script('plot.py', 'a', 'missing', cwd=tmp_path)
+    result = run_script("plot.py", "a", "missing", cwd=tmp_path)
     assert result.returncode != 0 and 'no metrics.jsonl in missing' in result.stderr
     result = run_script('plot.py', 'a', '--labels=x,y', cwd=tmp_path)
     assert result.returncode != 0 and '2 labels for 1 runs' in result.stderr
+
+
+def test_one_run_is_drawn_into_its_own_folder(tmp_path):
+    fake_run(tmp_path / 'a', 0.9)
+    (tmp_path / 'a' / 'metrics.jsonl').write_text((tmp_path / 'a' / 'metrics.jsonl').read_text() + '{"iter": 11, "lo')
+    result = run_script('plot.py', 'a', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'ends in a half-written line' in result.stdout  # a run killed mid-write still plots
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a'] and (tmp_path / 'a' / 'curves.png').exists()

@@ -1,9 +1,13 @@
-"""sample.py on a tiny checkpoint trained here: figures, the test-split report, your own pictures."""
+"""sample.py on tiny checkpoints trained here (digits, and a folder of colour pictures): the report and
+figures, and the pictures users have."""
+import os
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from conftest import TINY, run_script
+from conftest import TINY, assert_one_line_error, make_picture_folder, png_claiming, run_script
 
 FIGURES = ('predictions', 'mistakes', 'confusion', 'attention')
 
@@ -15,6 +19,61 @@ def run_dir(synthetic_data, tmp_path_factory):
                         '--warmup_iters=10', '--max_iters=100', '--eval_interval=100', '--out_dir=out', cwd=cwd)
     assert result.returncode == 0, result.stderr
     return cwd
+
+
+@pytest.fixture(scope='module')
+def colour_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp('colour')
+    root = make_picture_folder(str(cwd / 'pictures'), per_class=(100, 20))
+    result = run_script('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--patch_size=4', '--pos_std=1.0',
+                        '--learning_rate=3e-3', '--warmup_iters=10', '--max_iters=60', '--eval_interval=60',
+                        '--out_dir=out', cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd
+
+
+def assert_figures(out):
+    for name in FIGURES:
+        with Image.open(out / f'{name}.png') as figure:
+            figure.verify()  # a whole, valid PNG
+        with Image.open(out / f'{name}.png') as figure:
+            width, height = figure.size
+            assert 300 <= width <= 2000 and 150 <= height <= 2000, (name, figure.size)
+            assert np.asarray(figure.convert('L')).std() > 10  # something is drawn
+
+
+def test_figures_and_report_go_into_the_run_s_folder(run_dir):
+    before = set(os.listdir(run_dir))
+    result = run_script('sample.py', '--out_dir=out', '--device=cpu', cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    assert 'test accuracy:' in result.stdout and '| checkpoint at iter 100' in result.stdout
+    table = [line.split() for line in result.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [int(row[0]) for row in table] == list(range(10)) and table[7][3:] == ['7', '-', 'seven']
+    assert_figures(run_dir / 'out')
+    assert set(os.listdir(run_dir)) == before  # nothing outside out_dir
+
+
+def test_colour_model_report_and_pictures(colour_run, tmp_path):
+    result = run_script('sample.py', '--out_dir=out', '--device=cpu', cwd=colour_run)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[-1] for line in result.stdout.splitlines() if line[:5].strip().isdigit()] == \
+        ['blue', 'green', 'red']
+    assert_figures(colour_run / 'out')
+    with Image.open(colour_run / 'out' / 'predictions.png') as figure:  # colour pictures are shown in colour
+        pixels = np.asarray(figure.convert('RGB')).astype(int)
+        assert (np.abs(pixels[:, :, 0] - pixels[:, :, 2]) > 100).sum() > 100
+    big_red = np.full((90, 60, 3), 128, dtype=np.uint8)
+    big_red[10:80, 5:55] = (220, 40, 40)
+    Image.fromarray(big_red).save(tmp_path / 'red thing.jpg')
+    Image.fromarray(big_red[:, :, 0]).save(tmp_path / 'grey.png')
+    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "red thing.jpg"}', cwd=colour_run)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-2].startswith(f"{tmp_path / 'red thing.jpg'}: red (")
+    with Image.open(colour_run / 'out' / 'input-red thing_jpg-seen.png') as seen:
+        assert seen.size == (16, 16) and seen.mode == 'RGB'  # resized and cut to the model's size
+    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "grey.png"}', cwd=colour_run)
+    assert result.returncode == 0, result.stderr
+    assert '(made colour: the model takes 3-channel pictures)' in result.stdout
 
 
 def bar_picture(path, dark_on_light=True, rgb=False, size=(90, 140)):
@@ -29,25 +88,14 @@ def bar_picture(path, dark_on_light=True, rgb=False, size=(90, 140)):
     return path
 
 
-def test_figures_and_report(run_dir):
-    result = run_script('sample.py', '--out_dir=out', '--device=cpu', cwd=run_dir)
-    assert result.returncode == 0, result.stderr
-    assert 'test accuracy:' in result.stdout and '| checkpoint at iter 100' in result.stdout
-    table = [line for line in result.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
-    assert [int(line.split()[0]) for line in table] == list(range(10))
-    for name in FIGURES:
-        with Image.open(run_dir / 'images' / f'out-{name}.png') as figure:
-            figure.verify()  # a whole, valid PNG
-        with Image.open(run_dir / 'images' / f'out-{name}.png') as figure:
-            width, height = figure.size
-            assert 300 <= width <= 2000 and 150 <= height <= 2000, (name, figure.size)
-            assert np.asarray(figure.convert('L')).std() > 10  # something is drawn
-
-
 def centre_of_mass(image):
     mass = image.sum()
     ys, xs = np.indices(image.shape)
     return (ys * image).sum() / mass, (xs * image).sum() / mass
+
+
+def seen(run_dir, name):
+    return np.asarray(Image.open(run_dir / 'out' / f'input-{name}-seen.png'), dtype=np.float32)
 
 
 @pytest.mark.parametrize('dark_on_light,rgb', [(True, False), (False, False), (True, True)])
@@ -57,36 +105,64 @@ def test_own_picture_is_made_into_an_mnist_digit(run_dir, dark_on_light, rgb):
     assert result.returncode == 0, result.stderr
     guesses = [line for line in result.stdout.splitlines() if line.startswith(f'{picture}: ')][0]
     assert guesses.count('%') == 3  # the top three classes with their probabilities
-    seen = np.asarray(Image.open(run_dir / 'images' / 'out-input-one-28x28.png'), dtype=np.float32)
-    assert seen.shape == (28, 28)
-    assert seen[0].max() == 0 and seen[:, 0].max() == 0  # black background, whatever the input's polarity
-    assert seen.max() == 255
-    cy, cx = centre_of_mass(seen)
+    digit = seen(run_dir, 'one_png')
+    assert digit.shape == (28, 28)
+    assert digit[0].max() == 0 and digit[:, 0].max() == 0  # black background, whatever the input's polarity
+    assert digit.max() == 255
+    cy, cx = centre_of_mass(digit)
     assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1  # centred by mass
-    rows = np.nonzero(seen.max(axis=1) > 128)[0]
+    rows = np.nonzero(digit.max(axis=1) > 128)[0]
     assert 18 <= rows.max() - rows.min() + 1 <= 20  # the long side fits 20 pixels
-    assert (run_dir / 'images' / 'out-input-one.png').stat().st_size > 1000
+    assert (run_dir / 'out' / 'input-one_png.png').stat().st_size > 1000
 
 
-def test_several_pictures_and_a_folder(run_dir, tmp_path):
-    folder = tmp_path / 'digits'
+def test_pictures_users_have(run_dir, tmp_path):
+    folder = tmp_path / 'mine'
     folder.mkdir()
-    bar_picture(folder / 'a.png')
-    bar_picture(folder / 'b.jpg', dark_on_light=False)
-    (folder / 'notes.txt').write_text('not a picture, and not picked up')
-    single = bar_picture(tmp_path / 'c.png')
-    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={folder},{single}', cwd=run_dir)
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if '%' in line]
-    assert [line.split(':')[0] for line in lines] == [str(folder / 'a.png'), str(folder / 'b.jpg'), str(single)]
+    stroke = np.zeros((140, 90), dtype=np.float64)
+    stroke[20:110, 10:24] = 1
+    Image.fromarray((stroke * 40000).astype(np.uint16)).save(folder / 'deep.png')  # 16-bit, grey values
+    ink = np.zeros((140, 90, 4), dtype=np.uint8)
+    ink[:, :, 3] = (stroke * 255).astype(np.uint8)  # black ink, on nothing
+    Image.fromarray(ink, 'RGBA').save(folder / 'ink.png')
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 degrees counter-clockwise to display"
+    Image.fromarray((255 - stroke.T * 255).astype(np.uint8)).save(folder / 'turned.jpg', exif=exif)
+    bar_picture(folder / 'd.png')
+    bar_picture(folder / 'd.jpg', dark_on_light=False)
+    png_claiming(folder / 'bomb.png', 20000, 20000)
+    (folder / 'broken.png').write_text('not a picture')
+    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={folder}', cwd=run_dir)
+    # every readable picture is classified, then the bad ones are named in one line
+    classified = [line.split(':')[0] for line in result.stdout.splitlines() if line.count('%') == 3]
+    assert classified == [str(folder / n) for n in ('d.jpg', 'd.png', 'deep.png', 'ink.png', 'turned.jpg')]
+    assert_one_line_error(result, 'could not read 2 of the 7 pictures: ')
+    assert 'bomb.png (too large to decode safely' in result.stderr and 'broken.png (not a picture' in result.stderr
+    for name in ('deep_png', 'ink_png', 'turned_jpg', 'd_png', 'd_jpg'):
+        digit = seen(run_dir, name)
+        rows, cols = np.nonzero(digit > 128)
+        assert np.ptp(rows) > 3 * np.ptp(cols), name  # an upright stroke, not blank, not lying down
+
+
+def test_several_pictures_and_a_comma_in_a_name(run_dir, tmp_path):
+    bar_picture(tmp_path / 'a.png')
+    bar_picture(tmp_path / 'b,c.png')
+    for spec, expected in ((f'{tmp_path / "a.png"},{tmp_path / "a.png"}', ['a.png', 'a.png']),
+                           (str(tmp_path / 'b,c.png'), ['b,c.png'])):
+        result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={spec}', cwd=run_dir)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stdout.splitlines() if line.count('%') == 3]
+        assert [os.path.basename(line.split(': ')[0]) for line in lines] == expected
+    assert (run_dir / 'out' / 'input-a_png_.png').exists()  # the second a.png did not overwrite the first
 
 
 @pytest.mark.parametrize('setup,args,message', [
     (None, ['--out_dir=nowhere'], 'no checkpoint at nowhere/ckpt.pt'),
-    ('text', ['--image=fake.png'], 'fake.png is not an image this program can read'),
+    ('text', ['--image=fake.png'], 'could not read 1 of the 1 pictures: fake.png (not a picture PIL can read'),
     ('empty', ['--image=empty'], 'no images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff) in folder empty'),
     (None, ['--image=missing.png'], 'image not found: missing.png'),
-    ('blank', ['--image=blank.png'], 'blank.png: the picture is blank'),
+    ('blank', ['--image=blank.png'], 'blank.png (the picture is blank)'),
+    ('no_stats', [], 'out2/ckpt.pt lacks data_mean: saved by another version of nanoViT, or edited'),
 ])
 def test_bad_input(run_dir, setup, args, message):
     if setup == 'text':
@@ -95,8 +171,12 @@ def test_bad_input(run_dir, setup, args, message):
         (run_dir / 'empty').mkdir(exist_ok=True)
     elif setup == 'blank':
         Image.fromarray(np.full((40, 40), 255, dtype=np.uint8)).save(run_dir / 'blank.png')
-    result = run_script('sample.py', '--device=cpu', *(['--out_dir=out'] if '--out_dir' not in args[0] else []),
-                        *args, cwd=run_dir)
-    assert result.returncode != 0
-    assert message in result.stderr, result.stderr
-    assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    elif setup == 'no_stats':
+        os.makedirs(run_dir / 'out2', exist_ok=True)
+        checkpoint = torch.load(run_dir / 'out' / 'ckpt.pt', weights_only=True)
+        del checkpoint['data_mean']
+        torch.save(checkpoint, run_dir / 'out2' / 'ckpt.pt')
+        args = ['--out_dir=out2']
+    out = [] if any(a.startswith('--out_dir') for a in args) else ['--out_dir=out']
+    result = run_script('sample.py', '--device=cpu', *out, *args, cwd=run_dir)
+    assert_one_line_error(result, message)
