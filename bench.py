@@ -13,15 +13,14 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import fields
 
 import torch
 from torch.nn import functional as F
 
-from common import (autocast, compile_blocker, cpu_has_native_bf16, device_name, die, forward_backward, optimizer_step,
-                    peak_flops, pick_device, pick_dtype, synchronize, train_defaults)
-from data import augment, channel_stats, get_dataset, normalize
-from model import ViT, ViTConfig
+from common import (autocast, check_config, compile_blocker, cpu_has_native_bf16, device_name, die, forward_backward,
+                    model_config, optimizer_step, peak_flops, pick_device, pick_dtype, synchronize, train_defaults)
+from data import augment, augmentation, channel_stats, get_dataset, normalize
+from model import ViT
 
 # -----------------------------------------------------------------------------
 exec(train_defaults())  # every train.py key with its default; dtype 'auto' here means every dtype the device runs well
@@ -32,6 +31,7 @@ bench_out = 'bench.json'
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in _config_keys}
 # -----------------------------------------------------------------------------
+check_config(config)
 
 torch.manual_seed(seed)
 torch.set_float32_matmul_precision('high')
@@ -61,12 +61,11 @@ if shape is None:  # a folder dataset: its channels and size are in its files, w
         die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
     shape = (3, img_size, img_size)
 n_classes = 10  # the head's size barely moves the step's cost
-data_shape = dict(in_chans=shape[0], img_size=shape[1], n_classes=n_classes)
-model_config = ViTConfig(**{f.name: config[f.name] for f in fields(ViTConfig) if f.name not in data_shape}, **data_shape)
+vit_config = model_config(config, in_chans=shape[0], img_size=shape[1], n_classes=n_classes)
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
 mean, std = (torch.tensor(s, device=device) for s in channel_stats(images))
-aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
+aug = augmentation(config)
 aug_generator = torch.Generator(device=device).manual_seed(seed)
 
 
@@ -78,10 +77,9 @@ def time_step(model, optimizers, dtype):
     """Median seconds of a whole training step and of its optimizer part, and peak memory (CUDA)."""
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
     ctx = autocast(device_type, dtype)
-    params = [p for opt in optimizers for group in opt.param_groups for p in group['params']]
     for _ in range(bench_warmup):
         forward_backward(model, *get_batch(), ctx, scaler, label_smoothing)
-        optimizer_step(optimizers, scaler, params, grad_clip)
+        optimizer_step(optimizers, scaler, grad_clip)
     synchronize(device_type)
     if device_type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -91,7 +89,7 @@ def time_step(model, optimizers, dtype):
         forward_backward(model, *get_batch(), ctx, scaler, label_smoothing)
         synchronize(device_type)  # only so the optimizer's share can be told apart
         t1 = time.perf_counter()
-        optimizer_step(optimizers, scaler, params, grad_clip)
+        optimizer_step(optimizers, scaler, grad_clip)
         synchronize(device_type)
         steps.append(time.perf_counter() - t0)
         optimizer_parts.append(time.perf_counter() - t1)
@@ -100,7 +98,7 @@ def time_step(model, optimizers, dtype):
 
 
 def ours(mode, dtype):
-    model = ViT(model_config).to(device)
+    model = ViT(vit_config).to(device)
     optimizers = model.configure_optimizers(optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
                                             muon_momentum, device_type, dtype)
     return (torch.compile(model) if mode == 'compiled' else model), optimizers
@@ -140,7 +138,7 @@ def matmul_flops(dtype, n=2048):
     return 10 * 2 * n ** 3 / (time.perf_counter() - t0)
 
 
-flops_per_step = 3 * ViT(model_config).flops_per_image() * batch_size
+flops_per_step = 3 * ViT(vit_config).flops_per_image() * batch_size
 name = device_name(device) if device_type != 'cpu' else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 print(f"bench: {name} | torch {torch.__version__} | {dataset} {'x'.join(map(str, shape))}, batch {batch_size} | "
       f"n_layer {n_layer}, n_head {n_head}, n_embd {n_embd}, patch {patch_size} | optimizer {optimizer} | "

@@ -9,9 +9,12 @@ import socket
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import torch
 from torch.nn import functional as F
+
+from model import ViTConfig
 
 
 def die(message, code=1):
@@ -28,6 +31,9 @@ def pick_device(requested):
         kind = requested.split(':')[0]
         if kind == 'cuda' and not torch.cuda.is_available():
             die(f"device={requested!r} but torch.cuda.is_available() is False (CPU-only PyTorch or no GPU)", 2)
+        index = requested.partition(':')[2] or '0'
+        if kind == 'cuda' and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            die(f"device={requested!r}, but the CUDA devices here are cuda:0 to cuda:{torch.cuda.device_count() - 1}", 2)
         if kind == 'mps' and not torch.backends.mps.is_available():
             die(f"device={requested!r} but MPS is not available on this machine", 2)
         if kind not in ('cuda', 'mps', 'cpu'):
@@ -92,8 +98,8 @@ def compile_blocker(device_type):
         except ImportError:
             return "Triton is not installed"
     if device_type == 'cpu':
-        # measured with bench.py on a 2-core Zen 4: the compiled step was no faster than eager
-        # (the matmuls, at the CPU's ceiling either way, are most of it), and compiling costs start-up
+        # measured with bench.py on two 2-core CPUs (Zen 4, and an AVX2 EPYC): the compiled step was no
+        # faster than eager (the matmuls are most of it), and compiling costs start-up
         return "on CPU the compiled step measured no faster than eager (bench.py) and compiling takes a while"
     return None
 
@@ -118,6 +124,8 @@ def sdpa_backend(device, dtype, head_dim):
 # dense tensor-core peak FLOP/s by GPU name, first match wins (so specific names come first).
 # float32 runs as TF32 where the GPU has it (train.py allows TF32 matmuls).
 PEAK_FLOPS = [
+    ('L40S', {'bfloat16': 362e12, 'float16': 362e12, 'float32': 183e12}),
+    ('L40', {'bfloat16': 181e12, 'float16': 181e12, 'float32': 90.5e12}),
     ('H100 PCIe', {'bfloat16': 756e12, 'float16': 756e12, 'float32': 378e12}),
     ('H100', {'bfloat16': 989e12, 'float16': 989e12, 'float32': 495e12}),
     ('H200', {'bfloat16': 989e12, 'float16': 989e12, 'float32': 495e12}),
@@ -162,16 +170,18 @@ def forward_backward(model, x, y, ctx, scaler, label_smoothing, accumulation=1):
     so that the host does not wait for the device."""
     with ctx:
         _, loss = model(x, y, label_smoothing)
-    scaler.scale(loss / accumulation).backward()
-    return loss.detach() / accumulation
+    loss = loss / accumulation
+    scaler.scale(loss).backward()
+    return loss.detach()
 
 
-def optimizer_step(optimizers, scaler, parameters, grad_clip):
+def optimizer_step(optimizers, scaler, grad_clip):
     """Clip the gradients' global norm, step every optimizer, clear the gradients."""
     if grad_clip > 0:
         for optimizer in optimizers:
             scaler.unscale_(optimizer)  # clip the true gradients, not the fp16 loss-scaled ones
-        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        params = [p for optimizer in optimizers for group in optimizer.param_groups for p in group['params']]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     for optimizer in optimizers:
         scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
     scaler.update()
@@ -179,11 +189,14 @@ def optimizer_step(optimizers, scaler, parameters, grad_clip):
         optimizer.zero_grad(set_to_none=True)
 
 
-def compiled(model, ctx, x, y, label_smoothing):
-    """(torch.compile(model), 'on'), or (model, 'off (why)') where compiling fails. It compiles now, on
-    one forward and backward of the batch (x, y) whose gradients and dropout draws are then thrown away,
-    so that a compiler that cannot work here says so before training starts, not in the middle of it."""
-    rng = torch.get_rng_state(), (torch.cuda.get_rng_state() if x.is_cuda else None)
+def try_compile(model, ctx, x, y, label_smoothing):
+    """(torch.compile(model), 'on'), or (model, 'off (why)') where compiling cannot or did not work. It
+    compiles now, on one forward and backward of the batch (x, y) whose gradients and dropout draws are
+    then thrown away, so that a compiler that fails here says so before training starts, not in the middle."""
+    blocker = compile_blocker(x.device.type)
+    if blocker:
+        return model, f"off ({blocker})"
+    rng = rng_state()
     try:
         fast = torch.compile(model)
         forward_backward(fast, x, y, ctx, torch.amp.GradScaler(enabled=False), label_smoothing)
@@ -192,9 +205,50 @@ def compiled(model, ctx, x, y, label_smoothing):
         return model, f"off (torch.compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
     finally:
         model.zero_grad(set_to_none=True)
-        torch.set_rng_state(rng[0])
-        if x.is_cuda:
-            torch.cuda.set_rng_state(rng[1])
+        set_rng_state(rng)
+
+
+def rng_state():
+    """This process's random state (dropout draws): the CPU's, and the current GPU's where there is one."""
+    return {'cpu': torch.get_rng_state()} | ({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['cpu'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
+def model_config(config, **data_shape):
+    """The ViTConfig a run's config describes, the data's shape (img_size, in_chans, n_classes) taken
+    from the data; or one line saying what is impossible about it."""
+    try:
+        return ViTConfig(**{f.name: config[f.name] for f in fields(ViTConfig) if f.name not in data_shape}, **data_shape)
+    except ValueError as e:
+        die(f"bad model config: {e}", 2)
+
+
+def check_config(c):
+    """One line and exit 2 for a value of train.py's config that cannot work (the model's are ViTConfig's)."""
+    for key, valid, rule in [
+            ('max_iters', c['max_iters'] >= 1, 'at least 1'), ('batch_size', c['batch_size'] >= 1, 'at least 1'),
+            ('eval_batch_size', c['eval_batch_size'] >= 1, 'at least 1'),
+            ('log_interval', c['log_interval'] >= 1, 'at least 1'), ('eval_interval', c['eval_interval'] >= 1, 'at least 1'),
+            ('gradient_accumulation_steps', c['gradient_accumulation_steps'] >= 1, 'at least 1'),
+            ('learning_rate', c['learning_rate'] > 0, 'positive'), ('muon_lr', c['muon_lr'] > 0, 'positive'),
+            ('min_lr', 0 <= c['min_lr'] <= c['learning_rate'], 'between 0 and learning_rate'),
+            ('warmup_iters', c['warmup_iters'] >= 0, '0 or more'), ('weight_decay', c['weight_decay'] >= 0, '0 or more'),
+            ('beta1', 0 <= c['beta1'] < 1, 'in [0, 1)'), ('beta2', 0 <= c['beta2'] < 1, 'in [0, 1)'),
+            ('muon_momentum', 0 <= c['muon_momentum'] < 1, 'in [0, 1)'),
+            ('grad_clip', c['grad_clip'] >= 0, '0 (off) or more'),
+            ('label_smoothing', 0 <= c['label_smoothing'] < 1, 'in [0, 1)'),
+            ('seed', 0 <= c['seed'] < 2 ** 63, 'in [0, 2**63)'), ('img_size', c['img_size'] >= 0, '0 (keep the size) or more'),
+            ('aug_crop', c['aug_crop'] >= 0, '0 (off) or more'), ('aug_translate', c['aug_translate'] >= 0, '0 (off) or more'),
+            ('aug_rotate', c['aug_rotate'] >= 0, '0 (off) or more'), ('aug_scale', 0 <= c['aug_scale'] < 1, 'in [0, 1)'),
+            ('init_from', c['init_from'] in ('scratch', 'resume'), "'scratch' or 'resume'"),
+            ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'")]:
+        if not valid:
+            die(f"{key}={c[key]!r} must be {rule}", 2)
 
 
 def train_defaults():

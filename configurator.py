@@ -80,5 +80,7 @@ for _arg in sys.argv[1:]:
             _value = literal_eval(_text)
         except (SyntaxError, ValueError):
             _value = _text  # a bare word is a string: --device=cpu
+        if isinstance(globals()[_key], str):
+            _value = _text  # a string key takes the text as it is: --out_dir=2024 is a folder, not a number
         globals()[_key] = _checked(_key, _value, _arg)
         print(f"Overriding: {_key} = {globals()[_key]!r}")

@@ -179,19 +179,21 @@ def load_folder(data_dir, train, img_size):
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     if not os.path.isdir(data_dir):
         die(f"data_dir={data_dir!r} is not a folder; a folder dataset is laid out as {FOLDER_LAYOUT}")
-    classes = class_names(split_dir(data_dir, True))
-    root = split_dir(data_dir, train)
+    train_root, root = split_dir(data_dir, True), split_dir(data_dir, train)
+    classes = class_names(train_root)
     if not classes:
-        die(f"{split_dir(data_dir, True)} has no class folders; a folder dataset is laid out as {FOLDER_LAYOUT}")
+        die(f"{train_root} has no class folders; a folder dataset is laid out as {FOLDER_LAYOUT}")
     if not train and class_names(root) != classes:
         theirs = class_names(root)
         differ = [f"{c!r} only in train/" for c in classes if c not in theirs]
         differ += [f"{c!r} only in {os.path.basename(root)}/" for c in theirs if c not in classes]
         die(f"the class folders of {data_dir} differ between the splits: {', '.join(differ)}")
-    files = [(path, label) for label, c in enumerate(classes) for path in files_below(os.path.join(root, c))]
+    files = []
     for label, c in enumerate(classes):
-        if not any(lab == label for _, lab in files):
+        found = files_below(os.path.join(root, c))
+        if not found:
             die(f"class folder {os.path.join(root, c)} holds no files")
+        files += [(path, label) for path in found]
     stats = [os.stat(path) for path, _ in files]
     key = hashlib.sha256(repr((CACHE_VERSION, img_size, classes, [(os.path.relpath(p, root), s.st_size, s.st_mtime_ns)
                                                                     for (p, _), s in zip(files, stats)])).encode())
@@ -271,7 +273,7 @@ def read_cache(path, key, classes):
     try:
         cached = torch.load(path, weights_only=True)
         images, labels = cached['images'], cached['labels']
-        whole = (cached['key'] == key and cached['classes'] == classes and images.dtype == torch.uint8
+        whole = (cached['key'] == key and images.dtype == torch.uint8
                  and images.dim() == 4 and labels.shape == (len(images),) and int(labels.max()) < len(classes))
     except Exception:
         whole = False
@@ -354,15 +356,19 @@ def affine(x, angle, zoom, shift_x, shift_y):
     return F.grid_sample(x, grid, align_corners=False)
 
 
-def shift(x, dy, dx):
-    """Move each image of x (B, C, H, W) down by dy and right by dx whole pixels (one value per image),
-    filling with black: a crop of the image padded with zeros."""
+def shift(x, dy, dx, pad):
+    """Move each image of x (B, C, H, W) down by dy and right by dx whole pixels (one value per image, at
+    most pad), filling with black: a crop of the image padded with zeros."""
     B, C, H, W = x.shape
-    pad = int(max(dy.abs().max(), dx.abs().max()))
     padded = F.pad(x, (pad, pad, pad, pad))
     rows = (torch.arange(H, device=x.device) + pad - dy[:, None])[:, None, :, None]
     cols = (torch.arange(W, device=x.device) + pad - dx[:, None])[:, None, None, :]
     return padded[torch.arange(B, device=x.device)[:, None, None, None], torch.arange(C, device=x.device)[None, :, None, None], rows, cols]
+
+
+def augmentation(config):
+    """The augment() arguments a run's config asks for: its aug_* keys."""
+    return {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
 
 
 def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=False):
@@ -376,7 +382,7 @@ def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=Fal
         x = affine(x, u[0] * math.radians(rotate), 1 + u[1] * scale, u[2] * translate, u[3] * translate)
     if crop:
         dy, dx = torch.randint(-crop, crop + 1, (2, B), device=x.device, generator=generator)
-        x = shift(x, dy, dx)
+        x = shift(x, dy, dx, crop)
     if flip:
         mirrored = torch.rand(B, 1, 1, 1, device=x.device, generator=generator) < 0.5
         x = torch.where(mirrored, x.flip(3), x)

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import read_metrics  # noqa: E402
+from common import die, read_metrics  # noqa: E402
 
 
 def plot_runs(out_dirs, path, labels=None):
@@ -47,10 +47,10 @@ if __name__ == '__main__':
         sys.exit("usage: python plot.py OUT_DIR [OUT_DIR ...] [--out=name.png] [--labels=a,b,...]")
     labels = options['labels'].split(',') if 'labels' in options else None
     if labels and len(labels) != len(args):
-        sys.exit(f"error: {len(labels)} labels for {len(args)} runs")
+        die(f"{len(labels)} labels for {len(args)} runs")
     for out_dir in args:
         if not os.path.isfile(os.path.join(out_dir, 'metrics.jsonl')):
-            sys.exit(f"error: no metrics.jsonl in {out_dir} (is it a train.py out_dir?)")
+            die(f"no metrics.jsonl in {out_dir} (is it a train.py out_dir?)")
     path = options.get('out', os.path.join(args[0], 'curves.png'))
     plot_runs(args, path, labels)
     print(f"wrote {path}")

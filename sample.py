@@ -24,7 +24,7 @@ device = 'auto'
 dtype = 'auto'  # as in train.py: bf16 on GPUs and CPUs that have it natively
 data_dir = ''  # '' = the data_dir the run trained with
 image = ''  # your own picture(s) to classify: a path, several joined by commas, or a folder
-n_attention = 6  # test images shown with their attention maps
+n_attention = 6  # test images shown with their attention maps (0: no attention figure)
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
@@ -192,7 +192,8 @@ def report_test_split():
                                    for i in mistakes], ['red'] * len(mistakes), "mistakes.png",
               "the most confident mistakes: predicted (confidence) / true")
     draw_confusion(test_y.cpu(), predicted.cpu())
-    draw_attention(test_x[:n_attention], pictures[:n_attention], pred)
+    if n_attention:
+        draw_attention(test_x[:n_attention], pictures[:n_attention], pred)
 
 
 def draw_confusion(true, predicted):
@@ -230,6 +231,8 @@ def draw_attention(images_uint8, pictures, pred):
 
 
 # -----------------------------------------------------------------------------
+if n_attention < 0:
+    die(f"n_attention={n_attention} must be 0 or more", 2)
 device, _ = pick_device(device)
 ctx = autocast(device.split(':')[0], pick_dtype(dtype, device.split(':')[0])[0])
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')

@@ -8,28 +8,27 @@ $ python train.py config/mnist.py --init_from=resume
 Several GPUs (or CPU processes) with DDP, on one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/mnist.py
 """
+import math
+import os
+import shlex
+import signal
+import sys
 import time
-_started = time.time()  # the summary's wall time counts from here, imports included (the _ keeps it out of the config)
+from dataclasses import asdict
+from functools import lru_cache
+_started = time.time()  # the summary's wall time counts from here, torch's import included (_: not a config key)
 
-import math  # noqa: E402
-import os  # noqa: E402
-import shlex  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import asdict, fields  # noqa: E402
-from functools import lru_cache  # noqa: E402
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
-
-from common import (autocast, compile_blocker, compiled, device_name, die, forward_backward,  # noqa: E402
-                    load_checkpoint, load_model_state, load_optimizer_states, lock_out_dir, optimizer_step, peak_flops,
-                    pick_device, pick_dtype, read_metrics, save_checkpoint_file, sdpa_backend, synchronize,
-                    write_metrics)
-from data import augment, channel_stats, get_dataset, load_split, normalize  # noqa: E402
-from model import ViT, ViTConfig  # noqa: E402
+from common import (autocast, check_config, device_name, die, forward_backward, load_checkpoint, load_model_state,
+                    load_optimizer_states, lock_out_dir, model_config, optimizer_step, peak_flops, pick_device,
+                    pick_dtype, read_metrics, rng_state, save_checkpoint_file, sdpa_backend, set_rng_state,
+                    synchronize, try_compile, write_metrics)
+from data import augment, augmentation, channel_stats, get_dataset, load_split, normalize
+from model import ViT
 
 # -----------------------------------------------------------------------------
 # default config values: config/*.py files and --key=value flags override them
@@ -88,24 +87,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in _config_keys}  # plain types only, saved in the checkpoint
 # -----------------------------------------------------------------------------
 
-for key, valid, rule in [
-        ('max_iters', max_iters >= 1, 'at least 1'), ('batch_size', batch_size >= 1, 'at least 1'),
-        ('eval_batch_size', eval_batch_size >= 1, 'at least 1'), ('log_interval', log_interval >= 1, 'at least 1'),
-        ('eval_interval', eval_interval >= 1, 'at least 1'),
-        ('gradient_accumulation_steps', gradient_accumulation_steps >= 1, 'at least 1'),
-        ('learning_rate', learning_rate > 0, 'positive'), ('muon_lr', muon_lr > 0, 'positive'),
-        ('min_lr', 0 <= min_lr <= learning_rate, 'between 0 and learning_rate'),
-        ('warmup_iters', warmup_iters >= 0, '0 or more'), ('weight_decay', weight_decay >= 0, '0 or more'),
-        ('beta1', 0 <= beta1 < 1, 'in [0, 1)'), ('beta2', 0 <= beta2 < 1, 'in [0, 1)'),
-        ('muon_momentum', 0 <= muon_momentum < 1, 'in [0, 1)'), ('grad_clip', grad_clip >= 0, '0 (off) or more'),
-        ('label_smoothing', 0 <= label_smoothing < 1, 'in [0, 1)'), ('seed', 0 <= seed < 2 ** 63, 'in [0, 2**63)'),
-        ('img_size', img_size >= 0, '0 (keep the size) or more'), ('aug_crop', aug_crop >= 0, '0 (off) or more'),
-        ('aug_translate', aug_translate >= 0, '0 (off) or more'), ('aug_rotate', aug_rotate >= 0, '0 (off) or more'),
-        ('aug_scale', 0 <= aug_scale < 1, 'in [0, 1)'),
-        ('init_from', init_from in ('scratch', 'resume'), "'scratch' or 'resume'"),
-        ('optimizer', optimizer in ('adamw', 'muon'), "'adamw' or 'muon'")]:
-    if not valid:
-        die(f"{key}={config[key]!r} must be {rule}", 2)
+check_config(config)
 data_entry = get_dataset(dataset)
 if aug_flip and data_entry.digits:
     die(f"aug_flip=True on {dataset}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
@@ -125,6 +107,8 @@ else:
 master = rank == 0  # logs, plots and checkpoints come from this process alone
 device, device_reason = pick_device(device)
 device_type = device.split(':')[0]
+if device_type == 'cuda':
+    torch.cuda.set_device(device)  # so that every "current GPU" query means this one
 dtype, dtype_reason = pick_dtype(dtype, device_type)
 torch.manual_seed(seed + rank)
 torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
@@ -146,7 +130,7 @@ if master:
 if ddp and not master:
     dist.barrier()  # let rank 0 download (or decode and cache) first
 train_x, train_y, classes = load_split(dataset, data_dir, True, img_size, device)
-test_x, test_y, test_classes = load_split(dataset, data_dir, False, img_size, device)
+test_x, test_y, _ = load_split(dataset, data_dir, False, img_size, device)
 if ddp and master:
     dist.barrier()
 data_mean, data_std = channel_stats(train_x)
@@ -156,7 +140,7 @@ steps_per_epoch = len(train_x) // global_batch
 if steps_per_epoch == 0:
     die(f"batch_size={batch_size} x gradient_accumulation_steps x processes = {global_batch} "
         f"is larger than the {len(train_x)} training images", 2)
-aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
+aug = augmentation(config)
 augmenting = any(aug.values())
 aug_generator = torch.Generator(device=device)
 
@@ -183,14 +167,15 @@ def get_batch(it, micro_step):
 
 
 # model
-data_shape = dict(img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_classes=len(classes))
-model_args = {f.name: config[f.name] for f in fields(ViTConfig) if f.name not in data_shape} | data_shape
+vit_config = model_config(config, img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_classes=len(classes))
+model_args = asdict(vit_config)
 iter_num = 0
 best_val_acc = 0.0
-saved_iter, saved_val_loss = 0, math.inf  # the checkpoint in out_dir, which a run gone bad must not replace
+saved_val_loss = math.inf  # the val loss of the checkpoint in out_dir, which a diverged run must not replace
 checkpoint = None
 if init_from == 'resume':
-    checkpoint = load_checkpoint(ckpt_path, device, keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
+    # on the CPU: RNG states must be CPU tensors, and the weights go to the device as they load
+    checkpoint = load_checkpoint(ckpt_path, 'cpu', keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
                                                           'best_val_acc', 'val_loss', 'config', 'classes', 'rng'))
     saved, saved_args = checkpoint['config'], checkpoint['model_args']
     # dropout and pos_std (an init) may change: the trained weights mean the same with other values
@@ -202,21 +187,17 @@ if init_from == 'resume':
         die(f"{ckpt_path} holds a run with {', '.join(then)} but this run asks for {', '.join(now)}; "
             f"resume with the run's own config", 2)
     iter_num, best_val_acc, saved_val_loss = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['val_loss']
-    saved_iter = iter_num
     if iter_num >= max_iters:
         die(f"{ckpt_path} is at iter {iter_num}, already at max_iters={max_iters}; raise max_iters to train on", 2)
     notes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved.get(k) != v]
     if len(checkpoint['rng']) != world_size:
-        notes.append(f"processes {len(checkpoint['rng'])} -> {world_size}")
+        notes.append(f"processes {len(checkpoint['rng'])} -> {world_size} (dropout draws new numbers)")
     saved_batch = saved['batch_size'] * saved['gradient_accumulation_steps'] * len(checkpoint['rng'])
     if saved_batch != global_batch:
         notes.append(f"images per iteration {saved_batch} -> {global_batch}")
     if notes and master:
         print(f"note: resuming with changes: {', '.join(notes)}")
-try:
-    model = ViT(ViTConfig(**model_args))
-except ValueError as e:
-    die(f"bad model config: {e}", 2)
+model = ViT(vit_config)
 if checkpoint:
     load_model_state(model, checkpoint['model'], ckpt_path)
 model.to(device)
@@ -229,25 +210,18 @@ scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 if checkpoint:
     load_optimizer_states(optimizers, checkpoint['optimizer'], ckpt_path)
     scaler.load_state_dict(checkpoint['scaler'])
-    rng = checkpoint['rng']
-    if len(rng) == world_size:
-        torch.set_rng_state(rng[rank]['cpu'])
-        if device_type == 'cuda':
-            torch.cuda.set_rng_state(rng[rank]['cuda'])
-    elif master:
-        print(f"note: {ckpt_path} was saved by {len(rng)} processes, this run has {world_size}: dropout draws new numbers")
+    if len(checkpoint['rng']) == world_size:
+        set_rng_state(checkpoint['rng'][rank])
     del checkpoint  # free the memory
 
 ctx = autocast(device_type, dtype)
 compile_note = "off"
 if compile:
-    blocker = compile_blocker(device_type)
-    compile_note = f"off ({blocker})" if blocker else "on"
-    if not blocker:
-        model, compile_note = compiled(model, ctx, *get_batch(iter_num, 0), label_smoothing)
+    model, compile_note = try_compile(model, ctx, *get_batch(iter_num, 0), label_smoothing)
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
-    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+    # no buffer changes in training (the sin-cos positions are constant): nothing to broadcast every step
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False)
 
 flops_per_iter = 3 * raw_model.flops_per_image() * batch_size * gradient_accumulation_steps
 peak = peak_flops(device_name(device), dtype)
@@ -275,9 +249,10 @@ def get_lr(it):
 
 def train_step(it):
     """One optimizer step; returns the mean loss as a tensor (reading it would wait for the device)."""
+    lr_scale = get_lr(it) / learning_rate
     for opt in optimizers:
         for group in opt.param_groups:
-            group['lr'] = group['max_lr'] * get_lr(it) / learning_rate  # Muon's lr follows the same schedule
+            group['lr'] = group['max_lr'] * lr_scale  # Muon's lr follows the same schedule
     loss = 0.0
     for micro_step in range(gradient_accumulation_steps):
         if ddp:
@@ -285,7 +260,7 @@ def train_step(it):
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         x, y = get_batch(it, micro_step)
         loss += forward_backward(model, x, y, ctx, scaler, label_smoothing, gradient_accumulation_steps)
-    optimizer_step(optimizers, scaler, raw_model.parameters(), grad_clip)
+    optimizer_step(optimizers, scaler, grad_clip)
     return loss
 
 
@@ -310,9 +285,7 @@ def evaluate():
 
 
 def save_checkpoint():
-    rng = {'cpu': torch.get_rng_state()}
-    if device_type == 'cuda':
-        rng['cuda'] = torch.cuda.get_rng_state()
+    rng = rng_state()
     rngs = [rng]
     if ddp:
         rngs = [None] * world_size
@@ -334,18 +307,14 @@ def save_checkpoint():
         }, ckpt_path)
 
 
-def check_finite(value, what):
-    # a run whose loss overflowed stops here, before it can overwrite the last good checkpoint
-    if not math.isfinite(value):
-        die(f"{what} is {value} at iter {iter_num}: training diverged. Lower learning_rate (now {learning_rate:g})"
+def stop_if_diverged(loss, what, limit=math.inf):
+    # a diverged run stops here, before it can overwrite the last good checkpoint: a loss that overflowed,
+    # or a val loss past limit, more than twice the checkpoint's plus 0.5 (a resume at learning_rate=100
+    # took one from 0.5 to 880, finite): no honest stretch of training makes such a jump
+    if not math.isfinite(loss) or loss > limit:
+        die(f"{what} is {loss:.4g} at iter {iter_num}" + (f", the checkpoint's {saved_val_loss:.4g}" if limit < math.inf
+            else "") + f": training diverged. Lower learning_rate (now {learning_rate:g})"
             f"{' or use dtype=float32' if dtype != 'float32' else ''}. {ckpt_path} is left as it was.")
-
-
-def gone_bad(val_loss):
-    # a finite divergence (a resume at learning_rate=100, say) must not replace the last good checkpoint
-    # either: a val loss more than double the checkpoint's (and 0.5 above it, so that small losses may wobble)
-    # is one that no honest stretch of training makes
-    return val_loss > 2 * saved_val_loss + 0.5
 
 
 def global_mean(loss_sum, count):
@@ -396,10 +365,10 @@ signal.signal(signal.SIGTERM, request_stop)
 
 
 def should_stop():
+    # asked at log steps, where the loss was just checked: processes agree on it there without a
+    # collective every step, and a model that diverged since is never saved
     if not ddp:
         return stop_signal
-    if iter_num % log_interval != 0:
-        return 0  # processes agree at log steps only: a collective every step would cost a sync
     flag = torch.tensor([stop_signal], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
@@ -425,7 +394,6 @@ def leave(code):
     sys.exit(code)
 
 
-val_loss = saved_val_loss  # the last evaluation's, until there is a new one
 # training loop. Timing as in nanoGPT: t0 restarts at every log line, and after evaluations, which are
 # not training time; the first log interval (warm-up: allocators, a first compile) counts in no average
 start_iter = iter_num
@@ -447,51 +415,44 @@ while iter_num < max_iters:
         ms = 1000 * dt / (iter_num - t0_iter)
         if t0_iter > start_iter:
             timed_seconds, timed_iters = timed_seconds + dt, timed_iters + iter_num - t0_iter
-        check_finite(mean_loss, "the training loss")
+        stop_if_diverged(mean_loss, "the training loss")
         if scaler.is_enabled() and scaler.get_scale() < 1.0:
             die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
                 f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
+        lr = get_lr(iter_num - 1)
         if master:
             eta = f", eta {duration((max_iters - iter_num) * ms / 1000)}" if t0_iter > start_iter else " (warm-up)"
-            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {get_lr(iter_num - 1):.1e}, "
-                  f"time {ms:.2f}ms{eta}{mfu(ms / 1000)}")
-        log_metrics(iter=iter_num, loss=mean_loss, lr=get_lr(iter_num - 1), ms=ms)
+            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {lr:.1e}, time {ms:.2f}ms{eta}{mfu(ms / 1000)}")
+        log_metrics(iter=iter_num, loss=mean_loss, lr=lr, ms=ms)
         loss_sum, loss_steps = 0.0, 0
         t0, t0_iter = time.time(), iter_num
+        signum = should_stop()
+        if signum and not last:
+            save_checkpoint()
+            if master:
+                print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
+                      f"Resume with: {resume_command()}")
+            leave(0 if signum == signal.SIGINT else 128 + signum)
 
     if iter_num % eval_interval == 0 or last:
         val_loss, val_acc = evaluate()
         mean_train_loss = global_mean(train_loss_sum, train_loss_steps)
-        check_finite(val_loss, "the val loss")
+        stop_if_diverged(val_loss, "the val loss", limit=2 * saved_val_loss + 0.5)
         best_val_acc = max(best_val_acc, val_acc)
         if master:
             print(f"step {iter_num}: train loss {mean_train_loss:.4f}, val loss {val_loss:.4f}, val acc {100 * val_acc:.2f}%")
         log_metrics(iter=iter_num, train_loss=mean_train_loss, val_loss=val_loss, val_acc=val_acc)
         train_loss_sum, train_loss_steps = 0.0, 0
-        if (always_save_checkpoint or last) and gone_bad(val_loss):
-            if master:
-                print(f"note: val loss {val_loss:.4g} is far worse than the checkpoint's {saved_val_loss:.4g}: training "
-                      f"has gone bad (learning_rate {learning_rate:g} too high?); {ckpt_path} stays at iter {saved_iter}")
-        elif always_save_checkpoint or last:
-            saved_iter, saved_val_loss = iter_num, val_loss
+        if always_save_checkpoint or last:
+            saved_val_loss = val_loss
             save_checkpoint()
         if plot and master:
             draw_curves()
         t0, t0_iter = time.time(), iter_num
 
-    signum = should_stop()
-    if signum and not last:
-        if not gone_bad(val_loss):
-            saved_iter = iter_num
-            save_checkpoint()
-        if master:
-            print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint at iter {saved_iter} in "
-                  f"{ckpt_path}. Resume with: {resume_command()}")
-        leave(0 if signum == signal.SIGINT else 128 + signum)
-
 if master:
-    mean_ms = 1000 * timed_seconds / timed_iters if timed_iters else 1000 * dt / (iter_num - start_iter)
+    mean_ms = 1000 * timed_seconds / timed_iters if timed_iters else ms
     print(f"done: val acc {100 * val_acc:.2f}% (best during the run {100 * best_val_acc:.2f}%), val loss {val_loss:.4f} "
           f"| {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
-          f"{mfu(mean_ms / 1000)} | checkpoint {ckpt_path} (iter {saved_iter})")
+          f"{mfu(mean_ms / 1000)} | checkpoint {ckpt_path}")
 leave(0)

@@ -38,9 +38,11 @@ def test_dtype_rule_on_this_gpu():
 
 
 @cuda
-@pytest.mark.parametrize('dtype,compile', [('auto', True), ('float16', False), ('float32', False)])
-def test_trains_on_gpu_and_the_checkpoint_evaluates_on_cpu(dtype, compile, synthetic_data, tmp_path):
+@pytest.mark.parametrize('dtype,compile,optimizer', [('auto', True, 'adamw'), ('float16', False, 'adamw'),
+                                                     ('float32', False, 'adamw'), ('auto', True, 'muon')])
+def test_trains_on_gpu_and_the_checkpoint_evaluates_on_cpu(dtype, compile, optimizer, synthetic_data, tmp_path):
     result = run_script('train.py', *GPU, f'--dtype={dtype}', f'--compile={compile}', f'--data_dir={synthetic_data}',
+                        f'--optimizer={optimizer}',
                         '--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10', '--max_iters=200',
                         '--eval_interval=100', '--out_dir=out', cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -40,7 +40,7 @@ def test_affine_half_turn_and_zoom():
 
 def test_shift_is_a_crop_of_the_padded_picture():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    out = shift(x, torch.tensor([2, -1]), torch.tensor([-3, 0]))
+    out = shift(x, torch.tensor([2, -1]), torch.tensor([-3, 0]), pad=3)
     assert torch.equal(out[0, :, 2:, :5], x[0, :, :6, 3:])  # down 2, left 3
     assert (out[0, :, :2] == 0).all() and (out[0, :, :, 5:] == 0).all()
     assert torch.equal(out[1, :, :7], x[1, :, 1:]) and (out[1, :, 7] == 0).all()  # up 1
@@ -55,7 +55,7 @@ def test_augment_crop_and_flip_keep_every_picture_a_shifted_or_mirrored_copy():
     for original, seen in zip(x, out):
         matches = [(dy, dx, m) for m in (False, True) for dy in range(-2, 3) for dx in range(-2, 3)
                    if torch.equal(seen, shift((original.flip(2) if m else original)[None], torch.tensor([dy]),
-                                              torch.tensor([dx]))[0])]
+                                              torch.tensor([dx]), pad=2)[0])]
         assert len(matches) == 1, matches
         mirrored += matches[0][2]
     assert 16 < mirrored < 48  # about half

@@ -17,6 +17,6 @@ def test_small_vit_learns_real_mnist(tmp_path):
                         '--device=cpu', '--max_iters=470', '--eval_interval=470', '--log_interval=50',
                         '--out_dir=out', cwd=tmp_path, timeout=600, env={'OMP_NUM_THREADS': str(os.cpu_count())})
     assert result.returncode == 0, result.stderr
-    assert 'data: 60000 train / 10000 test images' in result.stdout
+    assert 'data: mnist, 60000 train / 10000 test images' in result.stdout
     final = [json.loads(line) for line in open(tmp_path / 'out' / 'metrics.jsonl') if 'val_acc' in line][-1]
     assert final['val_acc'] >= 0.85, final

@@ -75,6 +75,7 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_the_run(reference, tmp_path):
     assert all(resumed[i] == pytest.approx(expected[i], abs=1e-6) for i in range(stopped_at + 1, 151))
 
 
+@pytest.mark.parametrize('reference', ['adamw'], indirect=True)
 def test_kill_inside_a_save_keeps_the_last_checkpoint(reference, tmp_path):
     args, expected = reference
     args = [*args, '--eval_interval=10', '--out_dir=out']
@@ -151,14 +152,14 @@ def test_an_overflowing_loss_stops_and_keeps_the_last_good_checkpoint(good_run, 
     assert digest(ckpt) == before
 
 
-def test_a_run_gone_bad_never_replaces_the_last_good_checkpoint(good_run, synthetic_data):
+def test_a_finite_divergence_never_replaces_the_last_good_checkpoint(good_run, synthetic_data):
     # learning_rate=100 wrecks the model with a finite loss: val loss from 0.5 to hundreds
     cwd, ckpt = good_run
     before = digest(ckpt)
-    result = resume(synthetic_data, cwd, '--learning_rate=100', '--grad_clip=0.0', max_iters=190)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count('training has gone bad (learning_rate 100 too high?); out/ckpt.pt stays at iter 150') == 4
-    assert 'checkpoint out/ckpt.pt (iter 150)' in result.stdout
+    result = resume(synthetic_data, cwd, '--learning_rate=100', '--grad_clip=0.0')
+    assert_one_line_error(result, "the val loss is ", code=1)
+    assert "at iter 160, the checkpoint's 0.5" in result.stderr and 'training diverged. Lower learning_rate (now 100)' \
+        in result.stderr and 'out/ckpt.pt is left as it was' in result.stderr
     assert digest(ckpt) == before
     result = resume(synthetic_data, cwd)  # with the run's own learning rate, it carries on from the good checkpoint
     assert result.returncode == 0, result.stderr
@@ -292,4 +293,4 @@ def test_ddp_ctrl_c_tells_the_torchrun_command(synthetic_data, tmp_path):
     stopped_at = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num']
     result = run_script('train.py', *args, f'--max_iters={stopped_at + 2}', '--init_from=resume', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert 'processes 2 -> 1, images per iteration 32 -> 16' in result.stdout
+    assert 'processes 2 -> 1 (dropout draws new numbers), images per iteration 32 -> 16' in result.stdout

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY, assert_one_line_error, make_picture_folder, read_jsonl, run_script
+from common import check_config, model_config, train_defaults
 from data import load_split, normalize
 from model import ViT, ViTConfig
 
@@ -100,9 +101,9 @@ def test_colour_folder_dataset_trains(tmp_path):
 
 def test_overrides_take_effect_with_their_types(synthetic_data, tmp_path):
     result = run_script('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=2', '--eval_interval=2',
-                        '--learning_rate=1', '--label_smoothing=0', '--out_dir=out', cwd=tmp_path)
+                        '--learning_rate=1', '--label_smoothing=0', '--out_dir=2024', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    config = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['config']
+    config = torch.load(tmp_path / '2024' / 'ckpt.pt', weights_only=True)['config']  # a string key keeps its text
     assert config['learning_rate'] == 1.0 and isinstance(config['learning_rate'], float)
     assert config['n_embd'] == 32 and config['compile'] is False
     assert not any(k.startswith('_') or k.startswith('t_') for k in config)  # the start-up clock is not a key
@@ -146,26 +147,40 @@ def test_config_file_errors_exit_2(content, message, tmp_path):
     assert_one_line_error(result, message, code=2)
 
 
+@pytest.mark.parametrize('changes,message', [
+    (dict(n_embd=-4), "n_embd=-4 must be at least 1"), (dict(n_embd=0), "n_embd=0 must be at least 1"),
+    (dict(patch_size=0), "patch_size=0 must be at least 1"), (dict(n_head=0), "n_head=0 must be at least 1"),
+    (dict(n_layer=0), "n_layer=0 must be at least 1"), (dict(mlp_ratio=-1.0), "mlp_ratio=-1.0 must be positive"),
+    (dict(n_head=5), "n_embd=32 is not divisible by n_head=5"),
+    (dict(learning_rate=-1.0), "learning_rate=-1.0 must be positive"), (dict(beta2=1.5), "beta2=1.5 must be in [0, 1)"),
+    (dict(label_smoothing=2.0), "label_smoothing=2.0 must be in [0, 1)"),
+    (dict(grad_clip=-1.0), "grad_clip=-1.0 must be 0 (off) or more"),
+    (dict(warmup_iters=-1), "warmup_iters=-1 must be 0 or more"), (dict(seed=2 ** 63), f"seed={2 ** 63} must be in [0, 2**63)"),
+    (dict(optimizer='sgd'), "optimizer='sgd' must be 'adamw' or 'muon'"), (dict(max_iters=0), "max_iters=0 must be at least 1"),
+])
+def test_impossible_values_are_one_line(changes, message, capsys):
+    # the checks train.py (and bench.py) run on every config, called here directly: fast, and the
+    # subprocess tests below show the same line reaching a user
+    config = {**train_defaults_dict(), 'n_embd': 32, **changes}
+    with pytest.raises(SystemExit) as stop:
+        check_config(config)
+        model_config(config, img_size=28, in_chans=1, n_classes=10)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith('error: ') and message in err and err.count('\n') == 1, err
+
+
+def train_defaults_dict():
+    namespace = {}
+    exec(train_defaults(), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith('_')}
+
+
 @pytest.mark.parametrize('args,message', [
-    (['--patch_size=5'], "img_size=28 is not divisible by patch_size=5"),
-    (['--n_head=5'], "n_embd=32 is not divisible by n_head=5"),
-    (['--n_embd=-4'], "n_embd=-4 must be at least 1"),
-    (['--n_embd=0'], "n_embd=0 must be at least 1"),
-    (['--patch_size=0'], "patch_size=0 must be at least 1"),
-    (['--n_head=0'], "n_head=0 must be at least 1"),
-    (['--n_layer=0'], "n_layer=0 must be at least 1"),
-    (['--mlp_ratio=-1'], "mlp_ratio=-1.0 must be positive"),
-    (['--learning_rate=-1'], "learning_rate=-1.0 must be positive"),
+    (['--n_embd=0'], "bad model config: n_embd=0 must be at least 1"),
     (['--beta2=1.5'], "beta2=1.5 must be in [0, 1)"),
-    (['--label_smoothing=2'], "label_smoothing=2.0 must be in [0, 1)"),
-    (['--grad_clip=-1'], "grad_clip=-1.0 must be 0 (off) or more"),
-    (['--warmup_iters=-1'], "warmup_iters=-1 must be 0 or more"),
-    ([f'--seed={2 ** 63}'], f"seed={2 ** 63} must be in [0, 2**63)"),
-    (['--optimizer=sgd'], "optimizer='sgd' must be 'adamw' or 'muon'"),
     (['--aug_flip=True'], "aug_flip=True on mnist: a mirrored digit is not the same digit"),
     (['--dataset=imagenet'], "unknown dataset='imagenet'; choose from mnist, fashion_mnist, cifar10, folder"),
     (['--dtype=fp8'], "dtype='fp8': use 'auto', 'float32', 'bfloat16' or 'float16'"),
-    (['--max_iters=0'], "max_iters=0 must be at least 1"),
     (['--img_size=32'], "img_size=32: MNIST images are 28x28; img_size resizes folder datasets only"),
 ])
 def test_bad_values_exit_2_with_one_line(args, message, synthetic_data, tmp_path):

@@ -1,0 +1,30 @@
+# CIFAR-10 on a 2-core CPU in 30 minutes of wall time: a 4-layer, 128-wide ViT on 4x4 patches
+# (65 tokens an image, 0.8M parameters), Muon for the blocks' matrices, 2800 steps at batch 128
+# (7.2 epochs), random crops and mirror images, label smoothing, one evaluation at the end.
+# On the JPEG copy of CIFAR-10 that this machine has (a folder dataset):
+# $ python train.py config/cifar10_cpu.py --dataset=folder --data_dir=../shared/cifar10
+# Online, `python train.py config/cifar10_cpu.py` downloads the official files instead.
+# Measured on a 2-core AMD EPYC (AVX2, no AVX-512), float32: see README, "CIFAR-10".
+out_dir = 'out-cifar10-cpu'
+dataset = 'cifar10'
+eval_interval = 2800  # evaluate once, at the end: an evaluation of the 10,000 test pictures costs ~15 s here
+log_interval = 100
+plot = False
+eval_batch_size = 1000
+
+n_layer = 4
+n_head = 2
+n_embd = 128
+patch_size = 4
+
+batch_size = 128
+max_iters = 2800
+optimizer = 'muon'
+muon_lr = 0.02
+learning_rate = 2e-3  # AdamW's, for the embeddings, norms, biases and head
+weight_decay = 0.0
+warmup_iters = 100
+min_lr = 1e-5
+label_smoothing = 0.1
+aug_crop = 4
+aug_flip = True

@@ -1,0 +1,30 @@
+"""A pipeline check on the real CIFAR-10 as a folder of pictures, where the environment says where it is
+(.ci/run sets NANOVIT_CIFAR10_DIR when ../shared/cifar10 exists); skipped otherwise."""
+import json
+import os
+
+import pytest
+
+from conftest import run_script
+
+CIFAR10_DIR = os.environ.get('NANOVIT_CIFAR10_DIR')
+
+
+@pytest.mark.skipif(not CIFAR10_DIR, reason='NANOVIT_CIFAR10_DIR is not set')
+def test_small_vit_learns_real_cifar10(tmp_path):
+    # about a minute on two CPU cores: the 60,000 pictures decoded and cached, then 300 steps of a tiny ViT
+    args = ['--dataset=folder', f'--data_dir={CIFAR10_DIR}', '--device=cpu', '--n_layer=2', '--n_head=2',
+            '--n_embd=64', '--patch_size=8', '--batch_size=128', '--max_iters=300', '--eval_interval=300',
+            '--log_interval=100', '--warmup_iters=30', '--learning_rate=3e-3', '--aug_crop=2', '--aug_flip=True',
+            '--eval_batch_size=1000', '--plot=False']
+    env = {'OMP_NUM_THREADS': str(os.cpu_count()), 'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+    result = run_script('train.py', *args, '--out_dir=out', cwd=tmp_path, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    assert 'data: folder, 50000 train / 10000 test images of 3x32x32, 10 classes' in result.stdout
+    assert 'train/: decoded 50000 pictures' in result.stdout
+    final = [json.loads(line) for line in open(tmp_path / 'out' / 'metrics.jsonl') if 'val_acc' in line][-1]
+    assert final['val_acc'] >= FLOOR, final
+    # the second start reads the cache: no decoding
+    again = run_script('train.py', *args, '--max_iters=1', '--eval_interval=1', '--out_dir=again', cwd=tmp_path,
+                       env=env)
+    assert again.returncode == 0 and 'decoded' not in again.stdout, again.stdout + again.stderr
