@@ -322,14 +322,19 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            for p in group['params']:
-                if p.grad is None:
-                    continue
+            params = [p for p in group['params'] if p.grad is not None]
+            updates = []
+            for p in params:
                 momentum = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
                 momentum.lerp_(p.grad, 1 - group['momentum'])
                 update = p.grad.lerp(momentum, group['momentum'])  # Nesterov: look one step ahead
-                blocks = update.view(group['blocks'], -1, p.size(1))
-                update = orthogonalize(blocks.to(self.ns_dtype)).view_as(p).to(p.dtype)
-                rows, cols = blocks.shape[-2:]
-                p.mul_(1 - group['lr'] * group['weight_decay'])
-                p.add_(update, alpha=-group['lr'] * max(1, rows / cols) ** 0.5)
+                updates.append(update.view(group['blocks'], -1, p.size(1)))
+            # one Newton-Schulz iteration for all the matrices of a shape: a few large matmuls rather than
+            # many small ones (on a CPU, a third of Muon's time at the speedrun's size went to the calls)
+            for shape in {u.shape for u in updates}:
+                same = [i for i, u in enumerate(updates) if u.shape == shape]
+                done = orthogonalize(torch.cat([updates[i] for i in same]).to(self.ns_dtype)).split(shape[0])
+                for i, orthogonal in zip(same, done):
+                    p, (rows, cols) = params[i], shape[1:]
+                    p.mul_(1 - group['lr'] * group['weight_decay'])
+                    p.add_(orthogonal.reshape(p.shape).to(p.dtype), alpha=-group['lr'] * max(1, rows / cols) ** 0.5)

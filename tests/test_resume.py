@@ -119,13 +119,20 @@ def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_lives(synth
 GOOD = [*TINY, '--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10']
 
 
-@pytest.fixture
-def good_run(synthetic_data, tmp_path):
-    """A finished short run (about 95% on the synthetic digits): its checkpoint is what the bad inputs below
-    must leave alone."""
+@pytest.fixture(scope='module')
+def finished_run(synthetic_data, tmp_path_factory):
+    """A finished short run (about 95% on the synthetic digits), trained once for the tests below."""
+    cwd = tmp_path_factory.mktemp('finished')
     result = run_script('train.py', *GOOD, f'--data_dir={synthetic_data}', '--max_iters=150', '--eval_interval=50',
-                        '--out_dir=out', cwd=tmp_path)
+                        '--out_dir=out', cwd=cwd)
     assert result.returncode == 0, result.stderr
+    return cwd / 'out'
+
+
+@pytest.fixture
+def good_run(finished_run, tmp_path):
+    """A copy of the finished run: its checkpoint is what the bad inputs below must leave alone."""
+    shutil.copytree(finished_run, tmp_path / 'out')
     return tmp_path, tmp_path / 'out' / 'ckpt.pt'
 
 
