@@ -8,15 +8,17 @@ import pytest
 from conftest import run_script
 
 CIFAR10_DIR = os.environ.get('NANOVIT_CIFAR10_DIR')
+# measured on a 2-core AMD EPYC: 49.61% (seed 1337) and 50.33% (seed 7); the floor leaves room for other CPUs
+FLOOR = 0.47
 
 
 @pytest.mark.skipif(not CIFAR10_DIR, reason='NANOVIT_CIFAR10_DIR is not set')
 def test_small_vit_learns_real_cifar10(tmp_path):
-    # about a minute on two CPU cores: the 60,000 pictures decoded and cached, then 300 steps of a tiny ViT
+    # about a minute on two CPU cores: the 60,000 pictures decoded and cached, then 1000 steps of a tiny ViT with Muon
     args = ['--dataset=folder', f'--data_dir={CIFAR10_DIR}', '--device=cpu', '--n_layer=2', '--n_head=2',
-            '--n_embd=64', '--patch_size=8', '--batch_size=128', '--max_iters=300', '--eval_interval=300',
-            '--log_interval=100', '--warmup_iters=30', '--learning_rate=3e-3', '--aug_crop=2', '--aug_flip=True',
-            '--eval_batch_size=1000', '--plot=False']
+            '--n_embd=64', '--patch_size=8', '--batch_size=128', '--max_iters=1000', '--eval_interval=1000',
+            '--log_interval=500', '--warmup_iters=50', '--learning_rate=3e-3', '--optimizer=muon', '--muon_lr=0.02',
+            '--weight_decay=0', '--aug_crop=2', '--aug_flip=True', '--eval_batch_size=1000', '--plot=False']
     env = {'OMP_NUM_THREADS': str(os.cpu_count()), 'XDG_CACHE_HOME': str(tmp_path / 'cache')}
     result = run_script('train.py', *args, '--out_dir=out', cwd=tmp_path, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
