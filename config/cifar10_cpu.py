@@ -1,13 +1,15 @@
 # CIFAR-10 on a 2-core CPU in 30 minutes of wall time: a 4-layer, 128-wide ViT on 4x4 patches
-# (65 tokens an image, 0.8M parameters), Muon for the blocks' matrices, 2800 steps at batch 128
-# (7.2 epochs), random crops and mirror images, label smoothing, one evaluation at the end.
+# (65 tokens an image, 0.8M parameters), Muon for the blocks' matrices, 3000 steps at batch 128
+# (7.7 epochs), random crops and mirror images, label smoothing, one evaluation at the end.
 # On the JPEG copy of CIFAR-10 that this machine has (a folder dataset):
 # $ python train.py config/cifar10_cpu.py --dataset=folder --data_dir=../shared/cifar10
 # Online, `python train.py config/cifar10_cpu.py` downloads the official files instead.
-# Measured on a 2-core AMD EPYC (AVX2, no AVX-512), float32: see README, "CIFAR-10".
+# Measured on a 2-core AMD EPYC (AVX2, no AVX-512), float32, seed 1337, on that JPEG folder: 74.85% test
+# accuracy in 29m41s of wall time for the whole process (pictures from the cache; decoding them the first
+# time adds 8.6 s). The goal was 80%: see README, "CIFAR-10", for what was tried.
 out_dir = 'out-cifar10-cpu'
 dataset = 'cifar10'
-eval_interval = 2800  # evaluate once, at the end: an evaluation of the 10,000 test pictures costs ~15 s here
+eval_interval = 3000  # evaluate once, at the end: an evaluation of the 10,000 test pictures costs ~15 s here
 log_interval = 100
 plot = False
 eval_batch_size = 1000
@@ -18,7 +20,7 @@ n_embd = 128
 patch_size = 4
 
 batch_size = 128
-max_iters = 2800
+max_iters = 3000
 optimizer = 'muon'
 muon_lr = 0.02
 learning_rate = 2e-3  # AdamW's, for the embeddings, norms, biases and head
