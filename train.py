@@ -88,6 +88,8 @@ config = {k: globals()[k] for k in _config_keys}  # plain types only, saved in t
 # -----------------------------------------------------------------------------
 
 check_config(config)
+# the model's own values fail here, not after minutes of downloading or decoding; the data's shape joins them once loaded
+model_config(config, img_size=max(patch_size, 1), in_chans=1, n_classes=1)
 data_entry = get_dataset(dataset)
 if aug_flip and data_entry.digits:
     die(f"aug_flip=True on {dataset}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)

@@ -188,6 +188,13 @@ def test_bad_values_exit_2_with_one_line(args, message, synthetic_data, tmp_path
     assert_one_line_error(result, message, code=2)
 
 
+def test_model_values_fail_before_the_data_loads(tmp_path):
+    # no data anywhere: a bad model value must be the error, before any download is tried or out_dir made
+    result = run_script('train.py', *TINY, f'--data_dir={tmp_path / "nowhere"}', '--n_embd=0', cwd=tmp_path)
+    assert_one_line_error(result, "bad model config: n_embd=0 must be at least 1", code=2)
+    assert not (tmp_path / 'out-mnist').exists()
+
+
 def test_unwritable_out_dir(synthetic_data, tmp_path):
     (tmp_path / 'a_file').write_text('')
     result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--out_dir=a_file/run', cwd=tmp_path)
