@@ -245,6 +245,7 @@ def check_config(c):
             ('seed', 0 <= c['seed'] < 2 ** 63, 'in [0, 2**63)'), ('img_size', c['img_size'] >= 0, '0 (keep the size) or more'),
             ('aug_crop', c['aug_crop'] >= 0, '0 (off) or more'), ('aug_translate', c['aug_translate'] >= 0, '0 (off) or more'),
             ('aug_rotate', c['aug_rotate'] >= 0, '0 (off) or more'), ('aug_scale', 0 <= c['aug_scale'] < 1, 'in [0, 1)'),
+            ('tta_shift', c['tta_shift'] >= 0, '0 (off) or more'),
             ('init_from', c['init_from'] in ('scratch', 'resume'), "'scratch' or 'resume'"),
             ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'")]:
         if not valid:

@@ -387,3 +387,21 @@ def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=Fal
         mirrored = torch.rand(B, 1, 1, 1, device=x.device, generator=generator) < 0.5
         x = torch.where(mirrored, x.flip(3), x)
     return x
+
+
+def tta_views(images, pixels):
+    """What test-time augmentation looks at: images (B, C, H, W) and, for pixels > 0, 8 copies moved by
+    pixels in every direction (the 3 x 3 neighbourhood of shifts), filled with black."""
+    if not pixels:
+        return [images]
+    B = images.shape[0]
+    moves = [-pixels, 0, pixels]
+    return [shift(images, images.new_full((B,), dy, dtype=torch.long), images.new_full((B,), dx, dtype=torch.long), pixels)
+            for dy in moves for dx in moves]
+
+
+def predict(model, images, mean, std, tta_shift=0):
+    """The logits an evaluation reports for images (uint8, or float in [0, 1]): the model's on the
+    normalized images, or with tta_shift > 0 their mean over tta_views(images, tta_shift)."""
+    views = tta_views(images, tta_shift)
+    return sum(model(normalize(view, mean, std))[0].float() for view in views) / len(views)

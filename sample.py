@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from common import autocast, die, load_checkpoint, load_model_state, pick_device, pick_dtype  # noqa: E402
-from data import IMAGE_EXTENSIONS, get_dataset, load_split, normalize, read_image  # noqa: E402
+from data import IMAGE_EXTENSIONS, get_dataset, load_split, normalize, predict, read_image  # noqa: E402
 from model import ViT, ViTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -126,12 +126,13 @@ def show_grid(pictures, titles, colors, name, heading, cols=8):
 
 @torch.no_grad()
 def classify(images_uint8):
-    """Class probabilities for uint8 images (B, C, H, W), in batches."""
+    """Class probabilities for uint8 images (B, C, H, W), in batches, as the run's evaluation computed them
+    (with its test-time augmentation, if it had one)."""
     probs = []
     for batch in images_uint8.split(500):
         with ctx:
-            logits, _ = model(normalize(batch, mean, std))
-        probs.append(F.softmax(logits.float(), dim=1))
+            logits = predict(model, batch, mean, std, tta_shift)
+        probs.append(F.softmax(logits, dim=1))
     return torch.cat(probs)
 
 
@@ -175,7 +176,8 @@ def report_test_split():
     confidence, predicted = probs.max(dim=1)
     correct = predicted == test_y
     print(f"test accuracy: {100 * correct.float().mean().item():.2f}% ({correct.sum().item()}/{len(test_y)}) "
-          f"| checkpoint at iter {checkpoint['iter_num']}")
+          f"| checkpoint at iter {checkpoint['iter_num']}"
+          + (f" | test-time augmentation: the mean of 9 views shifted by up to {tta_shift} px" if tta_shift else ""))
     print("class  images  accuracy  name")
     for c, name in enumerate(classes):
         mask = test_y == c
@@ -245,6 +247,7 @@ model.to(device).eval()
 mean, std = (torch.tensor(s, device=device) for s in (checkpoint['data_mean'], checkpoint['data_std']))
 classes = checkpoint['classes']
 digits = get_dataset(checkpoint['config']['dataset']).digits
+tta_shift = checkpoint['config'].get('tta_shift', 0)  # runs saved before the key existed had none
 if image:
     classify_pictures(image_paths(image))
 else:

@@ -27,7 +27,7 @@ from common import (autocast, check_config, device_name, die, forward_backward, 
                     load_optimizer_states, lock_out_dir, model_config, optimizer_step, peak_flops, pick_device,
                     pick_dtype, read_metrics, rng_state, save_checkpoint_file, sdpa_backend, set_rng_state,
                     synchronize, try_compile, write_metrics)
-from data import augment, augmentation, channel_stats, get_dataset, load_split, normalize
+from data import augment, augmentation, channel_stats, get_dataset, load_split, normalize, predict
 from model import ViT
 
 # -----------------------------------------------------------------------------
@@ -46,6 +46,7 @@ img_size = 0  # folder datasets: 0 keeps the pictures' size, N resizes the short
 batch_size = 32  # images per process per micro-step
 gradient_accumulation_steps = 1
 eval_batch_size = 500
+tta_shift = 0  # test-time augmentation: evaluate on the mean logits of each test image and its 8 shifts by N pixels
 aug_translate = 0.0  # random shift of up to this many pixels (0 = no augmentation)
 aug_rotate = 0.0  # random rotation of up to this many degrees
 aug_scale = 0.0  # random zoom by up to this fraction
@@ -274,10 +275,10 @@ def evaluate():
     sums = torch.zeros(2, device=device)  # loss, correct
     for start in range(lo, hi, eval_batch_size):
         end = min(start + eval_batch_size, hi)
-        x, y = normalize(test_x[start:end], mean_on_device, std_on_device), test_y[start:end]
+        y = test_y[start:end]
         with ctx:
-            logits, _ = eval_model(x)
-        sums[0] += F.cross_entropy(logits.float(), y, reduction='sum')
+            logits = predict(eval_model, test_x[start:end], mean_on_device, std_on_device, tta_shift)
+        sums[0] += F.cross_entropy(logits, y, reduction='sum')
         sums[1] += (logits.argmax(dim=1) == y).sum()
     if ddp:
         dist.all_reduce(sums)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import (COLOURS, assert_one_line_error, make_mnist_dir, make_picture_folder, png_claiming, run_script,
                       write_idx)
-from data import affine, augment, channel_stats, load_folder, normalize, read_image, shift
+from data import affine, augment, channel_stats, load_folder, normalize, predict, read_image, shift, tta_views
 
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}  # every download fails at once
 
@@ -62,6 +62,25 @@ def test_augment_crop_and_flip_keep_every_picture_a_shifted_or_mirrored_copy():
     again = augment(x, torch.Generator().manual_seed(5), crop=2, flip=True)
     assert torch.equal(out, again)  # the draws are the generator's: a resumed run redraws them
 
+
+
+def test_tta_views_are_the_picture_and_its_eight_shifts():
+    views = tta_views(dot(10, 10), 2)
+    assert [where(v) for v in views] == [[(10 + dy, 10 + dx)] for dy in (-2, 0, 2) for dx in (-2, 0, 2)]
+    one = tta_views(dot(10, 10), 0)
+    assert len(one) == 1 and torch.equal(one[0], dot(10, 10))
+    pictures = (torch.rand(3, 3, 8, 8) * 255).to(torch.uint8)  # uint8, as the test split is kept
+    assert all(v.dtype == torch.uint8 and v.shape == pictures.shape for v in tta_views(pictures, 1))
+
+
+def test_predict_averages_the_logits_of_the_views():
+    def brightness(x):  # a stand-in model: one logit, the picture's total ink
+        return x.sum(dim=(1, 2, 3))[:, None], None
+    centre, border = dot(10, 10), dot(0, 10)
+    assert predict(brightness, centre, 0.0, 1.0).item() == pytest.approx(1.0)
+    assert predict(brightness, centre, 0.0, 1.0, tta_shift=1).item() == pytest.approx(1.0)  # every view keeps the dot
+    # moved up by one pixel, the top row leaves the picture: 3 of the 9 views lose the dot
+    assert predict(brightness, border, 0.0, 1.0, tta_shift=1).item() == pytest.approx(6 / 9)
 
 def test_channel_stats_and_normalize():
     torch.manual_seed(0)

@@ -19,4 +19,4 @@ def test_small_vit_learns_real_mnist(tmp_path):
     assert result.returncode == 0, result.stderr
     assert 'data: mnist, 60000 train / 10000 test images' in result.stdout
     final = [json.loads(line) for line in open(tmp_path / 'out' / 'metrics.jsonl') if 'val_acc' in line][-1]
-    assert final['val_acc'] >= 0.94, final  # measured 96.59% on a 2-core AMD EPYC
+    assert final['val_acc'] >= 0.95, final  # measured 97.48% on a 2-core AMD EPYC (96.59% before test-time shifts)

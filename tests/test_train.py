@@ -5,10 +5,11 @@ import os
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from conftest import TINY, assert_one_line_error, make_picture_folder, read_jsonl, run_script
 from common import check_config, model_config, train_defaults
-from data import load_split, normalize
+from data import load_split, normalize, predict
 from model import ViT, ViTConfig
 
 FAST = TINY + ['--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10', '--log_interval=10']
@@ -59,6 +60,27 @@ def test_checkpoint_reproduces_the_logged_accuracy_on_a_fresh_model(trained, syn
     final = [r for r in read_jsonl(cwd / 'out' / 'metrics.jsonl') if 'val_acc' in r][-1]
     assert accuracy == pytest.approx(final['val_acc'], abs=1e-6) and accuracy >= 0.9
 
+
+
+def test_test_time_augmentation_is_what_the_run_and_sample_py_report(synthetic_data, tmp_path):
+    result = run_script('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=60', '--eval_interval=60',
+                        '--tta_shift=1', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    final = [r for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl') if 'val_acc' in r][-1]
+    checkpoint = torch.load(tmp_path / 'out' / 'ckpt.pt', map_location='cpu', weights_only=True)
+    model = ViT(ViTConfig(**checkpoint['model_args']))
+    model.load_state_dict(checkpoint['model'])
+    model.eval()
+    images, labels, _ = load_split('mnist', synthetic_data, False, 0, 'cpu')
+    mean, std = checkpoint['data_mean'], checkpoint['data_std']
+    with torch.no_grad():
+        averaged = F.cross_entropy(predict(model, images, mean, std, tta_shift=1), labels).item()
+        plain = F.cross_entropy(predict(model, images, mean, std), labels).item()
+    assert final['val_loss'] == pytest.approx(averaged, rel=1e-4) and abs(averaged - plain) > 1e-3
+    report = run_script('sample.py', '--out_dir=out', '--device=cpu', '--n_attention=0', cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert f"test accuracy: {100 * final['val_acc']:.2f}%" in report.stdout
+    assert "test-time augmentation: the mean of 9 views shifted by up to 1 px" in report.stdout
 
 def test_same_seed_same_losses(synthetic_data, tmp_path):
     losses = []
@@ -154,7 +176,7 @@ def test_config_file_errors_exit_2(content, message, tmp_path):
     (dict(n_head=5), "n_embd=32 is not divisible by n_head=5"),
     (dict(learning_rate=-1.0), "learning_rate=-1.0 must be positive"), (dict(beta2=1.5), "beta2=1.5 must be in [0, 1)"),
     (dict(label_smoothing=2.0), "label_smoothing=2.0 must be in [0, 1)"),
-    (dict(grad_clip=-1.0), "grad_clip=-1.0 must be 0 (off) or more"),
+    (dict(grad_clip=-1.0), "grad_clip=-1.0 must be 0 (off) or more"), (dict(tta_shift=-1), "tta_shift=-1 must be 0 (off) or more"),
     (dict(warmup_iters=-1), "warmup_iters=-1 must be 0 or more"), (dict(seed=2 ** 63), f"seed={2 ** 63} must be in [0, 2**63)"),
     (dict(optimizer='sgd'), "optimizer='sgd' must be 'adamw' or 'muon'"), (dict(max_iters=0), "max_iters=0 must be at least 1"),
 ])
