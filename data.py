@@ -394,10 +394,8 @@ def tta_views(images, pixels):
     pixels in every direction (the 3 x 3 neighbourhood of shifts), filled with black."""
     if not pixels:
         return [images]
-    B = images.shape[0]
-    moves = [-pixels, 0, pixels]
-    return [shift(images, images.new_full((B,), dy, dtype=torch.long), images.new_full((B,), dx, dtype=torch.long), pixels)
-            for dy in moves for dx in moves]
+    moves = [torch.full((images.shape[0],), m, device=images.device) for m in (-pixels, 0, pixels)]
+    return [shift(images, dy, dx, pixels) for dy in moves for dx in moves]
 
 
 def predict(model, images, mean, std, tta_shift=0):
