@@ -1,7 +1,7 @@
 """
-Time the training step of a config, the very step train.py runs (common.forward_backward and
-common.optimizer_step on a batch made by data.augment and data.normalize), for every dtype this
-device runs well, eager and compiled, next to torchvision's VisionTransformer with the same dims.
+Time the training step of a config, the step train.py's loop runs (forward, backward, clip, optimizer
+step, on a batch made by data.augment and data.normalize), for every dtype this device runs well,
+eager and compiled, next to torchvision's VisionTransformer with the same dims.
 It reads train.py's defaults, so configs and overrides mean what they mean there; random pictures
 of the dataset's shape stand in for the data, which is never loaded:
 $ python bench.py config/mnist.py
@@ -17,13 +17,15 @@ import time
 import torch
 from torch.nn import functional as F
 
-from common import (autocast, check_config, compile_blocker, cpu_has_native_bf16, device_name, die, forward_backward,
-                    model_config, optimizer_step, peak_flops, pick_device, pick_dtype, synchronize, train_defaults)
-from data import augment, augmentation, channel_stats, get_dataset, normalize
+from data import augment, augment_args, channel_stats, get_dataset, normalize
+from device import (autocast, compile_blocker, device_name, native_dtypes, peak_flops, pick_device, pick_dtype,
+                    synchronize)
+from errors import die
 from model import ViT
+from settings import check_config, model_config, train_defaults
 
 # -----------------------------------------------------------------------------
-exec(train_defaults())  # every train.py key with its default; dtype 'auto' here means every dtype the device runs well
+globals().update(train_defaults())  # every train.py key with its default; dtype 'auto' here: every dtype the device runs well
 torchvision_vit = True  # also time torchvision's VisionTransformer with the same dims
 bench_warmup = 5  # untimed steps first (compilation, allocator warm-up)
 bench_iters = 20  # timed steps; the median is reported
@@ -32,21 +34,16 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in _config_keys}
 # -----------------------------------------------------------------------------
 check_config(config)
+if bench_iters < 1 or bench_warmup < 0:
+    die(f"bench_iters={bench_iters} must be at least 1 and bench_warmup={bench_warmup} 0 or more", 2)
+if os.path.isdir(bench_out):
+    die(f"bench_out={bench_out!r} is a folder; give a file name for the JSON report", 2)
 
 torch.manual_seed(seed)
 torch.set_float32_matmul_precision('high')
 device, _ = pick_device(device)
 device_type = device.split(':')[0]
-if dtype == 'auto':
-    dtypes = ['float32']  # plus the low-precision dtypes this device runs natively
-    if device_type == 'cpu' and cpu_has_native_bf16():
-        dtypes.append('bfloat16')
-    if device_type == 'cuda' and torch.cuda.get_device_capability()[0] >= 8:
-        dtypes.append('bfloat16')
-    if device_type == 'cuda' and torch.cuda.get_device_capability()[0] >= 7 or device_type == 'mps':
-        dtypes.append('float16')
-else:
-    dtypes = [pick_dtype(dtype, device_type)[0]]
+dtypes = [d for d, _ in native_dtypes(device_type)] if dtype == 'auto' else [pick_dtype(dtype, device_type)[0]]
 if not compile:
     blocker = "compile=False"
 elif device_type == 'cpu':
@@ -65,12 +62,32 @@ vit_config = model_config(config, in_chans=shape[0], img_size=shape[1], n_classe
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
 mean, std = (torch.tensor(s, device=device) for s in channel_stats(images))
-aug = augmentation(config)
+aug_args = augment_args(config)
 aug_generator = torch.Generator(device=device).manual_seed(seed)
 
 
 def get_batch():
-    return normalize(augment(images.float() / 255, aug_generator, **aug), mean, std), labels
+    return normalize(augment(images.float() / 255, aug_generator, **aug_args), mean, std), labels
+
+
+def forward_backward(model, ctx, scaler):
+    x, y = get_batch()
+    with ctx:
+        _, loss = model(x, y, label_smoothing)
+    scaler.scale(loss).backward()
+
+
+def optimizer_step(optimizers, scaler):
+    # as train.py's loop: clip the unscaled gradients, step, clear
+    if grad_clip > 0:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_([p for opt in optimizers for g in opt.param_groups for p in g['params']], grad_clip)
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
 
 
 def time_step(model, optimizers, dtype):
@@ -78,18 +95,18 @@ def time_step(model, optimizers, dtype):
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
     ctx = autocast(device_type, dtype)
     for _ in range(bench_warmup):
-        forward_backward(model, *get_batch(), ctx, scaler, label_smoothing)
-        optimizer_step(optimizers, scaler, grad_clip)
+        forward_backward(model, ctx, scaler)
+        optimizer_step(optimizers, scaler)
     synchronize(device_type)
     if device_type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     steps, optimizer_parts = [], []
     for _ in range(bench_iters):
         t0 = time.perf_counter()
-        forward_backward(model, *get_batch(), ctx, scaler, label_smoothing)
+        forward_backward(model, ctx, scaler)
         synchronize(device_type)  # only so the optimizer's share can be told apart
         t1 = time.perf_counter()
-        optimizer_step(optimizers, scaler, grad_clip)
+        optimizer_step(optimizers, scaler)
         synchronize(device_type)
         steps.append(time.perf_counter() - t0)
         optimizer_parts.append(time.perf_counter() - t1)

@@ -8,10 +8,14 @@ import hashlib
 import math
 import multiprocessing
 import os
+import signal
+import stat
 import struct
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -20,12 +24,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common import die
+from errors import die
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 # -----------------------------------------------------------------------------
 # reading one picture: the same code for folder datasets and for sample.py --image
+
+
+MAX_PIXELS = 50_000_000  # a picture decoded whole (no JPEG draft) larger than this costs gigabytes: refused
 
 
 def read_image(path, size=0, max_side=2048):
@@ -43,6 +50,8 @@ def read_image(path, size=0, max_side=2048):
         with picture:
             if size or max_side:
                 picture.draft('RGB', (size or max_side, size or max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+            if picture.width * picture.height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{picture.width}x{picture.height} pixels, more than {MAX_PIXELS:,}")
             if picture.getexif().get(0x0112, 1) != 1:  # the EXIF orientation tag says the camera was turned
                 picture = ImageOps.exif_transpose(picture)
             picture = to_grey_or_rgb(picture)
@@ -71,8 +80,8 @@ def to_grey_or_rgb(picture):
         flat = Image.alpha_composite(paper, picture.convert('RGBA'))
         return flat.convert('L' if mode in ('LA', 'La') else 'RGB')
     if mode.startswith('I'):  # 16- or 32-bit grey: PIL's convert('L') would clip everything above 255
-        pixels = np.asarray(picture, dtype=np.float64)
-        return Image.fromarray(np.clip(pixels / 257, 0, 255).round().astype(np.uint8))
+        pixels = np.asarray(picture).astype(np.int64 if mode == 'I' else np.int32)
+        return Image.fromarray(((np.clip(pixels, 0, 65535) + 128) // 257).astype(np.uint8))
     if mode in ('L', 'RGB'):
         return picture
     return picture.convert('L' if mode in ('1', 'F') else 'RGB')
@@ -158,8 +167,9 @@ def check_labels(labels, n_classes, source):
 
 # folder datasets: data_dir/train/<class>/* and data_dir/test/<class>/* (or val/), decoded once, then cached
 FOLDER_LAYOUT = "data_dir/train/<class>/<image> and data_dir/test/<class>/<image> (val/ is taken for test/)"
-MAX_BAD_FRACTION = 0.01  # more unreadable files than this and the folder is probably not what was meant
-CACHE_VERSION = 1
+# a few broken pictures are skipped; more than this share of them, and the folder is probably not what was meant
+MAX_BROKEN_SHARE = 0.1
+CACHE_VERSION = 2
 
 
 def split_dir(data_dir, train):
@@ -188,60 +198,87 @@ def load_folder(data_dir, train, img_size):
         differ = [f"{c!r} only in train/" for c in classes if c not in theirs]
         differ += [f"{c!r} only in {os.path.basename(root)}/" for c in theirs if c not in classes]
         die(f"the class folders of {data_dir} differ between the splits: {', '.join(differ)}")
-    files = []
+    files, stats, left_out = [], [], []
     for label, c in enumerate(classes):
-        found = files_below(os.path.join(root, c))
-        if not found:
-            die(f"class folder {os.path.join(root, c)} holds no files")
-        files += [(path, label) for path in found]
-    stats = [os.stat(path) for path, _ in files]
-    key = hashlib.sha256(repr((CACHE_VERSION, img_size, classes, [(os.path.relpath(p, root), s.st_size, s.st_mtime_ns)
-                                                                    for (p, _), s in zip(files, stats)])).encode())
+        pictures, others = pictures_below(os.path.join(root, c))
+        if not pictures:
+            die(f"class folder {os.path.join(root, c)} holds no pictures ({', '.join(IMAGE_EXTENSIONS)})")
+        files += [(path, label) for path, _ in pictures]
+        # what a copy tool cannot keep equal by accident: the inode and the change time (touch -r sets the
+        # modification time back, not the change time), with the name, size and modification time
+        stats += [(os.path.relpath(path, root), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for path, s in pictures]
+        left_out += others
+    if left_out:
+        shown = ', '.join(os.path.relpath(p, data_dir) for p in left_out[:3]) + (', ...' if len(left_out) > 3 else '')
+        print(f"note: left out {len(left_out)} files in {root} that are not pictures by their name or not regular "
+              f"files ({shown})")
+    key = hashlib.sha256(repr((CACHE_VERSION, img_size, classes, stats)).encode(errors='surrogateescape')).hexdigest()
     cache = os.path.join(cache_dir(), f"{os.path.basename(data_dir)}-{os.path.basename(root)}-{img_size}-"
-                                      f"{hashlib.sha256(root.encode()).hexdigest()[:8]}.pt")
-    cached = read_cache(cache, key.hexdigest(), classes)
+                                      f"{hashlib.sha256(root.encode(errors='surrogateescape')).hexdigest()[:8]}.pt")
+    cached = read_cache(cache, key, classes)
     if cached:
         return cached
     t0 = time.time()
-    images, labels, skipped = decode_all(files, img_size)
-    name = os.path.basename(root)
+    images, labels, broken = decode_all(files, img_size)
     for label, c in enumerate(classes):
         if not (labels == label).any():
-            die(f"class folder {os.path.join(root, c)} holds no readable picture")
-    if skipped:
-        listed = '; '.join(f"{os.path.relpath(p, data_dir)} ({why})" for p, why in skipped[:5])
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        if len(skipped) > MAX_BAD_FRACTION * len(files):
-            die(f"{len(skipped)} of the {len(files)} files in {root} are not readable pictures: {listed}{more}")
-        print(f"note: skipped {len(skipped)} of the {len(files)} files in {root}, not readable pictures: {listed}{more}")
-    print(f"{name}/: decoded {len(labels)} pictures in {time.time() - t0:.1f}s, cached in {cache}")
-    write_cache(cache, dict(key=key.hexdigest(), images=images, labels=labels, classes=classes))
+            die(f"class folder {os.path.join(root, c)} holds no readable picture, for instance "
+                f"{next(os.path.relpath(p, data_dir) + f' ({why})' for p, why, l in broken if l == label)}")
+    if broken:
+        listed = '; '.join(f"{os.path.relpath(p, data_dir)} ({why})" for p, why, _ in broken[:5])
+        more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+        if len(broken) > 2 and len(broken) > MAX_BROKEN_SHARE * len(files):
+            die(f"{len(broken)} of the {len(files)} pictures in {root} do not decode, too many to be a few damaged "
+                f"files (is it the folder you meant?): {listed}{more}")
+        print(f"note: skipped {len(broken)} of the {len(files)} pictures in {root} that do not decode: {listed}{more}")
+    print(f"{os.path.basename(root)}/: decoded {len(labels)} pictures in {time.time() - t0:.1f}s, cached in {cache}")
+    write_cache(cache, dict(key=key, images=images, labels=labels, classes=classes))
     return images, labels, classes
 
 
-def files_below(folder):
-    """Every file under folder, sorted, hidden ones left out (.DS_Store and the like)."""
-    found = []
+def pictures_below(folder):
+    """([(path, stat)] of the pictures under folder, sorted, [paths left out]): a picture is a regular file
+    named like one (IMAGE_EXTENSIONS); notes, Thumbs.db, sidecar .json and .xmp files, FIFOs, dangling or
+    looping links and symlinked folders are left out. Hidden files (.DS_Store and the like) are not counted."""
+    pictures, others = [], []
     for parent, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-        found += [os.path.join(parent, n) for n in sorted(names) if not n.startswith('.')]
-    return found
+        others += [os.path.join(parent, d) for d in dirs if os.path.islink(os.path.join(parent, d))]
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and not os.path.islink(os.path.join(parent, d)))
+        for name in sorted(n for n in names if not n.startswith('.')):
+            path = os.path.join(parent, name)
+            try:
+                info = os.stat(path)
+                regular = stat.S_ISREG(info.st_mode)
+            except OSError:  # a dangling link, or one that points at itself
+                regular = False
+            if regular and name.lower().endswith(IMAGE_EXTENSIONS):
+                pictures.append((path, info))
+            else:
+                others.append(path)
+    return pictures, others
 
 
 def decode_all(files, img_size):
-    """(images uint8 (N, C, H, W), labels (N,), [(path, why) skipped]) for a list of (path, label)."""
+    """(images uint8 (N, C, H, W), labels (N,), [(path, why, label)] that did not decode) for [(path, label)]."""
     decode = partial(decode_one, size=img_size)
+    paths = [p for p, _ in files]
     if sys.platform == 'linux' and len(files) > 1000:
         # decoding is CPU-bound Python (threads would queue on the GIL): one process per core. Forked
         # children only run PIL and numpy. Elsewhere (spawn) a child would run train.py again, so one core.
-        with multiprocessing.get_context('fork').Pool(os.cpu_count()) as pool:
-            decoded = pool.map(decode, [p for p, _ in files], chunksize=256)
+        try:
+            with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context('fork'),
+                                     initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+                decoded = list(pool.map(decode, paths, chunksize=256))
+        except BrokenProcessPool:
+            die(f"a process decoding the {len(files)} pictures died (killed, or out of memory?); nothing was cached")
+        except KeyboardInterrupt:
+            die("stopped while decoding the pictures; nothing was cached, the next start decodes them again", 130)
     else:
-        decoded = [decode(p) for p, _ in files]
+        decoded = [decode(p) for p in paths]
     good = [(pixels, label) for (pixels, _), (_, label) in zip(decoded, files) if pixels is not None]
-    skipped = [(path, why) for (pixels, why), (path, _) in zip(decoded, files) if pixels is None]
+    broken = [(path, why, label) for (pixels, why), (path, label) in zip(decoded, files) if pixels is None]
     if not good:
-        die(f"none of the {len(files)} files is a readable picture, for instance {skipped[0][0]} ({skipped[0][1]})")
+        die(f"none of the {len(files)} pictures decodes, for instance {broken[0][0]} ({broken[0][1]})")
     shapes = {pixels.shape[:2] for pixels, _ in good}
     if len(shapes) > 1:
         sizes = ', '.join(f"{w}x{h}" for h, w in sorted(shapes)[:4])
@@ -250,7 +287,7 @@ def decode_all(files, img_size):
     channels = max(pixels.shape[2] for pixels, _ in good)  # 1 only when every picture is grey
     images = np.stack([np.broadcast_to(pixels, pixels.shape[:2] + (channels,)) for pixels, _ in good])
     labels = torch.tensor([label for _, label in good], dtype=torch.long)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, skipped
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, broken
 
 
 def decode_one(path, size):
@@ -267,14 +304,18 @@ def cache_dir():
 
 
 def read_cache(path, key, classes):
-    """The cached (images, labels, classes) when the file is whole and made from these very files, else None."""
+    """The cached (images, labels, classes) when the file is whole, made from these very files, and holds what
+    a split can be (uint8 pictures of 1 or 3 channels, one int64 label in range each, every class present);
+    else None, and the pictures are decoded again."""
     if not os.path.isfile(path):
         return None
     try:
         cached = torch.load(path, weights_only=True)
         images, labels = cached['images'], cached['labels']
-        whole = (cached['key'] == key and images.dtype == torch.uint8
-                 and images.dim() == 4 and labels.shape == (len(images),) and int(labels.max()) < len(classes))
+        whole = (cached['key'] == key and cached['classes'] == classes and images.dtype == torch.uint8
+                 and images.dim() == 4 and images.shape[1] in (1, 3) and labels.dtype == torch.long
+                 and labels.shape == (len(images),) and len(images) > 0
+                 and torch.equal(labels.unique(), torch.arange(len(classes))))
     except Exception:
         whole = False
     if not whole:
@@ -290,10 +331,13 @@ def write_cache(path, contents):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         torch.save(contents, tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        print(f"note: could not write the cache {path} ({e.strerror}); the next start decodes the pictures again")
-        if os.path.exists(tmp):
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        print(f"note: could not write the cache {path} ({reason}); the next start decodes the pictures again")
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
 
 
 DATASETS = {
@@ -310,10 +354,26 @@ def get_dataset(name):
     return DATASETS[name]
 
 
-def load_split(name, data_dir, train, img_size, device):
-    """One split on the device, loaded once: images uint8 (N, C, H, W), labels int64 (N,), class names."""
+def load_split(name, data_dir, train, img_size, device, like=None):
+    """One split on the device, loaded once: images uint8 (N, C, H, W), labels int64 (N,), class names.
+    like: the training split's images, whose channels and size this split must have (the model's)."""
     images, labels, classes = get_dataset(name).load(data_dir, train, img_size)
+    if like is not None:
+        images = match_channels(images, like.shape[1])
+        if images.shape[2:] != like.shape[2:]:
+            die(f"the test pictures are {images.shape[-1]}x{images.shape[-2]}, the training pictures "
+                f"{like.shape[-1]}x{like.shape[-2]}; set --img_size=N to bring both to N x N", 2)
     return images.to(device), labels.to(device), classes
+
+
+def match_channels(images, channels):
+    """uint8 images (N, C, H, W) with channels channels: grey repeated as colour, colour made grey (ITU-R 601)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(dim=1, keepdim=True).round().to(torch.uint8)
 
 
 # -----------------------------------------------------------------------------
@@ -366,8 +426,8 @@ def shift(x, dy, dx, pad):
     return padded[torch.arange(B, device=x.device)[:, None, None, None], torch.arange(C, device=x.device)[None, :, None, None], rows, cols]
 
 
-def augmentation(config):
-    """The augment() arguments a run's config asks for: its aug_* keys."""
+def augment_args(config):
+    """augment()'s keyword arguments from a run's config: its aug_* keys."""
     return {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from muon import Muon
+
 
 @dataclass
 class ViTConfig:
@@ -26,7 +28,7 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     bias: bool = True
-    pool: str = 'cls'        # 'cls': classify the cls token; 'mean': classify the mean patch token
+    pool: str = 'cls'        # how the head sees the whole image: a key of POOLS (below)
     pos_embd: str = 'learned'  # 'learned' or 'sincos' (fixed 2-D sin-cos)
     pos_std: float = 0.02    # init std of a learned position embedding
     qk_norm: bool = False    # LayerNorm on queries and keys (ViT-22B): bounded attention logits
@@ -35,33 +37,34 @@ class ViTConfig:
         for name in ('img_size', 'patch_size', 'in_chans', 'n_classes', 'n_layer', 'n_head', 'n_embd'):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.mlp_ratio <= 0 or int(self.mlp_ratio * self.n_embd) < 1:
+        if not 0 < self.mlp_ratio < 1e6 or int(self.mlp_ratio * self.n_embd) < 1:
             raise ValueError(f"mlp_ratio={self.mlp_ratio} must be positive (the MLP needs at least one unit)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if not 0 <= self.pos_std < 1e6:
+            raise ValueError(f"pos_std={self.pos_std} must be 0 or more")
         if self.img_size % self.patch_size != 0:
             raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.pool not in ('cls', 'mean'):
-            raise ValueError(f"pool={self.pool!r} must be 'cls' or 'mean'")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool={self.pool!r} must be one of {', '.join(map(repr, POOLS))}")
         if self.pos_embd not in ('learned', 'sincos'):
             raise ValueError(f"pos_embd={self.pos_embd!r} must be 'learned' or 'sincos'")
         if self.pos_embd == 'sincos' and self.n_embd % 4 != 0:
             raise ValueError(f"pos_embd='sincos' needs n_embd divisible by 4, got n_embd={self.n_embd}")
 
     @property
-    def n_patches(self):
-        return (self.img_size // self.patch_size) ** 2
+    def grid(self):
+        return self.img_size // self.patch_size
 
     @property
-    def n_prefix_tokens(self):
-        """Learned tokens put before the patches (the cls token), which pool() may read."""
-        return 1 if self.pool == 'cls' else 0
+    def n_patches(self):
+        return self.grid ** 2
 
     @property
     def n_tokens(self):
-        return self.n_prefix_tokens + self.n_patches
+        return POOLS[self.pool].n_prefix + self.n_patches
 
 
 def sincos_pos_embd(grid_size, dim):
@@ -84,12 +87,8 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(head_dim, bias=config.bias) if config.qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(head_dim, bias=config.bias) if config.qk_norm else nn.Identity()
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
-        # SDPA picks a fused kernel (flash / memory-efficient) when the hardware has one;
-        # the plain path below is for older PyTorch and for reading the attention weights
-        self.flash = hasattr(F, 'scaled_dot_product_attention')
 
     def split_heads(self, x):
         B, T, C = x.shape
@@ -99,23 +98,23 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def weights(self, x):
-        """The attention probabilities softmax(QK^T / sqrt(d)), shape (B, n_head, T, T)."""
+        """The attention probabilities softmax(QK^T / sqrt(d)), shape (B, n_head, T, T), which the fused
+        kernel of forward() never writes out: for looking inside the model, not for training."""
         q, k, _ = self.split_heads(x)
-        return self.scores_to_weights(q, k)
-
-    def scores_to_weights(self, q, k):
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        return F.softmax(att.float(), dim=-1).to(q.dtype)
+        return attention_weights(q, k)
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.split_heads(x)
-        if self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        else:
-            y = self.attn_dropout(self.scores_to_weights(q, k)) @ v
+        # SDPA picks the fastest kernel the hardware has (flash, memory-efficient, or a fused CPU one)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
+
+
+def attention_weights(q, k):
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+    return F.softmax(att.float(), dim=-1).to(q.dtype)
 
 
 class MLP(nn.Module):
@@ -147,6 +146,81 @@ class Block(nn.Module):
         return x
 
 
+# -----------------------------------------------------------------------------
+# poolings: how the head sees the whole image. Each may put learned tokens before the patches
+# (n_prefix, prefix), pools the final tokens (forward), and says how much each token counts in what it
+# pooled (token_weights), which attention rollout follows back through the layers. A new one is a class
+# here and an entry in POOLS.
+
+class ClsPool(nn.Module):
+    """The original ViT's: a learned cls token goes before the patches, and the head reads it alone."""
+    n_prefix = 1
+
+    def __init__(self, config):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, config.n_embd))
+
+    def prefix(self, batch_size):
+        return self.token.expand(batch_size, -1, -1)
+
+    def forward(self, x):
+        return x[:, 0]
+
+    def token_weights(self, x):
+        return F.one_hot(torch.zeros(x.size(0), dtype=torch.long, device=x.device), x.size(1)).to(x.dtype)
+
+
+class MeanPool(nn.Module):
+    """The mean of the patch tokens (big_vision's plain ViT baselines): no extra token."""
+    n_prefix = 0
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, x):
+        return x.mean(dim=1)
+
+    def token_weights(self, x):
+        return torch.full(x.shape[:2], 1 / x.size(1), dtype=x.dtype, device=x.device)
+
+
+class MAPPool(nn.Module):
+    """Multihead attention pooling (big_vision's MAP head): one learned query attends over the patch
+    tokens, then a residual MLP refines what it gathered."""
+    n_prefix = 0
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.n_embd))
+        self.q = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.kv = nn.Linear(config.n_embd, 2 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.ln = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def heads(self, x):
+        """The probe's query and the tokens' keys and values, (B, n_head, T, head_dim) each."""
+        B, T, C = x.shape
+        k, v = self.kv(x).split(C, dim=2)
+        q = self.q(self.probe).expand(B, -1, -1)
+        return [t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
+
+    def forward(self, x):
+        q, k, v = self.heads(x)
+        y = self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))  # (B, 1, C)
+        return (y + self.mlp(self.ln(y)))[:, 0]
+
+    def token_weights(self, x):
+        q, k, _ = self.heads(x)
+        return attention_weights(q, k).mean(dim=1)[:, 0]  # averaged over heads, as rollout does
+
+
+POOLS = {'cls': ClsPool, 'mean': MeanPool, 'map': MAPPool}
+
+# -----------------------------------------------------------------------------
+
+
 class ViT(nn.Module):
 
     def __init__(self, config):
@@ -155,41 +229,40 @@ class ViT(nn.Module):
         # one conv with kernel = stride = patch cuts the image into patches and embeds each
         self.patch_embd = nn.Conv2d(config.in_chans, config.n_embd, config.patch_size,
                                     stride=config.patch_size, bias=config.bias)
-        # the tokens before the patches: pool() decides what the head reads
-        self.cls_token = nn.Parameter(torch.zeros(1, config.n_prefix_tokens, config.n_embd))
-        grid = config.img_size // config.patch_size
         if config.pos_embd == 'learned':
             self.pos_embd = nn.Parameter(torch.zeros(1, config.n_patches, config.n_embd))
         else:
-            self.register_buffer('pos_embd', sincos_pos_embd(grid, config.n_embd)[None], persistent=False)
+            self.register_buffer('pos_embd', sincos_pos_embd(config.grid, config.n_embd)[None], persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.pool = POOLS[config.pool](config)
         self.head = nn.Linear(config.n_embd, config.n_classes)
         self.init_weights()
 
     def init_weights(self):
         c = self.config
-        self.apply(self._init_module)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         for name, p in self.named_parameters():
             # GPT-2 / nanoGPT: the layers that write into the residual stream start smaller,
             # so the stream's variance does not grow with depth
-            if name.endswith('proj.weight'):
+            if name.startswith('blocks.') and name.endswith('proj.weight'):
                 nn.init.trunc_normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
         # the patch embedding is a linear map of each flattened patch: a fan-in init keeps
         # the tokens at unit scale whatever the patch size
         nn.init.trunc_normal_(self.patch_embd.weight, std=1 / math.sqrt(c.in_chans * c.patch_size ** 2))
         if c.pos_embd == 'learned':
-            nn.init.trunc_normal_(self.pos_embd, std=c.pos_std)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+            # cut at 2 std: torch's default cut, at +-2 whatever the std, would shrink a std above 1
+            nn.init.trunc_normal_(self.pos_embd, std=c.pos_std, a=-2 * c.pos_std, b=2 * c.pos_std)
+        for p in self.pool.parameters():
+            if p.dim() == 3:  # a pooling's learned token (the cls token, the MAP probe)
+                nn.init.trunc_normal_(p, std=0.02)
         # a zero head starts every class at equal odds, loss = ln(n_classes) (big_vision)
         nn.init.zeros_(self.head.weight)
-
-    def _init_module(self, module):
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def get_num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -201,13 +274,9 @@ class ViT(nn.Module):
             raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(imgs.shape)}")
         x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, n_patches, n_embd)
         x = x + self.pos_embd
-        x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)
+        if self.pool.n_prefix:
+            x = torch.cat([self.pool.prefix(x.size(0)), x], dim=1)
         return self.drop(x)
-
-    def pool(self, x):
-        """(B, T, ...) per token -> (B, ...) for the whole image: the cls token, or the mean of all tokens.
-        The head reads the pooled features; attention rollout pools the tokens' attention the same way."""
-        return x[:, 0] if self.config.pool == 'cls' else x.mean(dim=1)
 
     def forward(self, imgs, targets=None, label_smoothing=0.0):
         x = self.embed(imgs)
@@ -221,9 +290,9 @@ class ViT(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, imgs):
-        """Attention probabilities of every layer, (n_layer, B, n_head, T, T), from the plain path, as the
-        model sees at test time (dropout off, whatever mode it is in). Separate from forward() so that
-        training keeps the fused SDPA kernel."""
+        """Attention probabilities of every layer, (n_layer, B, n_head, T, T), and the final tokens after
+        ln_f, as the model sees at test time (dropout off, whatever mode it is in). Separate from forward()
+        so that training keeps the fused SDPA kernel."""
         was_training = self.training
         self.eval()
         x = self.embed(imgs)
@@ -232,39 +301,40 @@ class ViT(nn.Module):
             maps.append(block.attn.weights(block.ln_1(x)))
             x = block(x)
         self.train(was_training)
-        return torch.stack(maps)
+        return torch.stack(maps), self.ln_f(x)
 
     @torch.no_grad()
     def attention_rollout(self, imgs):
         """Attention rollout (Abnar & Zuidema, 2020): each layer's attention averaged over heads, mixed
         half and half with the residual path (identity), multiplied through the layers. Returns how much
         each patch feeds the pooled representation, (B, grid, grid), summing to 1 over the patches."""
-        maps = self.attention_maps(imgs).float().mean(dim=2)  # (n_layer, B, T, T)
+        maps, tokens = self.attention_maps(imgs)
+        maps = maps.float().mean(dim=2)  # (n_layer, B, T, T)
         eye = torch.eye(maps.size(-1), device=maps.device)
         rollout = eye
         with torch.autocast(maps.device.type, enabled=False):  # products of probabilities, in float32
             for att in maps:
                 rollout = ((att + eye) / 2) @ rollout
-        # row t of rollout is what token t gathered from each token: pool the rows as forward() pools
-        # the features, then keep the patches' shares
-        weights = self.pool(rollout)[:, self.config.n_prefix_tokens:]
+            # row t of rollout is what token t gathered from each token: weigh the rows as the pooling
+            # weighs the tokens, then keep the patches' shares
+            weights = (self.pool.token_weights(tokens).float()[:, None] @ rollout)[:, 0, self.pool.n_prefix:]
         weights = weights / weights.sum(dim=-1, keepdim=True)
-        grid = self.config.img_size // self.config.patch_size
-        return weights.view(-1, grid, grid)
+        return weights.view(-1, self.config.grid, self.config.grid)
 
     def configure_optimizers(self, optimizer, learning_rate, muon_lr, weight_decay, betas, muon_momentum, device_type,
                              dtype):
         """A list of optimizers that together own every parameter; each group keeps its peak lr in 'max_lr'
         for the schedule to scale. 'adamw': AdamW for all. 'muon': Muon for the blocks' weight matrices
-        (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding, positions, cls
-        token, norms, biases and the head, as Muon is meant to be used."""
-        # decay the weight matrices of the linear and conv layers only: never position
-        # embeddings or the cls token (3-D, but not weights), LayerNorm gains or biases
+        (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding, positions, the
+        pooling, norms, biases and the head, as Muon is meant to be used."""
+        # decay the weight matrices of the linear and conv layers only: never position embeddings or
+        # a pooling's tokens (3-D, but not weights), LayerNorm gains or biases
+        weights = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
         matrices, others, qkv, muon = [], [], [], []
         for name, p in self.named_parameters():
             if optimizer == 'muon' and name.startswith('blocks.') and p.dim() == 2:
                 (qkv if name.endswith('qkv.weight') else muon).append(p)
-            elif p.dim() >= 2 and name not in ('pos_embd', 'cls_token'):
+            elif id(p) in weights:
                 matrices.append(p)
             else:
                 others.append(p)
@@ -290,51 +360,11 @@ class ViT(nn.Module):
         attention = 2 * 2 * T * C  # QK^T and att @ V, per token, summed over heads
         blocks = c.n_layer * T * (per_token + attention)
         head = 2 * C * c.n_classes
-        return patch + blocks + head
+        return patch + blocks + self.pool_flops() + head
 
-
-def orthogonalize(g, steps=5):
-    """Newton-Schulz iteration toward the nearest semi-orthogonal matrix, for a batch of matrices
-    (B, m, n). Keller Jordan's quintic coefficients, chosen for speed over exactness: the singular
-    values land between about 0.7 and 1.2 instead of at 1, which trains as well."""
-    a, b, c = 3.4445, -4.7750, 2.0315
-    tall = g.size(-2) > g.size(-1)
-    x = g.mT if tall else g  # iterate on the wide side: the Gram matrix is the smaller one
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)  # spectral norm <= Frobenius norm = 1
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.mT if tall else x
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon (Keller Jordan, 2024): momentum SGD for weight matrices whose every update is orthogonalized,
-    so that all directions of a matrix learn at the same rate. As torch.optim.Muon with adjust_lr_fn=
-    'original' (Nesterov momentum, decoupled weight decay, lr scaled by sqrt(max(1, rows / cols))), but
-    for two things: the Newton-Schulz iteration runs in ns_dtype (torch's always runs it in bfloat16,
-    which a CPU without native bf16 emulates: that made the speedrun's whole step 3.4x slower), and a
-    group may set 'blocks' to orthogonalize a fused matrix block by block (q, k and v of qkv)."""
-
-    def __init__(self, params, lr, momentum, weight_decay, ns_dtype):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, blocks=1))
-        self.ns_dtype = ns_dtype
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            params = [p for p in group['params'] if p.grad is not None]
-            updates = []
-            for p in params:
-                momentum = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
-                momentum.lerp_(p.grad, 1 - group['momentum'])
-                update = p.grad.lerp(momentum, group['momentum'])  # Nesterov: look one step ahead
-                updates.append(update.view(group['blocks'], -1, p.size(1)))
-            # one Newton-Schulz iteration for all the matrices of a shape: a few large matmuls rather than
-            # many small ones (on a CPU, a third of Muon's time at the speedrun's size went to the calls)
-            for shape in {u.shape for u in updates}:
-                same = [i for i, u in enumerate(updates) if u.shape == shape]
-                done = orthogonalize(torch.cat([updates[i] for i in same]).to(self.ns_dtype)).split(shape[0])
-                for i, orthogonal in zip(same, done):
-                    p, (rows, cols) = params[i], shape[1:]
-                    p.mul_(1 - group['lr'] * group['weight_decay'])
-                    p.add_(orthogonal.reshape(p.shape).to(p.dtype), alpha=-group['lr'] * max(1, rows / cols) ** 0.5)
+    def pool_flops(self):
+        """The MAP head's matmuls: its query, keys and values, one attention row, its output and MLP."""
+        if self.config.pool != 'map':
+            return 0
+        C, P, hidden = self.config.n_embd, self.config.n_patches, int(self.config.mlp_ratio * self.config.n_embd)
+        return 2 * (C * C + P * 2 * C * C + 2 * P * C + C * C + 2 * C * hidden)

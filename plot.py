@@ -12,7 +12,8 @@ import matplotlib
 matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import die, read_metrics  # noqa: E402
+from errors import die  # noqa: E402
+from safety import read_metrics  # noqa: E402
 
 
 def plot_runs(out_dirs, path, labels=None):

@@ -14,9 +14,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from common import autocast, die, load_checkpoint, load_model_state, pick_device, pick_dtype  # noqa: E402
 from data import IMAGE_EXTENSIONS, get_dataset, load_split, normalize, predict, read_image  # noqa: E402
-from model import ViT, ViTConfig  # noqa: E402
+from device import autocast, pick_device, pick_dtype  # noqa: E402
+from errors import die  # noqa: E402
+from model import ViT  # noqa: E402
+from safety import load_checkpoint, load_model_state, saved_model_config  # noqa: E402
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-mnist'  # the training run to load, out_dir/ckpt.pt; the figures are written there too
@@ -27,6 +29,7 @@ image = ''  # your own picture(s) to classify: a path, several joined by commas,
 n_attention = 6  # test images shown with their attention maps (0: no attention figure)
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
+out_dir = os.path.expanduser(out_dir)
 
 
 def to_mnist(grey):
@@ -171,7 +174,16 @@ def classify_pictures(paths):
 def report_test_split():
     """Accuracy overall and per class on the whole test split, then the figures."""
     config = checkpoint['config']
-    test_x, test_y, _ = load_split(config['dataset'], data_dir or config['data_dir'], False, config['img_size'], device)
+    folder = data_dir or config.get('data_dir')
+    if folder is None:
+        die(f"{ckpt_path} does not say where its data is: give --data_dir")
+    test_x, test_y, test_classes = load_split(config['dataset'], folder, False, config.get('img_size', 0), device)
+    if test_classes != classes:
+        die(f"the classes in {folder} ({', '.join(test_classes[:5])}{', ...' if len(test_classes) > 5 else ''}) are not "
+            f"the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+    if test_x.shape[1:] != (model.config.in_chans, model.config.img_size, model.config.img_size):
+        die(f"the pictures in {folder} are {'x'.join(map(str, test_x.shape[1:]))}, the model takes "
+            f"{model.config.in_chans}x{model.config.img_size}x{model.config.img_size}")
     probs = classify(test_x)
     confidence, predicted = probs.max(dim=1)
     correct = predicted == test_y
@@ -240,7 +252,7 @@ ctx = autocast(device.split(':')[0], pick_dtype(dtype, device.split(':')[0])[0])
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 checkpoint = load_checkpoint(ckpt_path, device, keys=('model', 'model_args', 'config', 'classes', 'data_mean',
                                                       'data_std', 'iter_num'))
-model = ViT(ViTConfig(**checkpoint['model_args']))
+model = ViT(saved_model_config(checkpoint, ckpt_path))
 load_model_state(model, checkpoint['model'], ckpt_path)
 model.to(device).eval()
 # the training split's statistics and class names travel in the checkpoint: no training data needed here

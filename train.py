@@ -23,12 +23,13 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (autocast, check_config, device_name, die, forward_backward, load_checkpoint, load_model_state,
-                    load_optimizer_states, lock_out_dir, model_config, optimizer_step, peak_flops, pick_device,
-                    pick_dtype, read_metrics, rng_state, save_checkpoint_file, sdpa_backend, set_rng_state,
-                    synchronize, try_compile, write_metrics)
-from data import augment, augmentation, channel_stats, get_dataset, load_split, normalize, predict
+import safety
+from data import augment, augment_args, channel_stats, get_dataset, load_split, normalize, predict
+from device import (autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state, sdpa_backend, set_rng_state,
+                    synchronize, try_compile)
+from errors import die
 from model import ViT
+from settings import check_against_pictures, check_config, model_config, train_defaults
 
 # -----------------------------------------------------------------------------
 # default config values: config/*.py files and --key=value flags override them
@@ -60,7 +61,7 @@ patch_size = 4
 mlp_ratio = 4.0
 dropout = 0.0
 bias = True
-pool = 'cls'  # 'cls' token or 'mean' of the patch tokens
+pool = 'cls'  # what the head reads: the 'cls' token, the 'mean' patch token, or 'map' (attention pooling)
 pos_embd = 'learned'  # 'learned' or 'sincos'
 pos_std = 0.02  # init std of a learned position embedding
 qk_norm = False  # LayerNorm on queries and keys
@@ -91,27 +92,18 @@ config = {k: globals()[k] for k in _config_keys}  # plain types only, saved in t
 check_config(config)
 # the model's own values fail here, not after minutes of downloading or decoding; the data's shape joins them once loaded
 model_config(config, img_size=max(patch_size, 1), in_chans=1, n_classes=1)
-data_entry = get_dataset(dataset)
-if aug_flip and data_entry.digits:
+if aug_flip and get_dataset(dataset).digits:
     die(f"aug_flip=True on {dataset}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
+out_dir = os.path.expanduser(out_dir)
 
 # processes: torchrun sets RANK for each one it starts; a plain `python train.py` is one process
-ddp = int(os.environ.get('RANK', -1)) != -1
-if ddp:
-    rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda'):
-        device = f'cuda:{local_rank}'
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
-else:
-    rank, local_rank, world_size = 0, 0, 1
+ddp = 'RANK' in os.environ
+rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')) if ddp else (0, 0, 1)
 master = rank == 0  # logs, plots and checkpoints come from this process alone
-device, device_reason = pick_device(device)
+device, device_reason = pick_device(device, local_rank if ddp else None)
 device_type = device.split(':')[0]
-if device_type == 'cuda':
-    torch.cuda.set_device(device)  # so that every "current GPU" query means this one
+if ddp:
+    dist.init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
 dtype, dtype_reason = pick_dtype(dtype, device_type)
 torch.manual_seed(seed + rank)
 torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
@@ -120,22 +112,16 @@ torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have the
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 metrics_path = os.path.join(out_dir, 'metrics.jsonl')
 if master:
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        out_dir_lock = lock_out_dir(out_dir)  # held until the process ends
-    except OSError as e:
-        die(f"out_dir={out_dir!r} is not writable: {e.strerror}")
-    if init_from == 'scratch' and os.path.exists(ckpt_path):
-        die(f"{ckpt_path} already holds a run; carry it on with --init_from=resume, or to start over delete "
-            f"{out_dir} (or choose another --out_dir)", 2)
+    out_dir_lock = safety.claim_out_dir(out_dir, init_from, ckpt_path)
 
 # data: the whole dataset lives on the device as uint8; batches are cut, augmented and normalized there
 if ddp and not master:
     dist.barrier()  # let rank 0 download (or decode and cache) first
 train_x, train_y, classes = load_split(dataset, data_dir, True, img_size, device)
-test_x, test_y, _ = load_split(dataset, data_dir, False, img_size, device)
+test_x, test_y, _ = load_split(dataset, data_dir, False, img_size, device, like=train_x)
 if ddp and master:
     dist.barrier()
+check_against_pictures(config, train_x.shape[-1])
 data_mean, data_std = channel_stats(train_x)
 mean_on_device, std_on_device = torch.tensor(data_mean, device=device), torch.tensor(data_std, device=device)
 global_batch = batch_size * gradient_accumulation_steps * world_size
@@ -143,16 +129,22 @@ steps_per_epoch = len(train_x) // global_batch
 if steps_per_epoch == 0:
     die(f"batch_size={batch_size} x gradient_accumulation_steps x processes = {global_batch} "
         f"is larger than the {len(train_x)} training images", 2)
-aug = augmentation(config)
-augmenting = any(aug.values())
+aug_args = augment_args(config)
+augmenting = any(aug_args.values())
 aug_generator = torch.Generator(device=device)
+
+
+def draw_seed(prime, index):
+    # a generator seed for each (run seed, index): seed * prime + index never repeats for an index below the
+    # prime, and each stream of draws (batch order, augmentation) has a prime of its own
+    return (seed * prime + index) % 2 ** 64
 
 
 @lru_cache(maxsize=1)
 def epoch_order(epoch):
     # one shuffle per epoch, the same on every process (each takes its own slice of a batch),
     # and a function of (seed, epoch) alone, so a resumed run draws the batches it would have
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(draw_seed(1_000_003, epoch))
     return torch.randperm(len(train_x), generator=generator).to(device)
 
 
@@ -164,54 +156,44 @@ def get_batch(it, micro_step):
     if augmenting:
         # seeded by the draw's place in the run, like the batch order: nothing to save for an exact resume
         draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
-        aug_generator.manual_seed((seed * 1_000_033 + draw) % 2 ** 64)
-        x = augment(x, aug_generator, **aug)
+        aug_generator.manual_seed(draw_seed(1_000_033, draw))
+        x = augment(x, aug_generator, **aug_args)
     return normalize(x, mean_on_device, std_on_device), train_y[idx]
 
 
 # model
-vit_config = model_config(config, img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_classes=len(classes))
-model_args = asdict(vit_config)
+model_args = asdict(model_config(config, img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_classes=len(classes)))
 iter_num = 0
 best_val_acc = 0.0
-saved_val_loss = math.inf  # the val loss of the checkpoint in out_dir, which a diverged run must not replace
+checkpoint_val_loss = math.inf  # the val loss of the checkpoint in out_dir, which a diverged run must not replace
 checkpoint = None
 if init_from == 'resume':
     # on the CPU: RNG states must be CPU tensors, and the weights go to the device as they load
-    checkpoint = load_checkpoint(ckpt_path, 'cpu', keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
-                                                          'best_val_acc', 'val_loss', 'config', 'classes', 'rng'))
-    saved, saved_args = checkpoint['config'], checkpoint['model_args']
-    # dropout and pos_std (an init) may change: the trained weights mean the same with other values
-    changed = [k for k in model_args if k not in ('dropout', 'pos_std') and saved_args.get(k) != model_args[k]]
-    changed += [k for k in ('dataset', 'optimizer') if saved.get(k) != config[k]]
-    if changed or checkpoint['classes'] != classes:
-        then = [f'{k}={saved_args.get(k, saved.get(k))!r}' for k in changed] or [f"classes {checkpoint['classes']}"]
-        now = [f'{k}={model_args.get(k, config.get(k))!r}' for k in changed] or [f"classes {classes}"]
-        die(f"{ckpt_path} holds a run with {', '.join(then)} but this run asks for {', '.join(now)}; "
-            f"resume with the run's own config", 2)
-    iter_num, best_val_acc, saved_val_loss = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['val_loss']
+    checkpoint = safety.load_checkpoint(ckpt_path, 'cpu', keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
+                                                                'best_val_acc', 'val_loss', 'config', 'classes', 'rng'))
+    conflicts = safety.resume_conflicts(checkpoint, config, model_args, classes)
+    if conflicts:
+        die(f"{ckpt_path} holds a run with {', '.join(f'{k}={then!r}' for k, then, _ in conflicts)} but this run asks "
+            f"for {', '.join(f'{k}={now!r}' for k, _, now in conflicts)}; resume with the run's own config", 2)
+    iter_num, best_val_acc, checkpoint_val_loss = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['val_loss']
     if iter_num >= max_iters:
         die(f"{ckpt_path} is at iter {iter_num}, already at max_iters={max_iters}; raise max_iters to train on", 2)
-    notes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved.get(k) != v]
-    if len(checkpoint['rng']) != world_size:
-        notes.append(f"processes {len(checkpoint['rng'])} -> {world_size} (dropout draws new numbers)")
-    saved_batch = saved['batch_size'] * saved['gradient_accumulation_steps'] * len(checkpoint['rng'])
-    if saved_batch != global_batch:
-        notes.append(f"images per iteration {saved_batch} -> {global_batch}")
-    if notes and master:
-        print(f"note: resuming with changes: {', '.join(notes)}")
-model = ViT(vit_config)
+    changes = safety.resume_changes(checkpoint, config, world_size, train_defaults())
+    if changes and master:
+        print(f"note: resuming with changes: {', '.join(changes)}")
+model = ViT(model_config(config, **{k: model_args[k] for k in ('img_size', 'in_chans', 'n_classes')}))
 if checkpoint:
-    load_model_state(model, checkpoint['model'], ckpt_path)
+    safety.load_model_state(model, checkpoint['model'], ckpt_path)
 model.to(device)
 raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
 
 optimizers = model.configure_optimizers(optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
                                         device_type, dtype)
+params = [p for opt in optimizers for group in opt.param_groups for p in group['params']]
 # fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 if checkpoint:
-    load_optimizer_states(optimizers, checkpoint['optimizer'], ckpt_path)
+    safety.load_optimizer_states(optimizers, checkpoint['optimizer'], ckpt_path)
     scaler.load_state_dict(checkpoint['scaler'])
     if len(checkpoint['rng']) == world_size:
         set_rng_state(checkpoint['rng'][rank])
@@ -220,11 +202,10 @@ if checkpoint:
 ctx = autocast(device_type, dtype)
 compile_note = "off"
 if compile:
-    model, compile_note = try_compile(model, ctx, *get_batch(iter_num, 0), label_smoothing)
+    model, compile_note = try_compile(model, ctx, *get_batch(iter_num, 0))
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
-    # no buffer changes in training (the sin-cos positions are constant): nothing to broadcast every step
-    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False)
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
 flops_per_iter = 3 * raw_model.flops_per_image() * batch_size * gradient_accumulation_steps
 peak = peak_flops(device_name(device), dtype)
@@ -238,33 +219,13 @@ if master:
           f"{global_batch} images per iteration | optimizer {optimizer}")
 
 
-def mfu(seconds_per_iter):
-    return f", mfu {100 * flops_per_iter / seconds_per_iter / peak:.1f}%" if peak else ""
-
-
-def get_lr(it):
-    # linear warmup, then cosine decay from learning_rate to min_lr at max_iters
+def lr_multiplier(it):
+    # linear warmup, then cosine decay to min_lr at max_iters; every group's peak lr (AdamW's, Muon's) scales by it
     if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
+        return (it + 1) / (warmup_iters + 1)
     progress = (it - warmup_iters) / max(1, max_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
-
-
-def train_step(it):
-    """One optimizer step; returns the mean loss as a tensor (reading it would wait for the device)."""
-    lr_scale = get_lr(it) / learning_rate
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group['lr'] = group['max_lr'] * lr_scale  # Muon's lr follows the same schedule
-    loss = 0.0
-    for micro_step in range(gradient_accumulation_steps):
-        if ddp:
-            # all-reduce the gradients once, on the last micro-step
-            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        x, y = get_batch(it, micro_step)
-        loss += forward_backward(model, x, y, ctx, scaler, label_smoothing, gradient_accumulation_steps)
-    optimizer_step(optimizers, scaler, grad_clip)
-    return loss
+    floor = min_lr / learning_rate
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1 - floor)
 
 
 @torch.no_grad()
@@ -288,20 +249,19 @@ def evaluate():
 
 
 def save_checkpoint():
-    rng = rng_state()
-    rngs = [rng]
+    rngs = [rng_state()]
     if ddp:
         rngs = [None] * world_size
-        dist.all_gather_object(rngs, rng)
+        dist.all_gather_object(rngs, rng_state())
     if master:
-        save_checkpoint_file({
+        safety.save_checkpoint({
             'model': raw_model.state_dict(),
             'optimizer': [opt.state_dict() for opt in optimizers],
             'scaler': scaler.state_dict(),
             'model_args': asdict(raw_model.config),
             'iter_num': iter_num,
             'best_val_acc': best_val_acc,
-            'val_loss': saved_val_loss,
+            'val_loss': checkpoint_val_loss,
             'config': config,
             'classes': classes,
             'data_mean': data_mean,
@@ -310,71 +270,33 @@ def save_checkpoint():
         }, ckpt_path)
 
 
-def stop_if_diverged(loss, what, limit=math.inf):
-    # a diverged run stops here, before it can overwrite the last good checkpoint: a loss that overflowed,
-    # or a val loss past limit, more than twice the checkpoint's plus 0.5 (a resume at learning_rate=100
-    # took one from 0.5 to 880, finite): no honest stretch of training makes such a jump
-    if not math.isfinite(loss) or loss > limit:
-        die(f"{what} is {loss:.4g} at iter {iter_num}" + (f", the checkpoint's {saved_val_loss:.4g}" if limit < math.inf
-            else "") + f": training diverged. Lower learning_rate (now {learning_rate:g})"
-            f"{' or use dtype=float32' if dtype != 'float32' else ''}. {ckpt_path} is left as it was.")
-
-
-def global_mean(loss_sum, count):
-    """Mean of a loss summed over count steps, over all processes: each saw its part of every batch."""
+def global_mean(losses):
+    """The mean of a list of per-iteration losses (device tensors), over all processes: each saw its part of
+    every batch. Reading it waits for the device."""
+    mean = torch.stack(losses).mean()
     if ddp:
-        loss_sum = loss_sum.clone()
-        dist.all_reduce(loss_sum)
-        loss_sum /= world_size
-    return (loss_sum / count).item()
+        dist.all_reduce(mean)
+        mean /= world_size
+    return mean.item()
+
+
+def stop_if_diverged(loss, what, limit=math.inf):
+    advice = f"Lower learning_rate (now {learning_rate:g}){' or use dtype=float32' if dtype != 'float32' else ''}"
+    safety.stop_if_diverged(loss, what, iter_num, ckpt_path, advice, limit)
+    if scaler.is_enabled() and scaler.get_scale() < 1.0:
+        die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
+            f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
 
 
 def log_metrics(**record):
     if master:
-        write_metrics(metrics_path, [record], 'a')
+        safety.write_metrics(metrics_path, [record], 'a')
 
 
 def duration(seconds):
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def draw_curves():
-    from plot import plot_runs  # matplotlib loads only when it is needed
-    plot_runs([out_dir], os.path.join(out_dir, 'curves.png'))
-
-
-if master:
-    # a resumed run logs again the steps after its checkpoint: drop what the interrupted run logged of them
-    kept = [r for r in read_metrics(metrics_path) if r['iter'] <= iter_num] if iter_num and os.path.exists(metrics_path) else []
-    write_metrics(metrics_path, kept, 'w')
-
-# Ctrl-C and SIGTERM (Colab's stop button, a cluster's preemption) finish the current
-# iteration, checkpoint and exit; a second Ctrl-C stops at once
-stop_signal, stop_time = 0, 0.0
-
-
-def request_stop(signum, frame):
-    global stop_signal, stop_time
-    if not stop_signal:
-        stop_signal, stop_time = signum, time.time()
-    elif time.time() - stop_time > 1.0:  # a person's second Ctrl-C; not the copy torchrun sends its workers at once
-        signal.default_int_handler(signum, frame)
-
-
-signal.signal(signal.SIGINT, request_stop)
-signal.signal(signal.SIGTERM, request_stop)
-
-
-def should_stop():
-    # asked at log steps, where the loss was just checked: processes agree on it there without a
-    # collective every step, and a model that diverged since is never saved
-    if not ddp:
-        return stop_signal
-    flag = torch.tensor([stop_signal], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
 
 
 def resume_command():
@@ -397,65 +319,93 @@ def leave(code):
     sys.exit(code)
 
 
-# training loop. Timing as in nanoGPT: t0 restarts at every log line, and after evaluations, which are
-# not training time; the first log interval (warm-up: allocators, a first compile) counts in no average
+if master:
+    safety.restart_metrics(metrics_path, iter_num)
+stop = safety.StopSignals(verbose=master, group=dist.new_group(backend='gloo') if ddp else None)
+
+# training loop. Timing as in nanoGPT, with the clock stopped around evaluations: t0 restarts at every log
+# line and after every evaluation; the first log interval (warm-up: allocators, a first compile) counts in
+# no average
 start_iter = iter_num
-loss_sum, loss_steps = 0.0, 0  # since the last log line
-train_loss_sum, train_loss_steps = 0.0, 0  # since the last evaluation
-timed_seconds, timed_iters = 0.0, 0
-t0, t0_iter = time.time(), iter_num
+losses = []  # training losses since the last evaluation, unread tensors: reading one waits for the device
+logged_iter = iter_num  # the iteration of the last log line
+interval_ms = []  # ms/iter of each log interval after the first
+t0 = time.time()
 while iter_num < max_iters:
-    loss = train_step(iter_num)
+    # the learning rate for this iteration
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group['lr'] = group['max_lr'] * lr_multiplier(iter_num)
+    # forward, backward (gradients summed over the micro-steps), clip, step
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:
+            # all-reduce the gradients once, on the last micro-step
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        x, y = get_batch(iter_num, micro_step)
+        with ctx:
+            _, loss = model(x, y, label_smoothing)
+        loss = loss / gradient_accumulation_steps
+        scaler.scale(loss).backward()
+    if grad_clip > 0:
+        for opt in optimizers:
+            scaler.unscale_(opt)  # clip the true gradients, not the fp16 loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    for opt in optimizers:
+        scaler.step(opt)  # skips the step if fp16 gradients overflowed
+    scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    losses.append(loss.detach() * gradient_accumulation_steps)
     iter_num += 1
-    loss_sum, loss_steps = loss_sum + loss, loss_steps + 1
-    train_loss_sum, train_loss_steps = train_loss_sum + loss, train_loss_steps + 1
     last = iter_num == max_iters
 
     if iter_num % log_interval == 0 or last:
-        mean_loss = global_mean(loss_sum, loss_steps)  # reading the loss waits for the device
+        mean_loss = global_mean(losses[logged_iter - iter_num:])
         synchronize(device_type)
         dt = time.time() - t0
-        ms = 1000 * dt / (iter_num - t0_iter)
-        if t0_iter > start_iter:
-            timed_seconds, timed_iters = timed_seconds + dt, timed_iters + iter_num - t0_iter
+        ms = 1000 * dt / (iter_num - logged_iter)
+        warm = logged_iter > start_iter
+        if warm:
+            interval_ms.append(ms)
         stop_if_diverged(mean_loss, "the training loss")
-        if scaler.is_enabled() and scaler.get_scale() < 1.0:
-            die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
-                f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
-        lr = get_lr(iter_num - 1)
+        lr = learning_rate * lr_multiplier(iter_num - 1)
         if master:
-            eta = f", eta {duration((max_iters - iter_num) * ms / 1000)}" if t0_iter > start_iter else " (warm-up)"
-            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {lr:.1e}, time {ms:.2f}ms{eta}{mfu(ms / 1000)}")
+            eta = f", eta {duration((max_iters - iter_num) * ms / 1000)}" if warm else " (warm-up)"
+            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {lr:.1e}, time {ms:.2f}ms{eta}"
+                  + (f", mfu {100 * flops_per_iter / (ms / 1000) / peak:.1f}%" if peak else ""))
         log_metrics(iter=iter_num, loss=mean_loss, lr=lr, ms=ms)
-        loss_sum, loss_steps = 0.0, 0
-        t0, t0_iter = time.time(), iter_num
-        signum = should_stop()
-        if signum and not last:
-            save_checkpoint()
-            if master:
-                print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
-                      f"Resume with: {resume_command()}")
-            leave(0 if signum == signal.SIGINT else 128 + signum)
+        logged_iter, t0 = iter_num, time.time()
 
     if iter_num % eval_interval == 0 or last:
         val_loss, val_acc = evaluate()
-        mean_train_loss = global_mean(train_loss_sum, train_loss_steps)
-        stop_if_diverged(val_loss, "the val loss", limit=2 * saved_val_loss + 0.5)
+        train_loss = global_mean(losses)
+        losses = []
+        stop_if_diverged(val_loss, "the val loss", limit=2 * checkpoint_val_loss + 0.5)
         best_val_acc = max(best_val_acc, val_acc)
         if master:
-            print(f"step {iter_num}: train loss {mean_train_loss:.4f}, val loss {val_loss:.4f}, val acc {100 * val_acc:.2f}%")
-        log_metrics(iter=iter_num, train_loss=mean_train_loss, val_loss=val_loss, val_acc=val_acc)
-        train_loss_sum, train_loss_steps = 0.0, 0
+            print(f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val acc {100 * val_acc:.2f}%")
+        log_metrics(iter=iter_num, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc)
         if always_save_checkpoint or last:
-            saved_val_loss = val_loss
+            checkpoint_val_loss = val_loss
             save_checkpoint()
         if plot and master:
-            draw_curves()
-        t0, t0_iter = time.time(), iter_num
+            from plot import plot_runs  # matplotlib loads only when it is needed
+            plot_runs([out_dir], os.path.join(out_dir, 'curves.png'))
+        t0 = time.time()  # the clock leaves the evaluation out
+
+    signum = stop.requested()
+    if signum and not last:
+        if losses[logged_iter - iter_num:]:  # a model that diverged since the last log line is never saved
+            stop_if_diverged(global_mean(losses[logged_iter - iter_num:]), "the training loss")
+        save_checkpoint()
+        if master:
+            print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
+                  f"Resume with: {resume_command()}")
+        leave(0 if signum == signal.SIGINT else 128 + signum)
 
 if master:
-    mean_ms = 1000 * timed_seconds / timed_iters if timed_iters else ms
+    mean_ms = sum(interval_ms) / len(interval_ms) if interval_ms else ms
     print(f"done: val acc {100 * val_acc:.2f}% (best during the run {100 * best_val_acc:.2f}%), val loss {val_loss:.4f} "
           f"| {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
-          f"{mfu(mean_ms / 1000)} | checkpoint {ckpt_path}")
+          + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "") + f" | checkpoint {ckpt_path}")
 leave(0)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from common import pick_dtype, sdpa_backend
+from device import pick_dtype, sdpa_backend
 from conftest import TINY, run_script
 from model import ViT, ViTConfig
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import pick_dtype
-from model import Muon, ViT, ViTConfig, orthogonalize
+from device import pick_dtype
+from model import ViT, ViTConfig
+from muon import Muon, orthogonalize
 
 MNIST_MODEL = dict(n_layer=4, n_head=4, n_embd=768, patch_size=4)  # config/mnist.py's model
 

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import TINY, assert_one_line_error, make_picture_folder, read_jsonl, run_script
-from common import check_config, model_config, train_defaults
+from settings import check_config, model_config, train_defaults
 from data import load_split, normalize, predict
 from model import ViT, ViTConfig
 

@@ -1,0 +1,195 @@
+"""
+The hardware a run uses, each choice made with its reason said out loud: the device, the dtype,
+whether to torch.compile, which SDPA kernel attention gets, the GPU's peak FLOP/s (for MFU), and the
+random state of this process (dropout draws) that a checkpoint carries.
+"""
+import sys
+from contextlib import nullcontext
+
+import torch
+from torch.nn import functional as F
+
+from errors import die
+
+
+def pick_device(requested, local_rank=None):
+    """(device, reason); the GPU it names becomes the current one. local_rank: this process's index on
+    its node under torchrun, which takes the GPU of that index."""
+    if requested == 'auto':
+        if torch.cuda.is_available():
+            device, reason = 'cuda', f"found {torch.cuda.get_device_name()}"
+        elif torch.backends.mps.is_available() and local_rank is None:  # MPS is one device: no DDP
+            device, reason = 'mps', "found Apple MPS"
+        else:
+            device, reason = 'cpu', "no CUDA or MPS device found"
+    else:
+        device, reason = requested, "as requested"
+        kind, _, index = requested.partition(':')
+        if kind not in ('cuda', 'mps', 'cpu'):
+            die(f"device={requested!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", 2)
+        if kind == 'cuda' and not torch.cuda.is_available():
+            die(f"device={requested!r} but torch.cuda.is_available() is False (CPU-only PyTorch or no GPU)", 2)
+        if kind == 'cuda' and index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            die(f"device={requested!r}, but the CUDA devices here are cuda:0 to cuda:{torch.cuda.device_count() - 1}", 2)
+        if kind == 'mps' and not torch.backends.mps.is_available():
+            die(f"device={requested!r} but MPS is not available on this machine", 2)
+    if device.startswith('cuda') and (device == 'cuda' or local_rank is not None):
+        device = f'cuda:{local_rank or 0}'  # under torchrun, process N of a node takes its GPU N
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)  # so that every "current GPU" query means this one
+    return device, reason
+
+
+def cpu_has_native_bf16():
+    # AVX-512 BF16 (Zen 4, Cooper Lake+) or AMX (Sapphire Rapids+) run bf16 matmuls natively;
+    # elsewhere bf16 is emulated and slower than fp32
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def native_dtypes(device_type, capability=None, native_cpu_bf16=None):
+    """[(dtype, reason)] this device runs well, the one dtype='auto' picks first; capability and
+    native_cpu_bf16 are looked up when not given. bench.py times them all."""
+    if device_type == 'cuda':
+        major, minor = capability or torch.cuda.get_device_capability()
+        # decide by compute capability, not torch.cuda.is_bf16_supported(): that also counts
+        # emulated bf16, which is slow on a T4 and breaks torch.compile there
+        if major >= 8:
+            return [('bfloat16', f"sm{major}{minor} has bf16 tensor cores"), ('float16', "fp16 tensor cores"),
+                    ('float32', "TF32 tensor cores")]
+        if major >= 7:
+            return [('float16', f"sm{major}{minor} has fp16 tensor cores but no native bf16 (GradScaler on)"),
+                    ('float32', "no tensor cores for float32")]
+        return [('float32', f"sm{major}{minor} has no tensor cores")]
+    if device_type == 'cpu':
+        if cpu_has_native_bf16() if native_cpu_bf16 is None else native_cpu_bf16:
+            return [('bfloat16', "this CPU has native bf16 (AVX-512 BF16 or AMX)"), ('float32', "exact")]
+        return [('float32', "this CPU has no native bf16")]
+    return [('float32', f"{device_type}: float32 is the safe choice"), ('float16', "half-precision ALUs")]
+
+
+def pick_dtype(requested, device_type, capability=None, native_cpu_bf16=None):
+    """(dtype name, reason): the requested one, or for 'auto' the first of native_dtypes."""
+    if requested not in ('auto', 'float32', 'bfloat16', 'float16'):
+        die(f"dtype={requested!r}: use 'auto', 'float32', 'bfloat16' or 'float16'", 2)
+    if requested == 'float16' and device_type == 'cpu':
+        die("dtype='float16' is for GPUs; on CPU use 'bfloat16' or 'float32'", 2)
+    if requested != 'auto':
+        return requested, "as requested"
+    return native_dtypes(device_type, capability, native_cpu_bf16)[0]
+
+
+def autocast(device_type, dtype):
+    if dtype == 'float32':
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+def compile_blocker(device_type):
+    """Why torch.compile cannot run here, or None when it should."""
+    if sys.platform == 'win32':
+        return "torch.compile's inductor does not support Windows well"
+    if device_type == 'mps':
+        return "torch.compile does not support MPS yet"
+    if device_type == 'cuda':
+        major, minor = torch.cuda.get_device_capability()
+        if major < 7:
+            return f"Triton needs compute capability >= 7.0, this GPU is sm{major}{minor}"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed"
+    if device_type == 'cpu':
+        # measured with bench.py on two 2-core CPUs (Zen 4, and an AVX2 EPYC): the compiled step was at most
+        # 14% faster than eager (the matmuls are most of it), and compiling costs 20-40 s of start-up
+        return "on CPU the compiled step measured barely faster than eager (bench.py) and compiling takes a while"
+    return None
+
+
+def try_compile(model, ctx, x, y):
+    """(torch.compile(model), 'on'), or (model, 'off (why)') where compiling cannot or did not work. It
+    compiles now, on one forward and backward of the batch (x, y) whose gradients and dropout draws are
+    then thrown away, so that a compiler that fails here says so before training starts, not in the middle."""
+    blocker = compile_blocker(x.device.type)
+    if blocker:
+        return model, f"off ({blocker})"
+    rng = rng_state()
+    try:
+        fast = torch.compile(model)
+        with ctx:
+            _, loss = fast(x, y)
+        loss.backward()
+        return fast, "on"
+    except Exception as e:
+        return model, f"off (torch.compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+    finally:
+        model.zero_grad(set_to_none=True)
+        set_rng_state(rng)
+
+
+def sdpa_backend(device, dtype, head_dim):
+    """The fastest kernel F.scaled_dot_product_attention has here for this dtype and head size,
+    found by asking the dispatcher for each in turn on a tiny input."""
+    import warnings
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q = torch.zeros(1, 1, 8, head_dim, device=device, dtype=getattr(torch, dtype))
+    for backend, name in [(SDPBackend.FLASH_ATTENTION, 'flash'), (SDPBackend.EFFICIENT_ATTENTION, 'memory-efficient'),
+                          (SDPBackend.CUDNN_ATTENTION, 'cudnn')]:
+        try:
+            with warnings.catch_warnings(), sdpa_kernel(backend):
+                warnings.simplefilter('ignore')
+                F.scaled_dot_product_attention(q, q, q)
+            return name
+        except RuntimeError:
+            continue
+    return 'math'
+
+# dense tensor-core peak FLOP/s by GPU name, first match wins (so specific names come first).
+# float32 runs as TF32 where the GPU has it (train.py allows TF32 matmuls).
+PEAK_FLOPS = [
+    ('L40S', {'bfloat16': 362e12, 'float16': 362e12, 'float32': 183e12}),
+    ('L40', {'bfloat16': 181e12, 'float16': 181e12, 'float32': 90.5e12}),
+    ('H100 PCIe', {'bfloat16': 756e12, 'float16': 756e12, 'float32': 378e12}),
+    ('H100', {'bfloat16': 989e12, 'float16': 989e12, 'float32': 495e12}),
+    ('H200', {'bfloat16': 989e12, 'float16': 989e12, 'float32': 495e12}),
+    ('A100', {'bfloat16': 312e12, 'float16': 312e12, 'float32': 156e12}),
+    ('A10G', {'bfloat16': 70e12, 'float16': 70e12, 'float32': 35e12}),
+    ('L4', {'bfloat16': 121e12, 'float16': 121e12, 'float32': 60e12}),
+    ('V100', {'float16': 125e12, 'float32': 15.7e12}),
+    ('T4', {'float16': 65e12, 'float32': 8.1e12}),
+    ('RTX 4090', {'bfloat16': 165e12, 'float16': 165e12, 'float32': 82.6e12}),
+    ('RTX 4080', {'bfloat16': 97.5e12, 'float16': 97.5e12, 'float32': 48.7e12}),
+    ('RTX 3090', {'bfloat16': 71e12, 'float16': 71e12, 'float32': 35.6e12}),
+    ('RTX 3080', {'bfloat16': 59.5e12, 'float16': 59.5e12, 'float32': 29.8e12}),
+]
+
+
+def peak_flops(device_name, dtype):
+    """The GPU's peak FLOP/s for dtype, or None when we do not know it (then MFU is n/a)."""
+    for fragment, peaks in PEAK_FLOPS:
+        if fragment in device_name:
+            return peaks.get(dtype)
+    return None
+
+
+def device_name(device):
+    if device.startswith('cuda'):
+        return torch.cuda.get_device_name(device)
+    return device
+
+
+def synchronize(device_type):
+    if device_type == 'cuda':
+        torch.cuda.synchronize()
+    elif device_type == 'mps':
+        torch.mps.synchronize()
+
+
+def rng_state():
+    """This process's random state (dropout draws): the CPU's, and the current GPU's where there is one."""
+    return {'cpu': torch.get_rng_state()} | ({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['cpu'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])

@@ -1,0 +1,77 @@
+"""
+train.py's settings: their defaults, read from train.py's own assignments (so bench.py and the tests
+need no second copy), the rules a value must meet, and the model a config describes.
+"""
+import ast
+import math
+import os
+from dataclasses import fields
+
+from errors import die
+from model import ViTConfig
+
+TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+
+
+def train_defaults():
+    """{key: default} of train.py: its module-level `key = literal` assignments before it runs the
+    configurator, read from its syntax tree (train.py is a script: importing it would train)."""
+    with open(TRAIN_PY, encoding='utf-8') as f:
+        tree = ast.parse(f.read(), TRAIN_PY)
+    defaults = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and getattr(node.value.func, 'id', '') == 'exec':
+            return defaults  # the configurator: what follows is the script
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if not name.startswith('_'):
+                try:
+                    defaults[name] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass  # computed at start-up (the clock), not a setting
+    raise RuntimeError("train.py no longer runs configurator.py at module level")
+
+
+def check_config(c):
+    """One line and exit 2 for a value of train.py's config that cannot work (the model's are ViTConfig's)."""
+    for key, value in c.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            die(f"{key}={value!r} must be a finite number", 2)
+    for key, valid, rule in [
+            ('max_iters', c['max_iters'] >= 1, 'at least 1'), ('batch_size', c['batch_size'] >= 1, 'at least 1'),
+            ('eval_batch_size', c['eval_batch_size'] >= 1, 'at least 1'),
+            ('log_interval', c['log_interval'] >= 1, 'at least 1'), ('eval_interval', c['eval_interval'] >= 1, 'at least 1'),
+            ('gradient_accumulation_steps', c['gradient_accumulation_steps'] >= 1, 'at least 1'),
+            ('learning_rate', c['learning_rate'] > 0, 'positive'), ('muon_lr', c['muon_lr'] > 0, 'positive'),
+            ('min_lr', 0 <= c['min_lr'] <= c['learning_rate'], 'between 0 and learning_rate'),
+            ('warmup_iters', c['warmup_iters'] >= 0, '0 or more'), ('weight_decay', c['weight_decay'] >= 0, '0 or more'),
+            ('beta1', 0 <= c['beta1'] < 1, 'in [0, 1)'), ('beta2', 0 <= c['beta2'] < 1, 'in [0, 1)'),
+            ('muon_momentum', 0 <= c['muon_momentum'] < 1, 'in [0, 1)'),
+            ('grad_clip', c['grad_clip'] >= 0, '0 (off) or more'),
+            ('label_smoothing', 0 <= c['label_smoothing'] < 1, 'in [0, 1)'),
+            ('seed', 0 <= c['seed'] < 2 ** 63, 'in [0, 2**63)'), ('img_size', c['img_size'] >= 0, '0 (keep the size) or more'),
+            ('aug_crop', c['aug_crop'] >= 0, '0 (off) or more'), ('aug_translate', c['aug_translate'] >= 0, '0 (off) or more'),
+            ('aug_rotate', c['aug_rotate'] >= 0, '0 (off) or more'), ('aug_scale', 0 <= c['aug_scale'] < 1, 'in [0, 1)'),
+            ('tta_shift', c['tta_shift'] >= 0, '0 (off) or more'),
+            ('init_from', c['init_from'] in ('scratch', 'resume'), "'scratch' or 'resume'"),
+            ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'")]:
+        if not valid:
+            die(f"{key}={c[key]!r} must be {rule}", 2)
+
+
+def check_against_pictures(c, side):
+    """Shifts as large as the picture leave nothing of it: the augmentation trains on black and the
+    test-time views are meaningless. Bound them by the picture's side, at start."""
+    limit = side // 2
+    for key in ('aug_crop', 'aug_translate', 'tta_shift'):
+        if c[key] >= limit:
+            die(f"{key}={c[key]!r} shifts the {side}x{side} pictures by half their side or more; keep it below {limit}", 2)
+
+
+def model_config(config, **data_shape):
+    """The ViTConfig a run's config describes, the data's shape (img_size, in_chans, n_classes) taken
+    from the data; or one line saying what is impossible about it."""
+    try:
+        return ViTConfig(**{f.name: config[f.name] for f in fields(ViTConfig) if f.name not in data_shape}, **data_shape)
+    except ValueError as e:
+        die(f"bad model config: {e}", 2)
