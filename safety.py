@@ -169,7 +169,7 @@ def resume_conflicts(checkpoint, config, model_args, classes):
     saved_args = {**defaults, **checkpoint['model_args']}
     conflicts = [(k, saved_args[k], v) for k, v in model_args.items() if k not in FREE_MODEL_KEYS and saved_args[k] != v]
     conflicts += [(k, checkpoint['config'].get(k), config[k]) for k in RUN_KEYS if checkpoint['config'].get(k) != config[k]]
-    if checkpoint['classes'] != classes:
+    if not conflicts and checkpoint['classes'] != classes:  # (other data has other classes: said once is enough)
         conflicts.append(('classes', checkpoint['classes'], classes))
     return conflicts
 
@@ -235,13 +235,14 @@ def restart_metrics(path, iter_num):
 # guards and signals
 
 
-def stop_if_diverged(loss, what, iter_num, ckpt_path, advice, limit=math.inf):
-    """Stop before a diverged model can overwrite the last good checkpoint: a loss that overflowed, or one past
-    limit (train.py: a val loss more than twice the checkpoint's plus 0.5; a resume at learning_rate=100 took
-    one from 0.5 to 880, finite: no honest stretch of training makes such a jump)."""
+def stop_if_diverged(loss, what, iter_num, ckpt_path, advice, checkpoint_loss=None):
+    """Stop before a diverged model can overwrite the last good checkpoint: a loss that overflowed, or a val
+    loss more than twice the checkpoint's plus 0.5 (a resume at learning_rate=100 took one from 0.5 to 880,
+    finite: no honest stretch of training makes such a jump)."""
+    limit = math.inf if checkpoint_loss is None else 2 * checkpoint_loss + 0.5
     if not math.isfinite(loss) or loss > limit:
-        past = f", past {limit:.4g}" if limit < math.inf else ""
-        die(f"{what} is {loss:.4g} at iter {iter_num}{past}: training diverged. {advice}. {ckpt_path} is left as it was.")
+        than = f", the checkpoint's {checkpoint_loss:.4g}" if limit < math.inf else ""
+        die(f"{what} is {loss:.4g} at iter {iter_num}{than}: training diverged. {advice}. {ckpt_path} is left as it was.")
 
 
 class StopSignals:

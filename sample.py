@@ -23,7 +23,7 @@ from safety import load_checkpoint, load_model_state, saved_model_config  # noqa
 # -----------------------------------------------------------------------------
 out_dir = 'out-mnist'  # the training run to load, out_dir/ckpt.pt; the figures are written there too
 device = 'auto'
-dtype = 'auto'  # as in train.py: bf16 on GPUs and CPUs that have it natively
+dtype = ''  # '' = the run's own dtype (its evaluation's numbers, where this device runs it); or as in train.py
 data_dir = ''  # '' = the data_dir the run trained with
 image = ''  # your own picture(s) to classify: a path, several joined by commas, or a folder
 n_attention = 6  # test images shown with their attention maps (0: no attention figure)
@@ -248,10 +248,13 @@ def draw_attention(images_uint8, pictures, pred):
 if n_attention < 0:
     die(f"n_attention={n_attention} must be 0 or more", 2)
 device, _ = pick_device(device)
-ctx = autocast(device.split(':')[0], pick_dtype(dtype, device.split(':')[0])[0])
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 checkpoint = load_checkpoint(ckpt_path, device, keys=('model', 'model_args', 'config', 'classes', 'data_mean',
                                                       'data_std', 'iter_num'))
+device_type = device.split(':')[0]
+run_dtype = checkpoint['config'].get('dtype', 'auto')
+dtype = dtype or ('auto' if run_dtype == 'float16' and device_type == 'cpu' else run_dtype)  # fp16 is for GPUs
+ctx = autocast(device_type, pick_dtype(dtype, device_type)[0])
 model = ViT(saved_model_config(checkpoint, ckpt_path))
 load_model_state(model, checkpoint['model'], ckpt_path)
 model.to(device).eval()

@@ -280,9 +280,9 @@ def global_mean(losses):
     return mean.item()
 
 
-def stop_if_diverged(loss, what, limit=math.inf):
+def stop_if_diverged(loss, what, checkpoint_loss=None):
     advice = f"Lower learning_rate (now {learning_rate:g}){' or use dtype=float32' if dtype != 'float32' else ''}"
-    safety.stop_if_diverged(loss, what, iter_num, ckpt_path, advice, limit)
+    safety.stop_if_diverged(loss, what, iter_num, ckpt_path, advice, checkpoint_loss)
     if scaler.is_enabled() and scaler.get_scale() < 1.0:
         die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
             f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
@@ -380,7 +380,7 @@ while iter_num < max_iters:
         val_loss, val_acc = evaluate()
         train_loss = global_mean(losses)
         losses = []
-        stop_if_diverged(val_loss, "the val loss", limit=2 * checkpoint_val_loss + 0.5)
+        stop_if_diverged(val_loss, "the val loss", checkpoint_val_loss)
         best_val_acc = max(best_val_acc, val_acc)
         if master:
             print(f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val acc {100 * val_acc:.2f}%")

@@ -1,6 +1,9 @@
 """Shared helpers: synthetic data (MNIST's IDX files, folders of pictures), and running the scripts as a user would."""
+import gc
 import json
 import os
+import runpy
+import signal
 import struct
 import subprocess
 import sys
@@ -102,6 +105,34 @@ def run_script(script, *args, cwd, timeout=300, env=None):
     full_env.update(env or {})
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_here(monkeypatch, capsys):
+    """Run one of the repo's scripts in this process, as `python script args` in cwd would, and return what
+    run_script returns. For runs that stop early or train for seconds: a fresh interpreter (torch's import)
+    costs more than they do. What the script changes of this process (cwd, argv, signal handlers) is put back."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def run(script, *args, cwd, env=None):
+        path = os.path.join(REPO, script)
+        with monkeypatch.context() as m:
+            m.chdir(cwd)
+            m.setattr(sys, 'argv', [path, *args])
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            try:
+                runpy.run_path(path, run_name='__main__')
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            finally:
+                for s, handler in handlers.items():
+                    signal.signal(s, handler)
+        gc.collect()  # the script's globals hold its out_dir lock: free them now, as a process's end would
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([script, *args], code, out, err)
+    return run
 
 
 def start_script(script, *args, cwd, python_args=()):

@@ -6,8 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import (COLOURS, assert_one_line_error, make_mnist_dir, make_picture_folder, png_claiming, run_script,
-                      write_idx)
+from conftest import COLOURS, assert_one_line_error, make_mnist_dir, make_picture_folder, png_claiming, write_idx
 from data import affine, augment, channel_stats, load_folder, normalize, predict, read_image, shift, tta_views
 
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}  # every download fails at once
@@ -190,40 +189,61 @@ def test_folder_dataset_is_decoded_once_then_cached(tmp_path, capsys, monkeypatc
     assert 'is damaged or was made from other files' in out and 'decoded 120 pictures' in out
 
 
-def test_grey_folders_stay_grey_and_sizes_are_unified(tmp_path):
+def test_grey_folders_stay_grey_and_sizes_are_unified(tmp_path, run_here):
     root = tmp_path / 'pictures'
     for split in ('train', 'val'):
         for c, size in (('a', (20, 12)), ('b', (12, 30))):
             os.makedirs(root / split / c)
             for i in range(3):
                 Image.new('L', size, 40 * i).save(root / split / c / f'{i}.png')
-    result = run_script('train.py', f'--data_dir={root}', '--dataset=folder', '--device=cpu', cwd=tmp_path)
+    result = run_here('train.py', f'--data_dir={root}', '--dataset=folder', '--device=cpu', cwd=tmp_path)
     assert_one_line_error(result, 'the pictures have different sizes (20x12, 12x30); set --img_size=N')
     images, labels, classes = load_folder(str(root), False, 8)  # val/ is taken for test/
     assert images.shape == (6, 1, 8, 8) and classes == ['a', 'b']
 
 
-def test_a_few_bad_files_are_skipped_and_named(tmp_path, capsys):
+def test_a_folder_as_users_have_it(tmp_path, capsys):
+    # a small folder (24 pictures a class) with what real folders hold besides pictures, and two broken pictures
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(24, 4))
+    red = tmp_path / 'pictures' / 'train' / 'red'
+    for name in ('notes.txt', 'Thumbs.db', 'desktop.ini', '000.json', '001.xmp'):
+        (red / name).write_text('not a picture')
+    os.mkfifo(red / 'pipe.png')  # would block a reader forever
+    os.symlink('/nope', red / 'dangling.png')
+    os.symlink(red / 'loop.png', red / 'loop.png')
+    (red / '002.png').write_text('broken')
+    (red / '003.png').write_bytes((red / '004.png').read_bytes()[:40])  # cut short
+    images, labels, _ = load_folder(root, True, 0)
+    assert len(images) == 70 and (labels == 2).sum() == 22  # red is the third class
+    out = capsys.readouterr().out
+    assert "note: left out 8 files in" in out and "that are not pictures by their name or not regular files" in out
+    assert "note: skipped 2 of the 72 pictures in" in out
+    assert "train/red/002.png (not a picture PIL can read" in out and "train/red/003.png" in out
+    # a large share of broken pictures means a wrong folder: one line
+    for i in range(5, 12):
+        (red / f'{i:03d}.png').write_text('broken')
+    with pytest.raises(SystemExit):
+        load_folder(root, True, 0)
+    err = capsys.readouterr().err
+    assert "9 of the 72 pictures in" in err and "do not decode, too many to be a few damaged files" in err
+
+
+def test_a_class_without_one_readable_picture_is_named(tmp_path, run_here):
     root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(40, 4))
-    (tmp_path / 'pictures' / 'train' / 'red' / 'notes.txt').write_text('a stray file')
-    images, _, _ = load_folder(root, True, 0)
-    assert len(images) == 120
-    assert "note: skipped 1 of the 121 files" in capsys.readouterr().out
-    for i in range(5):
+    for i in range(40):
         (tmp_path / 'pictures' / 'train' / 'red' / f'{i:03d}.png').write_text('broken')
-    result = run_script('train.py', f'--data_dir={root}', '--dataset=folder', '--device=cpu', cwd=tmp_path)
-    assert_one_line_error(result, '6 of the 121 files in')
-    assert 'are not readable pictures: train/red/000.png (not a picture PIL can read' in result.stderr
+    result = run_here('train.py', f'--data_dir={root}', '--dataset=folder', '--device=cpu', cwd=tmp_path)
+    assert_one_line_error(result, 'train/red holds no readable picture, for instance train/red/000.png (not a picture')
 
 
 @pytest.mark.parametrize('damage,message', [
     ('no_test', "no test/ or val/ in data_dir="),
     ('no_train', "no train/ in data_dir="),
     ('extra_class', "differ between the splits: 'cyan' only in test/"),
-    ('empty_class', "holds no files"),
+    ('empty_class', "holds no pictures (.png"),
     ('unreadable_class', "holds no readable picture"),
 ])
-def test_folder_layout_errors(tmp_path, damage, message):
+def test_folder_layout_errors(tmp_path, damage, message, run_here):
     root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(4, 2))
     if damage == 'no_test':
         os.rename(os.path.join(root, 'test'), os.path.join(root, 'elsewhere'))
@@ -238,7 +258,7 @@ def test_folder_layout_errors(tmp_path, damage, message):
         for split in ('train', 'test'):
             os.makedirs(os.path.join(root, split, 'cyan'))
             (tmp_path / 'pictures' / split / 'cyan' / 'x.png').write_text('no')
-    result = run_script('train.py', f'--data_dir={root}', '--dataset=folder', '--device=cpu', cwd=tmp_path)
+    result = run_here('train.py', f'--data_dir={root}', '--dataset=folder', '--device=cpu', cwd=tmp_path)
     assert_one_line_error(result, message)
     if damage == 'no_test':
         assert 'data_dir/train/<class>/<image> and data_dir/test/<class>/<image>' in result.stderr
@@ -249,13 +269,13 @@ def test_folder_layout_errors(tmp_path, damage, message):
 
 
 @pytest.mark.parametrize('split,prefix', [('train', 'train'), ('test', 't10k')])
-def test_labels_outside_the_classes_are_named(tmp_path, split, prefix):
+def test_labels_outside_the_classes_are_named(tmp_path, split, prefix, run_here):
     data = make_mnist_dir(str(tmp_path / 'data'), n_train=200, n_test=100)
     path = os.path.join(data, 'MNIST', 'raw', f'{prefix}-labels-idx1-ubyte')
     labels = np.frombuffer(open(path, 'rb').read()[8:], dtype=np.uint8).copy()
     labels[7] = 12
     write_idx(path, labels)
-    result = run_script('train.py', f'--data_dir={data}', '--device=cpu', '--max_iters=1', cwd=tmp_path)
+    result = run_here('train.py', f'--data_dir={data}', '--device=cpu', '--max_iters=1', cwd=tmp_path)
     assert_one_line_error(result, f"{path}: label 12 at index 7 is outside 0..9 (1 such label)")
 
 
@@ -264,7 +284,7 @@ def test_labels_outside_the_classes_are_named(tmp_path, split, prefix):
     ('garbage', "train-images-idx3-ubyte starts with 6e6f7420, not 00000803, the IDX magic number of 3-D unsigned bytes"),
     ('missing', "train-labels-idx1-ubyte is missing and downloading it failed"),
 ])
-def test_broken_idx_files_are_named(tmp_path, damage, message):
+def test_broken_idx_files_are_named(tmp_path, damage, message, run_here):
     data = make_mnist_dir(str(tmp_path / 'data'), n_train=200, n_test=100)
     raw = os.path.join(data, 'MNIST', 'raw')
     path = os.path.join(raw, 'train-images-idx3-ubyte')
@@ -273,13 +293,13 @@ def test_broken_idx_files_are_named(tmp_path, damage, message):
     else:
         blob = open(path, 'rb').read()
         open(path, 'wb').write(blob[:5000] if damage == 'truncate' else b'not an idx file at all' * 10)
-    result = run_script('train.py', f'--data_dir={data}', '--device=cpu', cwd=tmp_path, env=OFFLINE)
+    result = run_here('train.py', f'--data_dir={data}', '--device=cpu', cwd=tmp_path, env=OFFLINE)
     assert_one_line_error(result, message, code=1)
     assert 'could not load the MNIST train split' in result.stderr
 
 
-def test_cifar10_offline_without_its_files(tmp_path):
-    result = run_script('train.py', '--dataset=cifar10', f'--data_dir={tmp_path}', '--device=cpu', cwd=tmp_path,
+def test_cifar10_offline_without_its_files(tmp_path, run_here):
+    result = run_here('train.py', '--dataset=cifar10', f'--data_dir={tmp_path}', '--device=cpu', cwd=tmp_path,
                         env=OFFLINE)
     assert_one_line_error(result, f"{tmp_path}/cifar-10-batches-py does not exist and downloading it failed", code=1)
     assert '--dataset=folder' in result.stderr

@@ -1,8 +1,9 @@
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from device import pick_dtype
+from device import native_dtypes, pick_dtype
 from model import ViT, ViTConfig
 from muon import Muon, orthogonalize
 
@@ -41,18 +42,21 @@ def test_loss_at_init_is_uniform_guess():
     assert loss.item() == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=1e-5)
 
 
-@pytest.mark.parametrize('pool,pos_embd,qk_norm', [('cls', 'learned', False), ('mean', 'sincos', True)])
-def test_sdpa_matches_plain_attention(pool, pos_embd, qk_norm):
+@pytest.mark.parametrize('pool,pos_embd,qk_norm', [('cls', 'learned', False), ('mean', 'sincos', True), ('map', 'learned', True)])
+def test_the_attention_weights_are_those_the_fused_kernel_applies(pool, pos_embd, qk_norm):
+    # the weights attention maps and rollout read, applied by hand, give what the fused SDPA kernel gives
     torch.manual_seed(0)
     model = randomized(ViT(ViTConfig(n_layer=2, n_head=4, n_embd=64, pool=pool, pos_embd=pos_embd, pos_std=1.0,
                                      qk_norm=qk_norm)))
-    x = torch.randn(4, 1, 28, 28)
-    fast, _ = model(x)
-    for block in model.blocks:
-        block.attn.flash = False
-    plain, _ = model(x)
+    x = model.embed(torch.randn(4, 1, 28, 28))
+    attn = model.blocks[0].attn
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # sharp attention, outputs of size 1: a difference would show
+    _, _, v = attn.split_heads(x)
+    plain = attn.proj((attn.weights(x) @ v).transpose(1, 2).flatten(2))
+    fast = attn(x)
     assert torch.allclose(fast, plain, atol=1e-5), (fast - plain).abs().max()
-    assert fast.abs().max() > 0.1  # the comparison is not between two zeros
+    assert fast.abs().max() > 0.5  # the comparison is not between two zeros
 
 
 def test_bad_shapes_are_rejected_with_their_values():
@@ -87,13 +91,40 @@ def test_pooling_reads_the_prefix_or_the_mean():
     x = torch.randn(2, 1, 28, 28)
     for pool, prefix in (('cls', 1), ('mean', 0)):
         model = randomized(ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool=pool, pos_std=1.0)))
-        assert model.config.n_prefix_tokens == prefix and model.config.n_tokens == prefix + 49
+        assert model.config.n_tokens == prefix + 49
         tokens = model.embed(x)
         assert tokens.shape == (2, prefix + 49, 32)
         expected = tokens[:, 0] if pool == 'cls' else tokens.mean(dim=1)
         assert torch.equal(model.pool(tokens), expected)
-    # mean pooling has no cls token to learn
-    assert ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool='mean')).cls_token.numel() == 0
+    # mean pooling has no token of its own to learn
+    assert sum(p.numel() for p in ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool='mean')).pool.parameters()) == 0
+
+
+def test_map_pooling_is_one_learned_query_attending_over_the_tokens():
+    torch.manual_seed(0)
+    model = randomized(ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool='map', pos_std=1.0)))
+    assert model.config.n_tokens == 49  # no token before the patches
+    pool = model.pool
+    tokens = torch.randn(3, 49, 32)
+    # by hand: softmax(q k^T / sqrt(d)) v per head, projected, then the residual MLP
+    q = pool.q(pool.probe).view(1, 2, 16).transpose(0, 1)  # (heads, 1, 16)
+    k, v = pool.kv(tokens).split(32, dim=2)
+    k, v = (t.view(3, 49, 2, 16).transpose(1, 2) for t in (k, v))  # (3, heads, 49, 16)
+    weights = torch.softmax(q @ k.transpose(-2, -1) / 4, dim=-1)  # (3, heads, 1, 49)
+    y = pool.proj((weights @ v).transpose(1, 2).flatten(2))
+    expected = (y + pool.mlp(pool.ln(y)))[:, 0]
+    assert torch.allclose(pool(tokens), expected, atol=1e-5)
+    assert torch.allclose(pool.token_weights(tokens), weights.mean(dim=1)[:, 0], atol=1e-6)
+    # which tokens it reads depends on them: shuffling the tokens changes nothing, as attention is a weighted sum
+    perm = torch.randperm(49)
+    assert torch.allclose(pool(tokens[:, perm]), pool(tokens), atol=1e-5)
+    # it learns: the probe and its layers get gradients, AdamW owns them, the probe without weight decay
+    _, loss = model(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))
+    loss.backward()
+    assert pool.probe.grad.abs().sum() > 0 and pool.q.weight.grad.abs().sum() > 0
+    adamw, = model.configure_optimizers('adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32')
+    assert any(p is pool.probe for p in adamw.param_groups[1]['params'])
+    assert any(p is pool.q.weight for p in adamw.param_groups[0]['params'])
 
 
 def test_optimizer_groups():
@@ -102,7 +133,7 @@ def test_optimizer_groups():
     adamw, = model.configure_optimizers('adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32')
     decay, no_decay = adamw.param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
-    assert {'pos_embd', 'cls_token', 'blocks.0.ln_1.weight', 'blocks.0.attn.qkv.bias'} <= \
+    assert {'pos_embd', 'pool.token', 'blocks.0.ln_1.weight', 'blocks.0.attn.qkv.bias'} <= \
         {names[id(p)] for p in no_decay['params']}
     block_matrices = {f'blocks.{i}.{m}.weight' for i in range(2) for m in ('attn.qkv', 'attn.proj', 'mlp.fc', 'mlp.proj')}
     assert {names[id(p)] for p in decay['params']} == {'patch_embd.weight', 'head.weight'} | block_matrices
@@ -145,14 +176,13 @@ def test_our_muon_steps_as_torch_muon_does():
 
 
 def test_flops_match_torch_s_count():
-    # torch's FlopCounterMode counts the matmuls and convolutions the forward pass really runs (on the plain
-    # attention path: it does not count the CPU's fused attention kernel)
+    # torch's FlopCounterMode counts the matmuls and convolutions the forward pass really runs (on SDPA's
+    # math kernel: it does not count the CPU's fused attention kernel)
     for config in (ViTConfig(n_layer=2, n_head=2, n_embd=64, patch_size=7),
-                   ViTConfig(img_size=32, in_chans=3, n_layer=1, n_head=4, n_embd=48, mlp_ratio=2, pool='mean')):
+                   ViTConfig(img_size=32, in_chans=3, n_layer=1, n_head=4, n_embd=48, mlp_ratio=2, pool='mean'),
+                   ViTConfig(n_layer=1, n_head=2, n_embd=32, patch_size=7, pool='map')):
         model = ViT(config)
-        for block in model.blocks:
-            block.attn.flash = False
-        with FlopCounterMode(display=False) as counter:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model(torch.randn(1, config.in_chans, config.img_size, config.img_size))
         assert model.flops_per_image() == counter.get_total_flops()
 
@@ -161,18 +191,23 @@ def test_attention_maps_are_those_of_the_eval_model():
     torch.manual_seed(0)
     model = randomized(ViT(ViTConfig(n_layer=2, n_head=2, n_embd=32, patch_size=7, dropout=0.5, pos_std=1.0)))
     x = torch.randn(3, 1, 28, 28)
-    expected = model.attention_maps(x)
+    expected, _ = model.attention_maps(x)
     model.train()  # dropout would change every map
-    assert torch.equal(model.attention_maps(x), expected) and model.training
+    assert torch.equal(model.attention_maps(x)[0], expected) and model.training
 
 
-@pytest.mark.parametrize('pool', ['cls', 'mean'])
+@pytest.mark.parametrize('pool', ['cls', 'mean', 'map'])
 def test_attention_maps_and_rollout(pool):
     torch.manual_seed(0)
     model = randomized(ViT(ViTConfig(n_layer=3, n_head=2, n_embd=32, patch_size=7, pool=pool, pos_std=1.0)))
     x = torch.randn(5, 1, 28, 28)
-    maps = model.attention_maps(x)
+    maps, _ = model.attention_maps(x)
     tokens = 16 + (pool == 'cls')
+    if pool == 'map':  # a single layer's rollout is the probe's attention mixed with the identity
+        one = ViT(ViTConfig(n_layer=1, n_head=2, n_embd=32, patch_size=7, pool=pool, pos_std=1.0)).eval()
+        layer, final = one.attention_maps(x)
+        expected = (one.pool.token_weights(final)[:, None] @ ((layer[0].mean(dim=1) + torch.eye(16)) / 2))[:, 0]
+        assert torch.allclose(one.attention_rollout(x).flatten(1), expected / expected.sum(-1, keepdim=True), atol=1e-6)
     assert maps.shape == (3, 5, 2, tokens, tokens)
     assert torch.allclose(maps.sum(-1), torch.ones(3, 5, 2, tokens), atol=1e-5)
     rollout = model.attention_rollout(x)
@@ -184,6 +219,7 @@ def test_attention_maps_and_rollout(pool):
 
 
 def test_dtype_rule_by_capability():
+    # the rule itself, and that bench.py times what dtype='auto' would pick first
     assert pick_dtype('auto', 'cuda', capability=(7, 5)) == \
         ('float16', 'sm75 has fp16 tensor cores but no native bf16 (GradScaler on)')  # T4
     assert pick_dtype('auto', 'cuda', capability=(7, 0))[0] == 'float16'  # V100
@@ -198,3 +234,5 @@ def test_dtype_rule_by_capability():
         pick_dtype('float16', 'cpu')
     with pytest.raises(SystemExit):
         pick_dtype('fp8', 'cuda')
+    assert [d for d, _ in native_dtypes('cuda', capability=(9, 0))] == ['bfloat16', 'float16', 'float32']
+    assert [d for d, _ in native_dtypes('cpu', native_cpu_bf16=False)] == ['float32']
