@@ -1,13 +1,13 @@
 import json
 
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error
 
 
-def test_bench_times_a_config_without_its_data(tmp_path):
+def test_bench_times_a_config_without_its_data(tmp_path, run_here):
     # a CIFAR-10 config: the bench takes 3x32x32 from the dataset's entry and never looks for the files
     (tmp_path / 'tiny.py').write_text("dataset = 'cifar10'\nn_layer = 1\nn_head = 2\nn_embd = 32\npatch_size = 8\n"
                                       "max_iters = 5\nout_dir = 'not-used-by-bench'\naug_crop = 2\naug_flip = True\n")
-    result = run_script('bench.py', str(tmp_path / 'tiny.py'), '--device=cpu', '--compile=False', '--batch_size=8',
+    result = run_here('bench.py', str(tmp_path / 'tiny.py'), '--device=cpu', '--compile=False', '--batch_size=8',
                         '--optimizer=muon', '--bench_warmup=1', '--bench_iters=3', '--bench_out=b.json', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / 'b.json').read_text())
@@ -20,12 +20,12 @@ def test_bench_times_a_config_without_its_data(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['b.json', 'tiny.py']
 
 
-def test_bench_needs_the_size_of_a_folder_dataset(tmp_path):
-    result = run_script('bench.py', '--dataset=folder', '--device=cpu', cwd=tmp_path)
+def test_bench_needs_the_size_of_a_folder_dataset(tmp_path, run_here):
+    result = run_here('bench.py', '--dataset=folder', '--device=cpu', cwd=tmp_path)
     assert_one_line_error(result, "bench.py does not read a folder dataset's pictures: give their size with --img_size=N",
                           code=2)
 
 
-def test_bench_rejects_a_typo(tmp_path):
-    result = run_script('bench.py', '--batch_sise=8', cwd=tmp_path)
+def test_bench_rejects_a_typo(tmp_path, run_here):
+    result = run_here('bench.py', '--batch_sise=8', cwd=tmp_path)
     assert_one_line_error(result, "unknown config key 'batch_sise'; did you mean batch_size?", code=2)

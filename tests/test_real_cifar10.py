@@ -12,6 +12,7 @@ CIFAR10_DIR = os.environ.get('NANOVIT_CIFAR10_DIR')
 FLOOR = 0.47
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10_DIR, reason='NANOVIT_CIFAR10_DIR is not set')
 def test_small_vit_learns_real_cifar10(tmp_path):
     # about a minute on two CPU cores: the 60,000 pictures decoded and cached, then 1000 steps of a tiny ViT with Muon

@@ -10,6 +10,7 @@ from conftest import REPO, run_script
 MNIST_DIR = os.environ.get('NANOVIT_MNIST_DIR')
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST_DIR, reason='NANOVIT_MNIST_DIR is not set')
 def test_small_vit_learns_real_mnist(tmp_path):
     # under a minute on two CPU cores: two thirds of an epoch of the speedrun's model and recipe

@@ -42,9 +42,9 @@ def assert_figures(out):
             assert np.asarray(figure.convert('L')).std() > 10  # something is drawn
 
 
-def test_figures_and_report_go_into_the_run_s_folder(run_dir):
+def test_figures_and_report_go_into_the_run_s_folder(run_dir, run_here):
     before = set(os.listdir(run_dir))
-    result = run_script('sample.py', '--out_dir=out', '--device=cpu', cwd=run_dir)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', cwd=run_dir)
     assert result.returncode == 0, result.stderr
     assert 'test accuracy:' in result.stdout and '| checkpoint at iter 100' in result.stdout
     table = [line.split() for line in result.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
@@ -53,8 +53,8 @@ def test_figures_and_report_go_into_the_run_s_folder(run_dir):
     assert set(os.listdir(run_dir)) == before  # nothing outside out_dir
 
 
-def test_colour_model_report_and_pictures(colour_run, tmp_path):
-    result = run_script('sample.py', '--out_dir=out', '--device=cpu', cwd=colour_run)
+def test_colour_model_report_and_pictures(colour_run, tmp_path, run_here):
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', cwd=colour_run)
     assert result.returncode == 0, result.stderr
     assert [line.split()[-1] for line in result.stdout.splitlines() if line[:5].strip().isdigit()] == \
         ['blue', 'green', 'red']
@@ -66,12 +66,12 @@ def test_colour_model_report_and_pictures(colour_run, tmp_path):
     big_red[10:80, 5:55] = (220, 40, 40)
     Image.fromarray(big_red).save(tmp_path / 'red thing.jpg')
     Image.fromarray(big_red[:, :, 0]).save(tmp_path / 'grey.png')
-    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "red thing.jpg"}', cwd=colour_run)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "red thing.jpg"}', cwd=colour_run)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-2].startswith(f"{tmp_path / 'red thing.jpg'}: red (")
     with Image.open(colour_run / 'out' / 'input-red thing_jpg-seen.png') as seen:
         assert seen.size == (16, 16) and seen.mode == 'RGB'  # resized and cut to the model's size
-    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "grey.png"}', cwd=colour_run)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "grey.png"}', cwd=colour_run)
     assert result.returncode == 0, result.stderr
     assert '(made colour: the model takes 3-channel pictures)' in result.stdout
 
@@ -99,9 +99,9 @@ def seen(run_dir, name):
 
 
 @pytest.mark.parametrize('dark_on_light,rgb', [(True, False), (False, False), (True, True)])
-def test_own_picture_is_made_into_an_mnist_digit(run_dir, dark_on_light, rgb):
+def test_own_picture_is_made_into_an_mnist_digit(run_dir, dark_on_light, rgb, run_here):
     picture = bar_picture(run_dir / 'one.png', dark_on_light, rgb)
-    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={picture}', cwd=run_dir)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={picture}', cwd=run_dir)
     assert result.returncode == 0, result.stderr
     guesses = [line for line in result.stdout.splitlines() if line.startswith(f'{picture}: ')][0]
     assert guesses.count('%') == 3  # the top three classes with their probabilities
@@ -116,7 +116,7 @@ def test_own_picture_is_made_into_an_mnist_digit(run_dir, dark_on_light, rgb):
     assert (run_dir / 'out' / 'input-one_png.png').stat().st_size > 1000
 
 
-def test_pictures_users_have(run_dir, tmp_path):
+def test_pictures_users_have(run_dir, tmp_path, run_here):
     folder = tmp_path / 'mine'
     folder.mkdir()
     stroke = np.zeros((140, 90), dtype=np.float64)
@@ -132,7 +132,7 @@ def test_pictures_users_have(run_dir, tmp_path):
     bar_picture(folder / 'd.jpg', dark_on_light=False)
     png_claiming(folder / 'bomb.png', 20000, 20000)
     (folder / 'broken.png').write_text('not a picture')
-    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={folder}', cwd=run_dir)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={folder}', cwd=run_dir)
     # every readable picture is classified, then the bad ones are named in one line
     classified = [line.split(':')[0] for line in result.stdout.splitlines() if line.count('%') == 3]
     assert classified == [str(folder / n) for n in ('d.jpg', 'd.png', 'deep.png', 'ink.png', 'turned.jpg')]
@@ -144,12 +144,12 @@ def test_pictures_users_have(run_dir, tmp_path):
         assert np.ptp(rows) > 3 * np.ptp(cols), name  # an upright stroke, not blank, not lying down
 
 
-def test_several_pictures_and_a_comma_in_a_name(run_dir, tmp_path):
+def test_several_pictures_and_a_comma_in_a_name(run_dir, tmp_path, run_here):
     bar_picture(tmp_path / 'a.png')
     bar_picture(tmp_path / 'b,c.png')
     for spec, expected in ((f'{tmp_path / "a.png"},{tmp_path / "a.png"}', ['a.png', 'a.png']),
                            (str(tmp_path / 'b,c.png'), ['b,c.png'])):
-        result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={spec}', cwd=run_dir)
+        result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={spec}', cwd=run_dir)
         assert result.returncode == 0, result.stderr
         lines = [line for line in result.stdout.splitlines() if line.count('%') == 3]
         assert [os.path.basename(line.split(': ')[0]) for line in lines] == expected
@@ -164,7 +164,7 @@ def test_several_pictures_and_a_comma_in_a_name(run_dir, tmp_path):
     ('blank', ['--image=blank.png'], 'blank.png (the picture is blank)'),
     ('no_stats', [], 'out2/ckpt.pt lacks data_mean: saved by another version of nanoViT, or edited'),
 ])
-def test_bad_input(run_dir, setup, args, message):
+def test_bad_input(run_dir, setup, args, message, run_here):
     if setup == 'text':
         (run_dir / 'fake.png').write_text('hello')
     elif setup == 'empty':
@@ -178,5 +178,5 @@ def test_bad_input(run_dir, setup, args, message):
         torch.save(checkpoint, run_dir / 'out2' / 'ckpt.pt')
         args = ['--out_dir=out2']
     out = [] if any(a.startswith('--out_dir') for a in args) else ['--out_dir=out']
-    result = run_script('sample.py', '--device=cpu', *out, *args, cwd=run_dir)
+    result = run_here('sample.py', '--device=cpu', *out, *args, cwd=run_dir)
     assert_one_line_error(result, message)
