@@ -47,14 +47,20 @@ def _run_config_file(path):
     """The names a config file defines, or a config error with the file and line where it went wrong."""
     namespace = {}
     try:
-        with open(path) as f:
-            # builtins.compile: the scripts' own `compile` key hides the built-in
-            exec(builtins.compile(f.read(), path, 'exec'), namespace)
+        with open(path, encoding='utf-8') as f:
+            source = f.read()
+    except UnicodeDecodeError as e:
+        _config_error(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8")
+    except OSError as e:
+        _config_error(f"cannot read the config file {path}: {e.strerror}")
+    try:
+        # builtins.compile: the scripts' own `compile` key hides the built-in
+        exec(builtins.compile(source, path, 'exec'), namespace)
     except SyntaxError as e:
         _config_error(f"{path}, line {e.lineno}: SyntaxError: {e.msg}")
     except Exception as e:
-        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
-        _config_error(f"{path}, line {line}: {type(e).__name__}: {e}")
+        lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
+        _config_error(f"{path}{f', line {lines[-1]}' if lines else ''}: {type(e).__name__}: {e}")
     # imports and helper functions are the file's tools, not config values
     return {k: v for k, v in namespace.items() if not k.startswith('_')
             and not isinstance(v, (types.ModuleType, types.FunctionType, type))}

@@ -357,7 +357,7 @@ def get_dataset(name):
 def load_split(name, data_dir, train, img_size, device, like=None):
     """One split on the device, loaded once: images uint8 (N, C, H, W), labels int64 (N,), class names.
     like: the training split's images, whose channels and size this split must have (the model's)."""
-    images, labels, classes = get_dataset(name).load(data_dir, train, img_size)
+    images, labels, classes = get_dataset(name).load(os.path.expanduser(data_dir), train, img_size)
     if like is not None:
         images = match_channels(images, like.shape[1])
         if images.shape[2:] != like.shape[2:]:
@@ -391,6 +391,9 @@ def channel_stats(images):
         m = (counts * values).sum() / counts.sum()
         mean.append(m.item())
         std.append(((counts * (values - m) ** 2).sum() / counts.sum()).sqrt().item())
+        if std[-1] == 0:  # a constant channel carries nothing to learn: centred, it is 0 whatever it is divided by
+            print(f"note: channel {c} of the training pictures is constant ({round(255 * mean[-1])}); it is centred, not scaled")
+            std[-1] = 1.0
     return mean, std
 
 

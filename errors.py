@@ -2,10 +2,26 @@
 How nanoViT stops on bad input: one line naming the culprit, on stderr, and a non-zero exit code.
 A traceback is for our bugs; a user's mistake deserves a sentence.
 """
+import os
 import sys
+
+# a file or class name that is not UTF-8 prints escaped (\udce9) rather than crashing the print
+sys.stdout.reconfigure(errors='backslashreplace')
+sys.stderr.reconfigure(errors='backslashreplace')
 
 
 def die(message, code=1):
-    """Stop with one line on stderr (exit code 2: the command line or config was wrong; 1: the files were)."""
-    print(f"error: {message}", file=sys.stderr)
+    """Stop with one line on stderr (exit code 2: the command line or config was wrong; 1: the files were).
+    Under torchrun every process reads the same config and data, so process 0 alone says it."""
+    if os.environ.get('RANK', '0') == '0':
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def quiet_when_a_peer_stops(exc_type, exc, tb):
+    """sys.excepthook for the other processes of a torchrun run: when one process stops (with its one line),
+    the others' collectives fail with the connection gone; their tracebacks would bury that line."""
+    import torch.distributed as dist
+    if isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and 'Connection closed by peer' in str(exc):
+        os._exit(1)
+    sys.__excepthook__(exc_type, exc, tb)

@@ -53,5 +53,8 @@ if __name__ == '__main__':
         if not os.path.isfile(os.path.join(out_dir, 'metrics.jsonl')):
             die(f"no metrics.jsonl in {out_dir} (is it a train.py out_dir?)")
     path = options.get('out', os.path.join(args[0], 'curves.png'))
-    plot_runs(args, path, labels)
+    try:
+        plot_runs(args, path, labels)
+    except (OSError, ValueError) as e:  # a folder that cannot be written, a format matplotlib does not know
+        die(f"could not write {path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
     print(f"wrote {path}")

@@ -174,11 +174,14 @@ def resume_conflicts(checkpoint, config, model_args, classes):
     return conflicts
 
 
-def resume_changes(checkpoint, config, world_size, defaults):
-    """The notes a resume prints: every config key that changed, and how many processes and images per
-    iteration, if those changed. defaults: train.py's, for keys the checkpoint's run did not have yet."""
+def resume_changes(checkpoint, config, world_size, defaults, n_train):
+    """The notes a resume prints: every config key that changed, and how many processes, images per
+    iteration and training pictures, if those changed. defaults: train.py's, for keys the checkpoint's run
+    did not have yet."""
     saved = {**defaults, **checkpoint['config']}
     notes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved[k] != v]
+    if checkpoint.get('n_train', n_train) != n_train:
+        notes.append(f"training pictures {checkpoint['n_train']} -> {n_train} (the batches are drawn anew)")
     processes = len(checkpoint['rng'])
     if processes != world_size:
         notes.append(f"processes {processes} -> {world_size} (dropout draws new numbers)")

@@ -84,6 +84,8 @@ def image_paths(spec):
             paths.append(part)
         else:
             die(f"image not found: {part}")
+    if not paths:
+        die(f"image={spec!r} names no picture: give a path, several joined by commas, or a folder", 2)
     return paths
 
 
@@ -104,7 +106,10 @@ def model_input(path):
 
 def save_figure(fig, name):
     path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=100, bbox_inches='tight')
+    try:
+        fig.savefig(path, dpi=100, bbox_inches='tight')
+    except OSError as e:
+        die(f"could not write {path}: {e.strerror}")
     plt.close(fig)
     print(f"wrote {path}")
 
@@ -156,8 +161,11 @@ def classify_pictures(paths):
         while name in used:
             name += '_'
         used.add(name)
-        Image.fromarray(seen.transpose(1, 2, 0).squeeze(2) if seen.shape[0] == 1 else seen.transpose(1, 2, 0)).save(
-            os.path.join(out_dir, f"input-{name}-seen.png"))  # exactly what the model was given
+        seen_path = os.path.join(out_dir, f"input-{name}-seen.png")  # exactly what the model was given
+        try:
+            Image.fromarray(seen.transpose(1, 2, 0).squeeze(2) if seen.shape[0] == 1 else seen.transpose(1, 2, 0)).save(seen_path)
+        except OSError as e:
+            die(f"could not write {seen_path}: {e.strerror}")
         fig, (ax_in, ax_seen, ax_p) = plt.subplots(1, 3, figsize=(11, 3.2))
         show(ax_in, original)
         ax_in.set_title('your picture')
@@ -178,7 +186,7 @@ def report_test_split():
     if folder is None:
         die(f"{ckpt_path} does not say where its data is: give --data_dir")
     test_x, test_y, test_classes = load_split(config['dataset'], folder, False, config.get('img_size', 0), device)
-    if test_classes != classes:
+    if test_classes != checkpoint['classes']:
         die(f"the classes in {folder} ({', '.join(test_classes[:5])}{', ...' if len(test_classes) > 5 else ''}) are not "
             f"the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
     if test_x.shape[1:] != (model.config.in_chans, model.config.img_size, model.config.img_size):
@@ -260,7 +268,8 @@ load_model_state(model, checkpoint['model'], ckpt_path)
 model.to(device).eval()
 # the training split's statistics and class names travel in the checkpoint: no training data needed here
 mean, std = (torch.tensor(s, device=device) for s in (checkpoint['data_mean'], checkpoint['data_std']))
-classes = checkpoint['classes']
+# shown in figures and lines: a class folder's name that is not UTF-8 appears escaped (\udce9)
+classes = [c.encode('utf-8', 'backslashreplace').decode() for c in checkpoint['classes']]
 digits = get_dataset(checkpoint['config']['dataset']).digits
 tta_shift = checkpoint['config'].get('tta_shift', 0)  # runs saved before the key existed had none
 if image:

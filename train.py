@@ -27,7 +27,7 @@ import safety
 from data import augment, augment_args, channel_stats, get_dataset, load_split, normalize, predict
 from device import (autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state, sdpa_backend, set_rng_state,
                     synchronize, try_compile)
-from errors import die
+from errors import die, quiet_when_a_peer_stops
 from model import ViT
 from settings import check_against_pictures, check_config, model_config, train_defaults
 
@@ -90,8 +90,9 @@ config = {k: globals()[k] for k in _config_keys}  # plain types only, saved in t
 # -----------------------------------------------------------------------------
 
 check_config(config)
-# the model's own values fail here, not after minutes of downloading or decoding; the data's shape joins them once loaded
-model_config(config, img_size=max(patch_size, 1), in_chans=1, n_classes=1)
+# the model's own values fail here, not after minutes of downloading or decoding, on the pictures' side where it is
+# known before they load (a folder of pictures of their own size: once they are decoded)
+model_config(config, img_size=(get_dataset(dataset).shape or [img_size or patch_size])[-1], in_chans=1, n_classes=1)
 if aug_flip and get_dataset(dataset).digits:
     die(f"aug_flip=True on {dataset}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
 out_dir = os.path.expanduser(out_dir)
@@ -104,6 +105,8 @@ device, device_reason = pick_device(device, local_rank if ddp else None)
 device_type = device.split(':')[0]
 if ddp:
     dist.init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
+    if not master:
+        sys.excepthook = quiet_when_a_peer_stops
 dtype, dtype_reason = pick_dtype(dtype, device_type)
 torch.manual_seed(seed + rank)
 torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
@@ -178,7 +181,7 @@ if init_from == 'resume':
     iter_num, best_val_acc, checkpoint_val_loss = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['val_loss']
     if iter_num >= max_iters:
         die(f"{ckpt_path} is at iter {iter_num}, already at max_iters={max_iters}; raise max_iters to train on", 2)
-    changes = safety.resume_changes(checkpoint, config, world_size, train_defaults())
+    changes = safety.resume_changes(checkpoint, config, world_size, train_defaults(), len(train_x))
     if changes and master:
         print(f"note: resuming with changes: {', '.join(changes)}")
 model = ViT(model_config(config, **{k: model_args[k] for k in ('img_size', 'in_chans', 'n_classes')}))
@@ -266,6 +269,7 @@ def save_checkpoint():
             'classes': classes,
             'data_mean': data_mean,
             'data_std': data_std,
+            'n_train': len(train_x),
             'rng': rngs,
         }, ckpt_path)
 
@@ -390,7 +394,10 @@ while iter_num < max_iters:
             save_checkpoint()
         if plot and master:
             from plot import plot_runs  # matplotlib loads only when it is needed
-            plot_runs([out_dir], os.path.join(out_dir, 'curves.png'))
+            try:
+                plot_runs([out_dir], os.path.join(out_dir, 'curves.png'))
+            except OSError as e:  # a figure is not worth a run: the checkpoint and metrics are written
+                print(f"note: could not draw {os.path.join(out_dir, 'curves.png')} ({e.strerror or e}); training goes on")
         t0 = time.time()  # the clock leaves the evaluation out
 
     signum = stop.requested()
