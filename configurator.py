@@ -33,6 +33,7 @@ def _checked(key, value, source):
     _config_error(f"{source}: {key} must be {type(default).__name__} (default {default!r}), got {value!r}")
 
 
+_flags = set()  # the keys set by --key=value: what the command line asks for in so many words
 _config_keys = [k for k, v in globals().items()
                 if not k.startswith('_') and isinstance(v, (bool, int, float, str))]
 
@@ -89,4 +90,5 @@ for _arg in sys.argv[1:]:
         if isinstance(globals()[_key], str):
             _value = _text  # a string key takes the text as it is: --out_dir=2024 is a folder, not a number
         globals()[_key] = _checked(_key, _value, _arg)
+        _flags.add(_key)
         print(f"Overriding: {_key} = {globals()[_key]!r}")

@@ -461,8 +461,18 @@ def tta_views(images, pixels):
     return [shift(images, dy, dx, pixels) for dy in moves for dx in moves]
 
 
-def predict(model, images, mean, std, tta_shift=0):
+def fit_size(x, size):
+    """Pictures x (B, C, H, W) at the side the model takes (bilinear, antialiased when shrinking): CIFAR-10's
+    32 x 32 into a ViT pretrained at 224. Floats: a uint8 batch becomes floats in [0, 1]."""
+    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=x.shape[-1] > size)
+
+
+def predict(model, images, mean, std, tta_shift=0, size=None):
     """The logits an evaluation reports for images (uint8, or float in [0, 1]): the model's on the
-    normalized images, or with tta_shift > 0 their mean over tta_views(images, tta_shift)."""
+    normalized images (at the model's side, size), or with tta_shift > 0 their mean over tta_views."""
     views = tta_views(images, tta_shift)
-    return sum(model(normalize(view, mean, std))[0].float() for view in views) / len(views)
+    size = size or images.shape[-1]
+    return sum(model(normalize(fit_size(view, size), mean, std))[0].float() for view in views) / len(views)

@@ -32,6 +32,7 @@ class ViTConfig:
     pos_embd: str = 'learned'  # 'learned' or 'sincos' (fixed 2-D sin-cos)
     pos_std: float = 0.02    # init std of a learned position embedding
     qk_norm: bool = False    # LayerNorm on queries and keys (ViT-22B): bounded attention logits
+    norm_eps: float = 1e-5   # LayerNorm's epsilon (torch's default; torchvision's and timm's ViTs use 1e-6)
 
     def __post_init__(self):
         for name in ('img_size', 'patch_size', 'in_chans', 'n_classes', 'n_layer', 'n_head', 'n_embd'):
@@ -43,6 +44,8 @@ class ViTConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if not 0 <= self.pos_std < 1e6:
             raise ValueError(f"pos_std={self.pos_std} must be 0 or more")
+        if not 0 < self.norm_eps < 1:
+            raise ValueError(f"norm_eps={self.norm_eps} must be in (0, 1)")
         if self.img_size % self.patch_size != 0:
             raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
         if self.n_embd % self.n_head != 0:
@@ -84,8 +87,8 @@ class Attention(nn.Module):
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         head_dim = config.n_embd // config.n_head
-        self.q_norm = nn.LayerNorm(head_dim, bias=config.bias) if config.qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(head_dim, bias=config.bias) if config.qk_norm else nn.Identity()
+        self.q_norm = nn.LayerNorm(head_dim, eps=config.norm_eps, bias=config.bias) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(head_dim, eps=config.norm_eps, bias=config.bias) if config.qk_norm else nn.Identity()
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
@@ -135,9 +138,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.attn = Attention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x):
@@ -196,7 +199,7 @@ class MAPPool(nn.Module):
         self.q = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.kv = nn.Linear(config.n_embd, 2 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.ln = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def heads(self, x):
@@ -235,7 +238,7 @@ class ViT(nn.Module):
             self.register_buffer('pos_embd', sincos_pos_embd(config.grid, config.n_embd)[None], persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.pool = POOLS[config.pool](config)
         self.head = nn.Linear(config.n_embd, config.n_classes)
         self.init_weights()
@@ -322,32 +325,46 @@ class ViT(nn.Module):
         return weights.view(-1, self.config.grid, self.config.grid)
 
     def configure_optimizers(self, optimizer, learning_rate, muon_lr, weight_decay, betas, muon_momentum, device_type,
-                             dtype):
-        """A list of optimizers that together own every parameter; each group keeps its peak lr in 'max_lr'
-        for the schedule to scale. 'adamw': AdamW for all. 'muon': Muon for the blocks' weight matrices
-        (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding, positions, the
-        pooling, norms, biases and the head, as Muon is meant to be used."""
+                             dtype, layer_decay=1.0):
+        """A list of optimizers that together own every parameter that trains (requires_grad); each group keeps
+        its peak lr in 'max_lr' for the schedule to scale. 'adamw': AdamW for all. 'muon': Muon for the blocks'
+        weight matrices (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding,
+        positions, the pooling, norms, biases and the head, as Muon is meant to be used. layer_decay < 1: each
+        layer nearer the input learns slower (BEiT's and MAE's fine-tuning)."""
         # decay the weight matrices of the linear and conv layers only: never position embeddings or
         # a pooling's tokens (3-D, but not weights), LayerNorm gains or biases
         weights = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-        matrices, others, qkv, muon = [], [], [], []
+        groups = {}  # (kind, lr scale) -> parameters
         for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
             if optimizer == 'muon' and name.startswith('blocks.') and p.dim() == 2:
-                (qkv if name.endswith('qkv.weight') else muon).append(p)
-            elif id(p) in weights:
-                matrices.append(p)
+                kind = 'qkv' if name.endswith('qkv.weight') else 'muon'
             else:
-                others.append(p)
-        groups = [{'params': matrices, 'weight_decay': weight_decay, 'max_lr': learning_rate},
-                  {'params': others, 'weight_decay': 0.0, 'max_lr': learning_rate}]
+                kind = 'decay' if id(p) in weights else 'no_decay'
+            groups.setdefault((kind, layer_decay ** (self.config.n_layer + 1 - self.depth(name))), []).append(p)
+        kinds = ['decay', 'no_decay', 'qkv', 'muon']
+        groups = sorted(groups.items(), key=lambda group: (kinds.index(group[0][0]), -group[0][1]))  # a fixed order
+        adamw = [{'params': params, 'weight_decay': weight_decay if kind == 'decay' else 0.0, 'max_lr': learning_rate * scale}
+                 for (kind, scale), params in groups if kind in ('decay', 'no_decay')]
+        muon = [{'params': params, 'max_lr': muon_lr * scale} | ({'blocks': 3} if kind == 'qkv' else {})
+                for (kind, scale), params in groups if kind in ('qkv', 'muon')]
         # the fused kernel does the whole update in one pass over the parameters (CUDA and CPU)
-        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))]
-        if optimizer == 'muon':
-            groups = [{'params': qkv, 'blocks': 3, 'max_lr': muon_lr}, {'params': muon, 'max_lr': muon_lr}]
+        optimizers = [torch.optim.AdamW(adamw, lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))]
+        if muon:
             # bf16 only where the run's dtype says the hardware has it: emulated, it is ~9x slower than fp32
             ns_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
-            optimizers.append(Muon(groups, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay, ns_dtype=ns_dtype))
+            optimizers.append(Muon(muon, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay, ns_dtype=ns_dtype))
         return optimizers
+
+    def depth(self, name):
+        """How far from the input a parameter sits, for layer-wise lr decay: 0 the patch embedding, positions and
+        cls token, i + 1 block i, n_layer + 1 the final norm, the pooling's layers and the head."""
+        if name.startswith(('patch_embd.', 'pos_embd', 'pool.token')):
+            return 0
+        if name.startswith('blocks.'):
+            return int(name.split('.')[1]) + 1
+        return self.config.n_layer + 1
 
     def flops_per_image(self):
         """Matmul FLOPs of one forward pass on one image (2 FLOPs per multiply-add),

@@ -158,17 +158,13 @@ def load_optimizer_states(optimizers, states, path):
 # resuming
 
 
-FREE_MODEL_KEYS = ('dropout', 'pos_std')  # the trained weights mean the same with other values of these
 RUN_KEYS = ('dataset', 'optimizer')  # a resume on other data, or with other optimizer moments, is another run
 
 
-def resume_conflicts(checkpoint, config, model_args, classes):
-    """[(name, the checkpoint's value, this run's)] for what a resume cannot carry on with: another model,
-    dataset, optimizer, or classes. A model key the checkpoint lacks had its default."""
-    defaults = {f.name: f.default for f in fields(ViTConfig)}
-    saved_args = {**defaults, **checkpoint['model_args']}
-    conflicts = [(k, saved_args[k], v) for k, v in model_args.items() if k not in FREE_MODEL_KEYS and saved_args[k] != v]
-    conflicts += [(k, checkpoint['config'].get(k), config[k]) for k in RUN_KEYS if checkpoint['config'].get(k) != config[k]]
+def resume_conflicts(checkpoint, config, classes):
+    """[(name, the checkpoint's value, this run's)] for what a resume cannot carry on with besides the model:
+    another dataset, optimizer, or classes."""
+    conflicts = [(k, checkpoint['config'].get(k), config[k]) for k in RUN_KEYS if checkpoint['config'].get(k) != config[k]]
     if not conflicts and checkpoint['classes'] != classes:  # (other data has other classes: said once is enough)
         conflicts.append(('classes', checkpoint['classes'], classes))
     return conflicts

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from data import IMAGE_EXTENSIONS, get_dataset, load_split, normalize, predict, read_image  # noqa: E402
+from data import IMAGE_EXTENSIONS, fit_size, get_dataset, load_split, match_channels, normalize, predict, read_image  # noqa: E402
 from device import autocast, pick_device, pick_dtype  # noqa: E402
 from errors import die  # noqa: E402
 from model import ViT  # noqa: E402
@@ -96,12 +96,12 @@ def model_input(path):
     if digits:
         original = read_image(path)
         return to_mnist(grey_of(original))[None], original, ''
-    pixels = read_image(path, size=c.img_size)
+    pixels = read_image(path, size=picture_size or c.img_size)
     note = ''
     if pixels.shape[2] != c.in_chans:
         pixels = np.repeat(pixels, 3, axis=2) if c.in_chans == 3 else grey_of(pixels).round().astype(np.uint8)[:, :, None]
         note = f" (made {'colour' if c.in_chans == 3 else 'grey'}: the model takes {c.in_chans}-channel pictures)"
-    return pixels.transpose(2, 0, 1), pixels, note
+    return pixels.transpose(2, 0, 1), read_image(path), note  # the user's picture as it is, beside what the model sees
 
 
 def save_figure(fig, name):
@@ -139,7 +139,7 @@ def classify(images_uint8):
     probs = []
     for batch in images_uint8.split(500):
         with ctx:
-            logits = predict(model, batch, mean, std, tta_shift)
+            logits = predict(model, match_channels(batch, model.config.in_chans), mean, std, tta_shift, model.config.img_size)
         probs.append(F.softmax(logits, dim=1))
     return torch.cat(probs)
 
@@ -185,13 +185,14 @@ def report_test_split():
     folder = data_dir or config.get('data_dir')
     if folder is None:
         die(f"{ckpt_path} does not say where its data is: give --data_dir")
-    test_x, test_y, test_classes = load_split(config['dataset'], folder, False, config.get('img_size', 0), device)
+    test_x, test_y, test_classes = load_split(config['dataset'], folder, False, picture_size, device)
+    test_x = match_channels(test_x, model.config.in_chans)
     if test_classes != checkpoint['classes']:
         die(f"the classes in {folder} ({', '.join(test_classes[:5])}{', ...' if len(test_classes) > 5 else ''}) are not "
             f"the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
-    if test_x.shape[1:] != (model.config.in_chans, model.config.img_size, model.config.img_size):
-        die(f"the pictures in {folder} are {'x'.join(map(str, test_x.shape[1:]))}, the model takes "
-            f"{model.config.in_chans}x{model.config.img_size}x{model.config.img_size}")
+    if test_x.shape[-1] != test_x.shape[-2]:
+        die(f"the pictures in {folder} are {test_x.shape[-1]}x{test_x.shape[-2]}, not square: give --data_dir a folder "
+            f"like the run's")
     probs = classify(test_x)
     confidence, predicted = probs.max(dim=1)
     correct = predicted == test_y
@@ -239,8 +240,8 @@ def draw_confusion(true, predicted):
 def draw_attention(images_uint8, pictures, pred):
     """Attention rollout: where, through all the layers, the classification draws its information from."""
     with ctx:
-        maps = model.attention_rollout(normalize(images_uint8, mean, std)).cpu().numpy()
-    size = model.config.img_size
+        maps = model.attention_rollout(normalize(fit_size(images_uint8, model.config.img_size), mean, std)).cpu().numpy()
+    size = pictures.shape[1]
     fig, axes = plt.subplots(2, len(pictures), figsize=(1.8 * len(pictures), 3.8), squeeze=False)
     for i, pixels in enumerate(pictures):
         show(axes[0, i], pixels)
@@ -272,6 +273,8 @@ mean, std = (torch.tensor(s, device=device) for s in (checkpoint['data_mean'], c
 classes = [c.encode('utf-8', 'backslashreplace').decode() for c in checkpoint['classes']]
 digits = get_dataset(checkpoint['config']['dataset']).digits
 tta_shift = checkpoint['config'].get('tta_shift', 0)  # runs saved before the key existed had none
+# the side folder pictures were prepared at (a fine-tuning run's model side when img_size did not say)
+picture_size = checkpoint.get('picture_size', checkpoint['config'].get('img_size', 0))
 if image:
     classify_pictures(image_paths(image))
 else:

@@ -5,7 +5,7 @@ need no second copy), the rules a value must meet, and the model a config descri
 import ast
 import math
 import os
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 from errors import die
 from model import ViTConfig
@@ -52,8 +52,7 @@ def check_config(c):
             ('seed', 0 <= c['seed'] < 2 ** 63, 'in [0, 2**63)'), ('img_size', c['img_size'] >= 0, '0 (keep the size) or more'),
             ('aug_crop', c['aug_crop'] >= 0, '0 (off) or more'), ('aug_translate', c['aug_translate'] >= 0, '0 (off) or more'),
             ('aug_rotate', c['aug_rotate'] >= 0, '0 (off) or more'), ('aug_scale', 0 <= c['aug_scale'] < 1, 'in [0, 1)'),
-            ('tta_shift', c['tta_shift'] >= 0, '0 (off) or more'),
-            ('init_from', c['init_from'] in ('scratch', 'resume'), "'scratch' or 'resume'"),
+            ('tta_shift', c['tta_shift'] >= 0, '0 (off) or more'), ('layer_decay', 0 < c['layer_decay'] <= 1, 'in (0, 1]'),
             ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'")]:
         if not valid:
             die(f"{key}={c[key]!r} must be {rule}", 2)
@@ -66,6 +65,26 @@ def check_against_pictures(c, side):
     for key in ('aug_crop', 'aug_translate', 'tta_shift'):
         if c[key] >= limit:
             die(f"{key}={c[key]!r} shifts the {side}x{side} pictures by half their side or more; keep it below {limit}", 2)
+
+
+ARCHITECTURE = ('patch_size', 'n_layer', 'n_head', 'n_embd', 'mlp_ratio', 'bias', 'pool', 'pos_embd', 'qk_norm', 'norm_eps')
+
+
+def model_args_from(config, flags, source_args, **data_shape):
+    """(ViTConfig fields, [(key, source's, config's)] overridden, [(key, source's, asked)] that clash) of the model
+    a run trains. From scratch: the config's, with the data's shape. From a source (the run's checkpoint, a
+    pretrained model): the source's architecture, with the data's shape and this run's dropout; a config file
+    that says otherwise is overridden (a recipe written for another model), a --flag that does is a clash."""
+    if source_args is None:
+        return asdict(model_config(config, **data_shape)), [], []
+    source = {**asdict(ViTConfig()), **source_args}  # a key the source lacks predates it: it had the default
+    differ = [(k, source[k], config[k]) for k in ARCHITECTURE if source[k] != config[k]]
+    args = {**source, 'dropout': config['dropout'], **data_shape}
+    try:
+        ViTConfig(**args)
+    except ValueError as e:
+        die(f"bad model config: {e}", 2)
+    return args, [d for d in differ if d[0] not in flags], [d for d in differ if d[0] in flags]
 
 
 def model_config(config, **data_shape):

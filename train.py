@@ -24,12 +24,13 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import safety
-from data import augment, augment_args, channel_stats, get_dataset, load_split, normalize, predict
+from data import augment, augment_args, channel_stats, fit_size, get_dataset, load_split, match_channels, normalize, predict
 from device import (autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state, sdpa_backend, set_rng_state,
                     synchronize, try_compile)
 from errors import die, quiet_when_a_peer_stops
-from model import ViT
-from settings import check_against_pictures, check_config, model_config, train_defaults
+from model import ViT, ViTConfig
+from pretrained import fit_to, load_source
+from settings import check_against_pictures, check_config, model_args_from, model_config, train_defaults
 
 # -----------------------------------------------------------------------------
 # default config values: config/*.py files and --key=value flags override them
@@ -38,7 +39,7 @@ out_dir = 'out-mnist'  # the run's folder: ckpt.pt, metrics.jsonl, curves.png
 eval_interval = 250  # evaluate on the whole test split, then checkpoint, every this many iterations
 log_interval = 10
 always_save_checkpoint = True  # checkpoint at every evaluation; if False only at the end (and on Ctrl-C)
-init_from = 'scratch'  # 'scratch' (an out_dir without a checkpoint) or 'resume' (from out_dir/ckpt.pt)
+init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), a torchvision ViT ('vit_b_16', 'vit_b_16:IMAGENET1K_SWAG_E2E_V1') or a run's out_dir
 plot = True  # redraw out_dir/curves.png at every evaluation
 # data
 dataset = 'mnist'  # 'mnist', 'fashion_mnist', 'cifar10' or 'folder' (data.py)
@@ -65,6 +66,7 @@ pool = 'cls'  # what the head reads: the 'cls' token, the 'mean' patch token, or
 pos_embd = 'learned'  # 'learned' or 'sincos'
 pos_std = 0.02  # init std of a learned position embedding
 qk_norm = False  # LayerNorm on queries and keys
+norm_eps = 1e-5  # LayerNorm's epsilon
 # optimizer
 optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for the rest
 learning_rate = 1e-3  # AdamW's peak learning rate
@@ -75,6 +77,8 @@ weight_decay = 0.05
 beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0  # clip gradients at this norm, or 0.0 for no clipping
+layer_decay = 1.0  # fine-tuning: block i of n learns at lr * layer_decay ** (n + 1 - i), the head at lr (1.0: off)
+linear_probe = False  # fine-tuning: train the head alone, every other weight frozen
 label_smoothing = 0.0
 # learning rate schedule: linear warmup, then cosine decay to min_lr at max_iters (every lr in proportion)
 warmup_iters = 100
@@ -117,16 +121,55 @@ metrics_path = os.path.join(out_dir, 'metrics.jsonl')
 if master:
     out_dir_lock = safety.claim_out_dir(out_dir, init_from, ckpt_path)
 
-# data: the whole dataset lives on the device as uint8; batches are cut, augmented and normalized there
+# where the model starts: nowhere (scratch), the run's own checkpoint (resume), or a pretrained source
+checkpoint, source = None, None
+if init_from == 'resume':
+    # on the CPU: RNG states must be CPU tensors, and the weights go to the device as they load
+    checkpoint = safety.load_checkpoint(ckpt_path, 'cpu', keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
+                                                                'best_val_acc', 'val_loss', 'config', 'classes', 'rng',
+                                                                'data_mean', 'data_std'))
 if ddp and not master:
-    dist.barrier()  # let rank 0 download (or decode and cache) first
-train_x, train_y, classes = load_split(dataset, data_dir, True, img_size, device)
-test_x, test_y, _ = load_split(dataset, data_dir, False, img_size, device, like=train_x)
+    dist.barrier()  # let rank 0 fetch the weights, download the data (or decode and cache it) first
+if init_from not in ('scratch', 'resume'):
+    source = load_source(init_from)
+# folder pictures are decoded at the model's size: a fine-tuning run's, if img_size does not say
+picture_size = checkpoint.get('picture_size', img_size) if checkpoint else img_size
+if source and not picture_size and not get_dataset(dataset).shape:
+    picture_size = source.model_args['img_size']
+
+# data: the whole dataset lives on the device as uint8; batches are cut, augmented and normalized there
+train_x, train_y, classes = load_split(dataset, data_dir, True, picture_size, device)
 if ddp and master:
     dist.barrier()
+
+# the model: the config's from scratch; the checkpoint's or the source's architecture otherwise
+data_shape = dict(img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_classes=len(classes))
+if checkpoint:
+    data_shape.update(img_size=checkpoint['model_args']['img_size'], in_chans=checkpoint['model_args']['in_chans'])
+elif source:
+    data_shape.update(img_size=img_size or source.model_args['img_size'], in_chans=source.model_args['in_chans'])
+source_args = checkpoint['model_args'] if checkpoint else source.model_args if source else None
+model_args, overridden, clashes = model_args_from(config, _flags, source_args, **data_shape)
+if checkpoint:
+    conflicts = clashes + safety.resume_conflicts(checkpoint, config, classes)
+    if conflicts:
+        die(f"{ckpt_path} holds a run with {', '.join(f'{k}={then!r}' for k, then, _ in conflicts)} but this run asks "
+            f"for {', '.join(f'{k}={now!r}' for k, _, now in conflicts)}; resume with the run's own config", 2)
+if source and clashes:
+    die(f"init_from={init_from!r} has {', '.join(f'{k}={then!r}' for k, then, _ in clashes)} but this run asks for "
+        f"{', '.join(f'{k}={now!r}' for k, _, now in clashes)}: a fine-tuning run keeps the source's architecture", 2)
+if overridden and master:
+    print(f"note: the architecture is {'the checkpoint' if checkpoint else init_from}'s, not the config's: "
+          + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in overridden))
+# the pictures as the model takes them: its channels (grey into an RGB model), its size (resized per batch)
+train_x = match_channels(train_x, model_args['in_chans'])
+test_x, test_y, _ = load_split(dataset, data_dir, False, picture_size, device, like=train_x)
 check_against_pictures(config, train_x.shape[-1])
-data_mean, data_std = channel_stats(train_x)
+# pixels normalized as the weights expect them: the training split's statistics from scratch, the source's otherwise
+data_mean, data_std = (checkpoint['data_mean'], checkpoint['data_std']) if checkpoint else \
+    (source.mean, source.std) if source else channel_stats(train_x)
 mean_on_device, std_on_device = torch.tensor(data_mean, device=device), torch.tensor(data_std, device=device)
+model_size = model_args['img_size']
 global_batch = batch_size * gradient_accumulation_steps * world_size
 steps_per_epoch = len(train_x) // global_batch
 if steps_per_epoch == 0:
@@ -161,37 +204,35 @@ def get_batch(it, micro_step):
         draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
         aug_generator.manual_seed(draw_seed(1_000_033, draw))
         x = augment(x, aug_generator, **aug_args)
-    return normalize(x, mean_on_device, std_on_device), train_y[idx]
+    return normalize(fit_size(x, model_size), mean_on_device, std_on_device), train_y[idx]
+
 
 
 # model
-model_args = asdict(model_config(config, img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_classes=len(classes)))
 iter_num = 0
 best_val_acc = 0.0
 checkpoint_val_loss = math.inf  # the val loss of the checkpoint in out_dir, which a diverged run must not replace
-checkpoint = None
-if init_from == 'resume':
-    # on the CPU: RNG states must be CPU tensors, and the weights go to the device as they load
-    checkpoint = safety.load_checkpoint(ckpt_path, 'cpu', keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
-                                                                'best_val_acc', 'val_loss', 'config', 'classes', 'rng'))
-    conflicts = safety.resume_conflicts(checkpoint, config, model_args, classes)
-    if conflicts:
-        die(f"{ckpt_path} holds a run with {', '.join(f'{k}={then!r}' for k, then, _ in conflicts)} but this run asks "
-            f"for {', '.join(f'{k}={now!r}' for k, _, now in conflicts)}; resume with the run's own config", 2)
+if checkpoint:
     iter_num, best_val_acc, checkpoint_val_loss = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['val_loss']
     if iter_num >= max_iters:
         die(f"{ckpt_path} is at iter {iter_num}, already at max_iters={max_iters}; raise max_iters to train on", 2)
     changes = safety.resume_changes(checkpoint, config, world_size, train_defaults(), len(train_x))
     if changes and master:
         print(f"note: resuming with changes: {', '.join(changes)}")
-model = ViT(model_config(config, **{k: model_args[k] for k in ('img_size', 'in_chans', 'n_classes')}))
+model = ViT(ViTConfig(**model_args))
 if checkpoint:
     safety.load_model_state(model, checkpoint['model'], ckpt_path)
+elif source:
+    safety.load_model_state(model, fit_to(source, model, classes), init_from)
+    del source  # free the memory
 model.to(device)
 raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
 
+if linear_probe:  # the pretrained features stay as they are; only the new head learns
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith('head.')
 optimizers = model.configure_optimizers(optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
-                                        device_type, dtype)
+                                        device_type, dtype, layer_decay)
 params = [p for opt in optimizers for group in opt.param_groups for p in group['params']]
 # fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
@@ -241,7 +282,7 @@ def evaluate():
         end = min(start + eval_batch_size, hi)
         y = test_y[start:end]
         with ctx:
-            logits = predict(eval_model, test_x[start:end], mean_on_device, std_on_device, tta_shift)
+            logits = predict(eval_model, test_x[start:end], mean_on_device, std_on_device, tta_shift, model_size)
         sums[0] += F.cross_entropy(logits, y, reduction='sum')
         sums[1] += (logits.argmax(dim=1) == y).sum()
     if ddp:
@@ -270,6 +311,7 @@ def save_checkpoint():
             'data_mean': data_mean,
             'data_std': data_std,
             'n_train': len(train_x),
+            'picture_size': picture_size,
             'rng': rngs,
         }, ckpt_path)
 

@@ -37,11 +37,11 @@ def test_the_notebook_s_scripts_and_configs_exist():
 
 def test_the_notebook_s_train_py_commands_are_valid_configs(run_here, tmp_path, monkeypatch):
     # each train.py command of the notebook, up to the end of its configuration: the files exist, every key is
-    # known and of its type, and the values pass train.py's checks (the run stops where its data would load)
+    # known and of its type, and the values pass train.py's checks (the run stops where it would claim its out_dir)
     commands = [c.split()[2:] for c in notebook_commands() if c.startswith('python train.py')]
     assert commands
     for args in commands:
-        monkeypatch.setattr('data.load_split', lambda *a, **k: sys.exit(0))
+        monkeypatch.setattr('safety.claim_out_dir', lambda *a, **k: sys.exit(0))
         result = run_here('train.py', *[a if a.startswith('--') else os.path.join(REPO, a) for a in args],
                           f'--out_dir={tmp_path / "never"}', '--device=cpu', '--data_dir=no-data-here', cwd=tmp_path)
         assert result.returncode == 0 and result.stderr == '', (args, result.stderr)

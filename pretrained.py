@@ -1,0 +1,136 @@
+"""
+Where a fine-tuning run starts: torchvision's ImageNet ViTs (fetched through torchvision's weights API
+into torch's cache, nothing fetched when the file is there) or another nanoViT run. Either becomes
+model.py's ViT: torchvision's VisionTransformer maps onto it by names alone, its cls token's position
+folded into the cls token. What fine-tuning may change of the source: the classes (a new zero head),
+the picture size (the position embedding resampled on its grid), dropout.
+"""
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn import functional as F
+
+from errors import die
+from model import ViTConfig
+
+# torchvision's ViT builders: what their weights do not say (the heads)
+TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 16, 'vit_h_14': 16}
+
+
+@dataclass
+class Source:
+    """A model to start from: its ViTConfig's fields, its weights under model.py's names, the pixel
+    normalization it was trained with, and the names of its classes."""
+    model_args: dict
+    state_dict: dict
+    mean: list
+    std: list
+    classes: list = None
+
+
+def is_torchvision_name(init_from):
+    return init_from.split(':')[0] in TORCHVISION_VITS
+
+
+def torchvision_weights(init_from):
+    """The torchvision weights entry that init_from names ('vit_b_16' or 'vit_b_16:IMAGENET1K_SWAG_E2E_V1')."""
+    from torchvision.models import get_model_weights
+    name, _, weights_name = init_from.partition(':')
+    enum = get_model_weights(name)
+    if not weights_name:
+        return enum.DEFAULT
+    if weights_name not in enum.__members__:
+        die(f"init_from={init_from!r}: {name} has no weights {weights_name!r}; it has {', '.join(enum.__members__)}", 2)
+    return enum[weights_name]
+
+
+def torchvision_architecture(init_from):
+    """The ViTConfig fields of a torchvision ViT, from its name and weights' meta-data alone (nothing fetched)."""
+    weights = torchvision_weights(init_from)
+    name = init_from.split(':')[0]
+    patch = int(name.rsplit('_', 1)[1])
+    width, depth = {'b': (768, 12), 'l': (1024, 24), 'h': (1280, 32)}[name.split('_')[1]]
+    return dict(asdict(ViTConfig()), img_size=weights.transforms().crop_size[0], patch_size=patch, in_chans=3,
+                n_classes=len(weights.meta['categories']), n_layer=depth, n_head=TORCHVISION_VITS[name], n_embd=width,
+                mlp_ratio=4.0, bias=True, pool='cls', pos_embd='learned', qk_norm=False, norm_eps=1e-6)
+
+
+def fetch_torchvision(init_from):
+    """A torchvision ViT's ImageNet weights, from torch's cache or fetched into it, as a Source."""
+    weights = torchvision_weights(init_from)
+    path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
+    try:
+        state = weights.get_state_dict(progress=True, weights_only=True)
+    except Exception as e:
+        if os.path.exists(path):
+            die(f"{path} is not a readable checkpoint (a download cut short? delete it to fetch it again): "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        die(f"init_from={init_from!r}: no weights at {path}, and fetching {weights.url} failed "
+            f"({type(e).__name__}); offline, put that file there (torchvision looks in $TORCH_HOME/hub/checkpoints)")
+    args = torchvision_architecture(init_from)
+    transforms = weights.transforms()
+    return Source(args, from_torchvision(state, args, path), list(transforms.mean), list(transforms.std),
+                  list(weights.meta['categories']))
+
+
+def from_torchvision(state, args, path):
+    """torchvision's VisionTransformer state_dict under model.py's names. Its cls token gets a position of its
+    own in the position embedding: a constant, which folds into the token."""
+    if not isinstance(state, dict) or 'conv_proj.weight' not in state or 'encoder.pos_embedding' not in state:
+        die(f"{path} is not a torchvision VisionTransformer's weights (no conv_proj.weight, encoder.pos_embedding)")
+    pos = state['encoder.pos_embedding']
+    ours = {'patch_embd.weight': state['conv_proj.weight'], 'patch_embd.bias': state['conv_proj.bias'],
+            'pos_embd': pos[:, 1:], 'pool.token': state['class_token'] + pos[:, :1],
+            'ln_f.weight': state['encoder.ln.weight'], 'ln_f.bias': state['encoder.ln.bias'],
+            'head.weight': state['heads.head.weight'], 'head.bias': state['heads.head.bias']}
+    names = {'ln_1': 'ln_1', 'self_attention.in_proj_': 'attn.qkv.', 'self_attention.out_proj.': 'attn.proj.',
+             'ln_2': 'ln_2', 'mlp.0.': 'mlp.fc.', 'mlp.3.': 'mlp.proj.'}
+    for i in range(args['n_layer']):
+        prefix = f'encoder.layers.encoder_layer_{i}.'
+        for key, value in state.items():
+            if key.startswith(prefix):
+                rest = key[len(prefix):]
+                theirs = next((t for t in names if rest.startswith(t)), None)
+                if theirs is None:
+                    die(f"{path}: {key} has no place in model.py's ViT")
+                ours[f'blocks.{i}.{names[theirs]}{rest[len(theirs):]}'] = value
+    return ours
+
+
+def read_run(init_from):
+    """Another nanoViT run (its out_dir or its ckpt.pt) as a Source."""
+    from safety import load_checkpoint, saved_model_config
+    path = os.path.expanduser(init_from)
+    path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
+    if not os.path.isfile(path):
+        die(f"init_from={init_from!r} is neither 'scratch', 'resume', a torchvision ViT "
+            f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS) nor a nanoViT run's out_dir or ckpt.pt", 2)
+    checkpoint = load_checkpoint(path, 'cpu', keys=('model', 'model_args', 'data_mean', 'data_std', 'classes'))
+    args = asdict(saved_model_config(checkpoint, path))
+    state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
+    return Source(args, state, checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'])
+
+
+def load_source(init_from):
+    return fetch_torchvision(init_from) if is_torchvision_name(init_from) else read_run(init_from)
+
+
+def resample_pos_embd(pos, grid):
+    """A learned position embedding (1, old_grid**2, C) resampled to (1, grid**2, C) on its 2-D grid, bicubic
+    (as timm's resample_abs_pos_embed), for pictures of another size."""
+    old = int(round(pos.shape[1] ** 0.5))
+    image = pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    image = F.interpolate(image, size=(grid, grid), mode='bicubic', align_corners=False, antialias=grid < old)
+    return image.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
+
+
+def fit_to(source, model, classes):
+    """The source's weights made to fit model: the position embedding resampled to its grid, and for other
+    classes than the source's, model's own zero head (every class at equal odds)."""
+    state = dict(source.state_dict)
+    if model.config.pos_embd == 'learned':
+        state['pos_embd'] = resample_pos_embd(state['pos_embd'], model.config.grid)
+    if source.classes != classes:
+        state['head.weight'], state['head.bias'] = model.head.weight.detach(), model.head.bias.detach()
+    return state
