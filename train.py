@@ -95,8 +95,10 @@ config = {k: globals()[k] for k in _config_keys}  # plain types only, saved in t
 
 check_config(config)
 # the model's own values fail here, not after minutes of downloading or decoding, on the pictures' side where it is
-# known before they load (a folder of pictures of their own size: once they are decoded)
-model_config(config, img_size=(get_dataset(dataset).shape or [img_size or patch_size])[-1], in_chans=1, n_classes=1)
+# known before they load (a folder of pictures of their own size: once they are decoded). A run that starts from
+# a checkpoint or a pretrained model takes its architecture from there.
+if init_from == 'scratch':
+    model_config(config, img_size=(get_dataset(dataset).shape or [img_size or patch_size])[-1], in_chans=1, n_classes=1)
 if aug_flip and get_dataset(dataset).digits:
     die(f"aug_flip=True on {dataset}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
 out_dir = os.path.expanduser(out_dir)

@@ -1,0 +1,170 @@
+"""Fine-tuning: a torchvision ViT (random weights in torchvision's cache: nothing is fetched here) or another
+nanoViT run as the start, through the code path train.py's init_from takes."""
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+
+from conftest import TINY, assert_one_line_error, losses, make_picture_folder, run_script, start_script, wait_for_line
+from model import ViT, ViTConfig
+from pretrained import fit_to, load_source, resample_pos_embd
+from safety import load_model_state
+
+OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}  # every fetch fails at once
+BASE = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16', '--log_interval=1', '--learning_rate=1e-3']
+
+
+@pytest.fixture(scope='module')
+def torch_home(tmp_path_factory):
+    """A TORCH_HOME whose cache holds random weights under the file name of torchvision's ViT-B/16 ImageNet weights,
+    and the torchvision model they came from."""
+    import torchvision
+    home = tmp_path_factory.mktemp('torch_home')
+    torch.manual_seed(0)
+    reference = torchvision.models.vit_b_16(weights=None).eval()
+    torch.nn.init.normal_(reference.heads.head.weight, std=0.02)  # torchvision's head starts at zero
+    os.makedirs(home / 'hub' / 'checkpoints')
+    torch.save(reference.state_dict(), home / 'hub' / 'checkpoints' / 'vit_b_16-c867db91.pth')
+    return home, reference
+
+
+def test_torchvision_vit_b_16_imports_with_the_same_logits(torch_home, monkeypatch):
+    home, reference = torch_home
+    monkeypatch.setenv('TORCH_HOME', str(home))
+    monkeypatch.setenv('http_proxy', OFFLINE['http_proxy'])  # what is in the cache is read, nothing fetched
+    source = load_source('vit_b_16')
+    assert source.model_args['img_size'] == 224 and source.model_args['n_layer'] == 12 and source.model_args['n_head'] == 12
+    assert source.mean == [0.485, 0.456, 0.406] and len(source.classes) == 1000
+    model = ViT(ViTConfig(**source.model_args)).eval()
+    load_model_state(model, fit_to(source, model, source.classes), 'vit_b_16')
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        theirs, (ours, _) = reference(x), model(x)
+    assert theirs.abs().max() > 0.5 and (theirs - ours).abs().max() < 1e-4, (theirs - ours).abs().max()
+
+
+def test_resampling_the_position_embedding():
+    torch.manual_seed(0)
+    pos = torch.randn(1, 14 * 14, 8)
+    assert torch.allclose(resample_pos_embd(pos, 14), pos, atol=1e-6)  # to its own grid: nothing changes
+    # a ramp along x stays a ramp at another resolution: bicubic on the 2-D grid, not on the flat sequence
+    ramp = torch.arange(14.).repeat(14)[None, :, None].expand(1, -1, 2)
+    bigger = resample_pos_embd(ramp, 28).view(28, 28, 2)
+    assert bigger.shape == (28, 28, 2) and torch.allclose(bigger[0], bigger[17], atol=1e-5)
+    assert (bigger[3, 1:, 0] >= bigger[3, :-1, 0] - 1e-5).all() and bigger[3, -1, 0] > 12
+
+
+@pytest.fixture(scope='module')
+def source_run(synthetic_data, tmp_path_factory):
+    """A short nanoViT run on the synthetic digits: a source to fine-tune from."""
+    cwd = tmp_path_factory.mktemp('source')
+    result = run_script('train.py', *BASE, f'--data_dir={synthetic_data}', '--pos_std=1.0', '--learning_rate=3e-3',
+                        '--max_iters=60', '--eval_interval=60', '--log_interval=20', '--out_dir=src', cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd / 'src'
+
+
+def test_a_nanovit_run_imports_with_the_same_logits(source_run):
+    checkpoint = torch.load(source_run / 'ckpt.pt', weights_only=True)
+    original = ViT(ViTConfig(**checkpoint['model_args'])).eval()
+    original.load_state_dict(checkpoint['model'])
+    source = load_source(str(source_run))
+    model = ViT(ViTConfig(**source.model_args)).eval()
+    load_model_state(model, fit_to(source, model, checkpoint['classes']), str(source_run))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(original(x)[0], model(x)[0]) and original(x)[0].abs().max() > 0.1
+
+
+def test_fine_tuning_a_run_on_other_classes_keeps_its_normalization_and_architecture(source_run, tmp_path, run_here):
+    # colour pictures of 3 classes into a model trained on grey digits: the pictures made grey, a new zero head
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(30, 6), size=(28, 28))
+    result = run_here('train.py', *BASE, '--dataset=folder', f'--data_dir={root}', f'--init_from={source_run}',
+                      '--n_layer=2', '--max_iters=4', '--eval_interval=4', '--out_dir=ft', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first = losses(tmp_path / 'ft')[1]
+    assert abs(first - torch.log(torch.tensor(3.0)).item()) < 0.05  # a zero head: every class at equal odds
+    checkpoint = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    theirs = torch.load(source_run / 'ckpt.pt', weights_only=True)
+    assert checkpoint['data_mean'] == theirs['data_mean'] and checkpoint['data_std'] == theirs['data_std']
+    assert checkpoint['model_args']['in_chans'] == 1 and checkpoint['model_args']['n_classes'] == 3
+    assert checkpoint['classes'] == ['blue', 'green', 'red']
+    # the blocks started from the source's weights
+    assert not torch.equal(checkpoint['model']['blocks.0.attn.qkv.weight'], theirs['model']['blocks.0.attn.qkv.weight'])
+    assert (checkpoint['model']['blocks.0.attn.qkv.weight'] - theirs['model']['blocks.0.attn.qkv.weight']).abs().max() < 0.05
+    report = run_here('sample.py', '--out_dir=ft', '--device=cpu', '--n_attention=2', cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert 'test accuracy:' in report.stdout
+
+
+def test_a_fine_tuned_run_resumes_exactly_without_its_source(source_run, synthetic_data, tmp_path):
+    src = tmp_path / 'src'
+    shutil.copytree(source_run, src)
+    args = [*BASE, f'--data_dir={synthetic_data}', '--init_from=src', '--max_iters=40', '--eval_interval=40',
+            '--dropout=0.1', '--aug_translate=1.0', '--layer_decay=0.7']
+    reference = run_script('train.py', *args, '--out_dir=whole', cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    process = start_script('train.py', *args, '--out_dir=cut', cwd=tmp_path)
+    wait_for_line(process, 'iter 10/40')
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    shutil.rmtree(src)  # the source is not read again
+    resumed = run_script('train.py', *args[:-4], '--max_iters=40', '--eval_interval=40', '--dropout=0.1',
+                         '--aug_translate=1.0', '--layer_decay=0.7', '--init_from=resume', '--out_dir=cut', cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    whole, cut = losses(tmp_path / 'whole'), losses(tmp_path / 'cut')
+    assert sorted(cut) == list(range(1, 41)) and all(cut[i] == pytest.approx(whole[i], abs=1e-6) for i in whole)
+
+
+def test_layer_decay_and_the_linear_probe(source_run, synthetic_data, tmp_path, run_here):
+    model = ViT(ViTConfig(n_layer=2, n_embd=32, n_head=2))
+    adamw, = model.configure_optimizers('adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32', layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr = {names[id(p)]: g['max_lr'] for g in adamw.param_groups for p in g['params']}
+    assert lr['head.weight'] == lr['ln_f.weight'] == 1e-3 and lr['blocks.1.mlp.fc.weight'] == 5e-4
+    assert lr['blocks.0.attn.qkv.weight'] == 2.5e-4 and lr['patch_embd.weight'] == lr['pool.token'] == 1.25e-4
+    result = run_here('train.py', *BASE, f'--data_dir={synthetic_data}', f'--init_from={source_run}', '--linear_probe=True',
+                      '--max_iters=5', '--eval_interval=5', '--out_dir=probe', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    before = torch.load(source_run / 'ckpt.pt', weights_only=True)['model']
+    after = torch.load(tmp_path / 'probe' / 'ckpt.pt', weights_only=True)['model']
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith('head.'))
+    assert not torch.equal(before['head.weight'], after['head.weight'])
+
+
+def test_fine_tuning_torchvision_s_vit_b_16_through_train_py(torch_home, tmp_path, run_here):
+    # 16 x 16 pictures at img_size=32: the 14 x 14 position grid resampled to 2 x 2, cheap enough for a CPU
+    # a recipe written for a small model, in a config file: the source's architecture wins, with a note
+    home, _ = torch_home
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(8, 2))
+    (tmp_path / 'small.py').write_text("n_layer = 2\nn_head = 2\nn_embd = 32\npatch_size = 7\n")
+    result = run_here('train.py', str(tmp_path / 'small.py'), '--device=cpu', '--compile=False', '--dtype=float32',
+                      '--plot=False', '--dataset=folder', f'--data_dir={root}', '--init_from=vit_b_16', '--img_size=32',
+                      '--batch_size=4', '--max_iters=2', '--eval_interval=2', '--out_dir=ft',
+                      cwd=tmp_path, env={'TORCH_HOME': str(home), **OFFLINE})
+    assert result.returncode == 0, result.stderr
+    assert ("note: the architecture is vit_b_16's, not the config's: patch_size 7 -> 16, n_layer 2 -> 12, n_head 2 -> 12, "
+            "n_embd 32 -> 768, norm_eps 1e-05 -> 1e-06") in result.stdout
+    checkpoint = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    assert checkpoint['data_mean'] == [0.485, 0.456, 0.406] and checkpoint['model_args']['img_size'] == 32
+    assert checkpoint['model']['pos_embd'].shape == (1, 4, 768) and checkpoint['config']['init_from'] == 'vit_b_16'
+
+
+@pytest.mark.parametrize('init_from,flags,message,code', [
+    ('vit_x_99', [], "init_from='vit_x_99' is neither 'scratch', 'resume', a torchvision ViT (vit_b_16, vit_b_32", 2),
+    ('vit_b_16:NOPE', [], "vit_b_16 has no weights 'NOPE'; it has IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1", 2),
+    ('vit_b_32', [], "no weights at {home}/hub/checkpoints/vit_b_32-d86f8d99.pth, and fetching "
+                     "https://download.pytorch.org/models/vit_b_32-d86f8d99.pth failed", 1),
+    ('src', ['--patch_size=4'], "init_from='src' has patch_size=7 but this run asks for patch_size=4", 2),
+    ('notvit.pt', [], "notvit.pt is not a nanoViT checkpoint", 1),
+])
+def test_sources_that_cannot_be_used_are_one_line(init_from, flags, message, code, source_run, synthetic_data,
+                                                  tmp_path, run_here):
+    shutil.copytree(source_run, tmp_path / 'src')
+    torch.save({'weights': torch.zeros(3)}, tmp_path / 'notvit.pt')
+    result = run_here('train.py', *BASE, f'--data_dir={synthetic_data}', f'--init_from={init_from}', *flags,
+                      cwd=tmp_path, env={'TORCH_HOME': str(tmp_path / 'empty'), **OFFLINE})
+    assert_one_line_error(result, message.format(home=tmp_path / 'empty'), code=code)
