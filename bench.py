@@ -6,6 +6,7 @@ It reads train.py's defaults, so configs and overrides mean what they mean there
 of the dataset's shape stand in for the data, which is never loaded:
 $ python bench.py config/mnist.py
 $ python bench.py config/cifar10.py --batch_size=512 --device=cuda --optimizer=muon
+$ python bench.py --init_from=vit_b_16 --batch_size=64 --device=cuda   # a pretrained ViT's shape, no weights needed
 Prints a table and writes it as JSON to bench_out.
 """
 import json
@@ -17,12 +18,14 @@ import time
 import torch
 from torch.nn import functional as F
 
-from data import augment, augment_args, channel_stats, get_dataset, normalize
+from data import augment, augment_args, get_dataset, normalize
 from device import (autocast, compile_blocker, device_name, native_dtypes, peak_flops, pick_device, pick_dtype,
                     synchronize)
 from errors import die
-from model import ViT
+from model import ViT, ViTConfig
+from pretrained import is_torchvision_name, torchvision_architecture
 from settings import check_config, model_config, train_defaults
+from store import channel_stats
 
 # -----------------------------------------------------------------------------
 globals().update(train_defaults())  # every train.py key with its default; dtype 'auto' here: every dtype the device runs well
@@ -52,16 +55,20 @@ else:
     blocker = compile_blocker(device_type)
 modes = ['eager'] + (['compiled'] if not blocker else [])
 
-shape = get_dataset(dataset).shape
-if shape is None:  # a folder dataset: its channels and size are in its files, which the bench does not read
-    if not img_size:
-        die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
-    shape = (3, img_size, img_size)
 n_classes = 10  # the head's size barely moves the step's cost
-vit_config = model_config(config, in_chans=shape[0], img_size=shape[1], n_classes=n_classes)
+if is_torchvision_name(init_from):  # a pretrained ViT's architecture at its picture size (no weights needed to time it)
+    vit_config = ViTConfig(**{**torchvision_architecture(init_from), 'n_classes': n_classes, 'dropout': dropout})
+    shape = (3, vit_config.img_size, vit_config.img_size)
+else:
+    shape = get_dataset(dataset).shape
+    if shape is None:  # a folder dataset: its channels and size are in its files, which the bench does not read
+        if not img_size:
+            die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
+        shape = (3, img_size, img_size)
+    vit_config = model_config(config, in_chans=shape[0], img_size=shape[1], n_classes=n_classes)
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
-mean, std = (torch.tensor(s, device=device) for s in channel_stats(images))
+mean, std = (torch.tensor(s, device=device) for s in channel_stats(images.cpu()))
 aug_args = augment_args(config)
 aug_generator = torch.Generator(device=device).manual_seed(seed)
 
@@ -117,7 +124,7 @@ def time_step(model, optimizers, dtype):
 def ours(mode, dtype):
     model = ViT(vit_config).to(device)
     optimizers = model.configure_optimizers(optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
-                                            muon_momentum, device_type, dtype)
+                                            muon_momentum, device_type, dtype, layer_decay)
     return (torch.compile(model) if mode == 'compiled' else model), optimizers
 
 
@@ -127,9 +134,10 @@ class TorchvisionViT(torch.nn.Module):
     def __init__(self):
         super().__init__()
         from torchvision.models import VisionTransformer
-        self.vit = VisionTransformer(image_size=shape[1], patch_size=patch_size, num_layers=n_layer, num_heads=n_head,
-                                     hidden_dim=n_embd, mlp_dim=int(mlp_ratio * n_embd), dropout=dropout,
-                                     num_classes=n_classes)
+        c = vit_config
+        self.vit = VisionTransformer(image_size=c.img_size, patch_size=c.patch_size, num_layers=c.n_layer,
+                                     num_heads=c.n_head, hidden_dim=c.n_embd, mlp_dim=int(c.mlp_ratio * c.n_embd),
+                                     dropout=c.dropout, num_classes=n_classes)
 
     def forward(self, x, y, label_smoothing):
         logits = self.vit(x.expand(-1, 3, -1, -1))  # it takes 3-channel images
@@ -158,7 +166,8 @@ def matmul_flops(dtype, n=2048):
 flops_per_step = 3 * ViT(vit_config).flops_per_image() * batch_size
 name = device_name(device) if device_type != 'cpu' else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 print(f"bench: {name} | torch {torch.__version__} | {dataset} {'x'.join(map(str, shape))}, batch {batch_size} | "
-      f"n_layer {n_layer}, n_head {n_head}, n_embd {n_embd}, patch {patch_size} | optimizer {optimizer} | "
+      f"n_layer {vit_config.n_layer}, n_head {vit_config.n_head}, n_embd {vit_config.n_embd}, patch {vit_config.patch_size}"
+      f"{f' ({init_from})' if is_torchvision_name(init_from) else ''} | optimizer {optimizer} | "
       f"{flops_per_step / 1e9:.1f} GFLOP per step" + (f" | compile skipped: {blocker}" if blocker else ""))
 rows = []
 for dtype in dtypes:

@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from errors import die
+from store import Progress, cache_dir, load_or_build
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
@@ -99,7 +100,8 @@ class Dataset:
 
 
 def load_torchvision(name, data_dir, train, img_size):
-    """MNIST, FashionMNIST or CIFAR10 through torchvision: downloaded into data_dir once, read from there."""
+    """MNIST, FashionMNIST or CIFAR10 through torchvision: downloaded into data_dir once, then written into a
+    picture store like a folder's."""
     import torchvision
     cls = getattr(torchvision.datasets, name)
     split = 'train' if train else 'test'
@@ -107,16 +109,22 @@ def load_torchvision(name, data_dir, train, img_size):
         ds = cls(data_dir, train=train, download=True)  # downloads nothing when the files are there
     except Exception as e:
         die(f"could not load the {name} {split} split from {data_dir}: {why_torchvision_failed(cls, data_dir, train, e)}")
-    images = torch.as_tensor(ds.data)
-    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()  # MNIST / CIFAR
-    labels = torch.as_tensor(ds.targets, dtype=torch.long)
-    if img_size not in (0, images.shape[-1]):
-        die(f"img_size={img_size}: {name} images are {images.shape[-1]}x{images.shape[-1]}; "
+    if img_size not in (0, ds.data.shape[2]):
+        die(f"img_size={img_size}: {name} images are {ds.data.shape[2]}x{ds.data.shape[2]}; "
             f"img_size resizes folder datasets only (0 keeps the native size)", 2)
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
     label_file = (os.path.join(ds.raw_folder, f"{'train' if train else 't10k'}-labels-idx1-ubyte")
                   if hasattr(ds, 'raw_folder') else os.path.join(data_dir, ds.base_folder))
     check_labels(labels, len(ds.classes), label_file)
-    return images, labels, list(ds.classes)
+    folder = ds.raw_folder if hasattr(ds, 'raw_folder') else os.path.join(data_dir, ds.base_folder)
+    key = store_key(folder, [os.path.join(folder, f) for f in sorted(os.listdir(folder))], img_size, list(ds.classes))
+
+    def build(tmp):
+        images = torch.as_tensor(ds.data)  # already in memory: torchvision reads the files whole
+        images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # MNIST / CIFAR
+        images.contiguous().numpy().tofile(os.path.join(tmp, 'images.u8'))
+        return tuple(images.shape), labels, ''
+    return load_or_build(store_path(data_dir, f"{name}-{split}", img_size), key, list(ds.classes), build)
 
 
 def why_torchvision_failed(cls, data_dir, train, error):
@@ -169,7 +177,6 @@ def check_labels(labels, n_classes, source):
 FOLDER_LAYOUT = "data_dir/train/<class>/<image> and data_dir/test/<class>/<image> (val/ is taken for test/)"
 # a few broken pictures are skipped; more than this share of them, and the folder is probably not what was meant
 MAX_BROKEN_SHARE = 0.1
-CACHE_VERSION = 2
 
 
 def split_dir(data_dir, train):
@@ -212,28 +219,28 @@ def load_folder(data_dir, train, img_size):
         shown = ', '.join(os.path.relpath(p, data_dir) for p in left_out[:3]) + (', ...' if len(left_out) > 3 else '')
         print(f"note: left out {len(left_out)} files in {root} that are not pictures by their name or not regular "
               f"files ({shown})")
-    key = hashlib.sha256(repr((CACHE_VERSION, img_size, classes, stats)).encode(errors='surrogateescape')).hexdigest()
-    cache = os.path.join(cache_dir(), f"{os.path.basename(data_dir)}-{os.path.basename(root)}-{img_size}-"
-                                      f"{hashlib.sha256(root.encode(errors='surrogateescape')).hexdigest()[:8]}.pt")
-    cached = read_cache(cache, key, classes)
-    if cached:
-        return cached
-    t0 = time.time()
-    images, labels, broken = decode_all(files, img_size)
-    for label, c in enumerate(classes):
-        if not (labels == label).any():
-            die(f"class folder {os.path.join(root, c)} holds no readable picture, for instance "
-                f"{next(os.path.relpath(p, data_dir) + f' ({why})' for p, why, l in broken if l == label)}")
-    if broken:
-        listed = '; '.join(f"{os.path.relpath(p, data_dir)} ({why})" for p, why, _ in broken[:5])
-        more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
-        if len(broken) > 2 and len(broken) > MAX_BROKEN_SHARE * len(files):
-            die(f"{len(broken)} of the {len(files)} pictures in {root} do not decode, too many to be a few damaged "
-                f"files (is it the folder you meant?): {listed}{more}")
-        print(f"note: skipped {len(broken)} of the {len(files)} pictures in {root} that do not decode: {listed}{more}")
-    print(f"{os.path.basename(root)}/: decoded {len(labels)} pictures in {time.time() - t0:.1f}s, cached in {cache}")
-    write_cache(cache, dict(key=key, images=images, labels=labels, classes=classes))
-    return images, labels, classes
+    key = store_key(root, stats, img_size, classes)
+
+    def build(tmp):
+        t0 = time.time()
+        shape, labels, broken = decode_into(os.path.join(tmp, 'images.u8'), files, img_size, os.path.basename(root))
+        for label, c in enumerate(classes):
+            if not (labels == label).any():
+                die(f"class folder {os.path.join(root, c)} holds no readable picture, for instance "
+                    f"{next(os.path.relpath(p, data_dir) + f' ({why})' for p, why, l in broken if l == label)}")
+        note = ''
+        if broken:
+            listed = '; '.join(f"{os.path.relpath(p, data_dir)} ({why})" for p, why, _ in broken[:5])
+            more = f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+            if len(broken) > 2 and len(broken) > MAX_BROKEN_SHARE * len(files):
+                die(f"{len(broken)} of the {len(files)} pictures in {root} do not decode, too many to be a few damaged "
+                    f"files (is it the folder you meant?): {listed}{more}")
+            note = f"skipped {len(broken)} of the {len(files)} pictures in {root} that do not decode: {listed}{more}"
+            print(f"note: {note}")
+        print(f"{os.path.basename(root)}/: decoded {len(labels)} pictures in {time.time() - t0:.1f}s, stored in {path}")
+        return shape, labels, note
+    path = store_path(data_dir, os.path.basename(root), img_size)
+    return load_or_build(path, key, classes, build)
 
 
 def pictures_below(folder):
@@ -258,36 +265,106 @@ def pictures_below(folder):
     return pictures, others
 
 
-def decode_all(files, img_size):
-    """(images uint8 (N, C, H, W), labels (N,), [(path, why, label)] that did not decode) for [(path, label)]."""
-    decode = partial(decode_one, size=img_size)
-    paths = [p for p, _ in files]
+def store_path(data_dir, split, img_size):
+    """Where a split's store lives: named for the data, the split and the size, and a hash of the data's full path."""
+    where = hashlib.sha256(os.path.abspath(data_dir).encode(errors='surrogateescape')).hexdigest()[:8]
+    return os.path.join(cache_dir(), f"{os.path.basename(os.path.abspath(data_dir))}-{split}-{img_size}-{where}")
+
+
+def store_key(root, files, img_size, classes):
+    """What a store must have been made from: the size, the classes, and each file's name, size, times and inode,
+    what a copy tool cannot keep equal by accident (touch -r sets the modification time back, not the change time)."""
+    if files and isinstance(files[0], str):
+        files = [(os.path.relpath(p, root), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
+                 for p, s in ((p, os.stat(p)) for p in files)]
+    return hashlib.sha256(repr((img_size, classes, files)).encode(errors='surrogateescape')).hexdigest()
+
+
+GREY_MODES = ('1', 'L', 'LA', 'La', 'F')  # and 'I...': what read_image returns with one channel
+
+
+def header(path, size):
+    """((H, W) the picture decodes to, channels) from its header alone, or (None, why) for a file that is no picture."""
+    from PIL import Image
+    try:
+        with Image.open(path) as picture:
+            w, h = picture.size
+            if picture.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # turned a quarter: read_image transposes it
+                w, h = h, w
+            grey = picture.mode in GREY_MODES or picture.mode.startswith('I')
+            return ((size, size) if size else (h, w)), 1 if grey else 3
+    except Exception as e:
+        return None, f"not a picture PIL can read ({type(e).__name__})"
+
+
+def decode_into(images_path, files, img_size, what):
+    """Decode the pictures [(path, label)] into a new uint8 file of shape (N, C, H, W), chunk by chunk, by one
+    process per core that each write their pictures in place: the memory used stays that of a few chunks,
+    whatever N is. Returns (shape, labels of the pictures kept, [(path, why, label)] that did not decode)."""
+    headers = [header(p, img_size) for p, _ in files]
+    sizes = {hw for hw, _ in headers if hw is not None}
+    if not sizes:
+        die(f"none of the {len(files)} pictures decodes, for instance {files[0][0]} ({headers[0][1]})")
+    if len(sizes) > 1:
+        listed = ', '.join(f"{w}x{h}" for h, w in sorted(sizes)[:4])
+        die(f"the pictures have different sizes ({listed}{', ...' if len(sizes) > 4 else ''}); "
+            f"set --img_size=N to resize the shorter side to N and cut out the centre N x N")
+    (h, w), = sizes
+    channels = max(c for hw, c in headers if hw is not None)  # 1 only when every picture is grey
+    shape = (len(files), channels, h, w)
+    np.memmap(images_path, dtype=np.uint8, mode='w+', shape=shape).flush()
+    chunks = [list(range(i, min(i + 256, len(files)))) for i in range(0, len(files), 256)]
+    work = [([(i, files[i][0]) for i in chunk], images_path, shape, img_size) for chunk in chunks]
+    progress = Progress(f"decoding {what}/", len(files))
+    failed = {i: why for i, (hw, why) in enumerate(headers) if hw is None}
+    done = 0
     if sys.platform == 'linux' and len(files) > 1000:
         # decoding is CPU-bound Python (threads would queue on the GIL): one process per core. Forked
         # children only run PIL and numpy. Elsewhere (spawn) a child would run train.py again, so one core.
         try:
             with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context('fork'),
                                      initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-                decoded = list(pool.map(decode, paths, chunksize=256))
+                for result in pool.map(decode_chunk, *zip(*work)):
+                    failed.update(result)
+                    done = min(done + 256, len(files))
+                    progress.update(done)
         except BrokenProcessPool:
-            die(f"a process decoding the {len(files)} pictures died (killed, or out of memory?); nothing was cached")
+            die(f"a process decoding the {len(files)} pictures died (killed, or out of memory?); nothing was stored")
         except KeyboardInterrupt:
-            die("stopped while decoding the pictures; nothing was cached, the next start decodes them again", 130)
+            die("stopped while decoding the pictures; nothing was stored, the next start decodes them again", 130)
     else:
-        decoded = [decode(p) for p in paths]
-    good = [(pixels, label) for (pixels, _), (_, label) in zip(decoded, files) if pixels is not None]
-    broken = [(path, why, label) for (pixels, why), (path, label) in zip(decoded, files) if pixels is None]
-    if not good:
-        die(f"none of the {len(files)} pictures decodes, for instance {broken[0][0]} ({broken[0][1]})")
-    shapes = {pixels.shape[:2] for pixels, _ in good}
-    if len(shapes) > 1:
-        sizes = ', '.join(f"{w}x{h}" for h, w in sorted(shapes)[:4])
-        die(f"the pictures have different sizes ({sizes}{', ...' if len(shapes) > 4 else ''}); "
-            f"set --img_size=N to resize the shorter side to N and cut out the centre N x N")
-    channels = max(pixels.shape[2] for pixels, _ in good)  # 1 only when every picture is grey
-    images = np.stack([np.broadcast_to(pixels, pixels.shape[:2] + (channels,)) for pixels, _ in good])
-    labels = torch.tensor([label for _, label in good], dtype=torch.long)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, broken
+        for args in work:
+            failed.update(decode_chunk(*args))
+            done += len(args[0])
+            progress.update(done)
+    keep = [i for i in range(len(files)) if i not in failed]
+    if len(keep) < len(files):  # close the gaps the broken pictures left, front to back, then cut the file short
+        images = np.memmap(images_path, dtype=np.uint8, mode='r+', shape=shape)
+        for new, old in enumerate(keep):
+            if new != old:
+                images[new] = images[old]
+        images.flush()
+        del images
+        os.truncate(images_path, len(keep) * channels * h * w)
+    labels = torch.tensor([files[i][1] for i in keep], dtype=torch.long)
+    broken = [(files[i][0], why, files[i][1]) for i, why in sorted(failed.items())]
+    return (len(keep), channels, h, w), labels, broken
+
+
+def decode_chunk(items, images_path, shape, size):
+    """Decode [(index, path)] straight into their rows of the images file; {index: why} for those that did not."""
+    images = np.memmap(images_path, dtype=np.uint8, mode='r+', shape=shape)
+    failed = {}
+    for i, path in items:
+        pixels, why = decode_one(path, size)
+        if pixels is not None and pixels.shape[:2] != shape[2:]:
+            pixels, why = None, f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, its header says {shape[3]}x{shape[2]}"
+        if pixels is None:
+            failed[i] = why
+        else:
+            images[i] = np.broadcast_to(pixels, shape[2:] + (shape[1],)).transpose(2, 0, 1)
+    images.flush()
+    return failed
 
 
 def decode_one(path, size):
@@ -295,49 +372,6 @@ def decode_one(path, size):
         return read_image(path, size, max_side=0 if size == 0 else 2048), None
     except ValueError as e:
         return None, str(e)
-
-
-def cache_dir():
-    # decoded pictures are cached beside other programs' caches, never in data_dir, which may be read-only
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'nanovit')
-
-
-def read_cache(path, key, classes):
-    """The cached (images, labels, classes) when the file is whole, made from these very files, and holds what
-    a split can be (uint8 pictures of 1 or 3 channels, one int64 label in range each, every class present);
-    else None, and the pictures are decoded again."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        cached = torch.load(path, weights_only=True)
-        images, labels = cached['images'], cached['labels']
-        whole = (cached['key'] == key and cached['classes'] == classes and images.dtype == torch.uint8
-                 and images.dim() == 4 and images.shape[1] in (1, 3) and labels.dtype == torch.long
-                 and labels.shape == (len(images),) and len(images) > 0
-                 and torch.equal(labels.unique(), torch.arange(len(classes))))
-    except Exception:
-        whole = False
-    if not whole:
-        print(f"note: the cache {path} is damaged or was made from other files; decoding the pictures again")
-        return None
-    return images, labels, classes
-
-
-def write_cache(path, contents):
-    """Write the cache atomically; a cache that cannot be written only costs the next start its decode."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(contents, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
-        print(f"note: could not write the cache {path} ({reason}); the next start decodes the pictures again")
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
 
 
 DATASETS = {
@@ -354,16 +388,54 @@ def get_dataset(name):
     return DATASETS[name]
 
 
-def load_split(name, data_dir, train, img_size, device, like=None):
-    """One split on the device, loaded once: images uint8 (N, C, H, W), labels int64 (N,), class names.
-    like: the training split's images, whose channels and size this split must have (the model's)."""
-    images, labels, classes = get_dataset(name).load(os.path.expanduser(data_dir), train, img_size)
-    if like is not None:
-        images = match_channels(images, like.shape[1])
-        if images.shape[2:] != like.shape[2:]:
-            die(f"the test pictures are {images.shape[-1]}x{images.shape[-2]}, the training pictures "
-                f"{like.shape[-1]}x{like.shape[-2]}; set --img_size=N to bring both to N x N", 2)
-    return images.to(device), labels.to(device), classes
+def load_split(name, data_dir, train, img_size, like=None):
+    """One split's store: its images uint8 (N, C, H, W), a view of the file on disk, labels int64 (N,), class
+    names and pixel statistics. like: the training split's images, whose size this split must have."""
+    split = get_dataset(name).load(os.path.expanduser(data_dir), train, img_size)
+    if like is not None and split.images.shape[2:] != like.shape[2:]:
+        die(f"the test pictures are {split.images.shape[-1]}x{split.images.shape[-2]}, the training pictures "
+            f"{like.shape[-1]}x{like.shape[-2]}; set --img_size=N to bring both to N x N", 2)
+    return split
+
+
+DEVICE_SHARE = 0.25  # a dataset goes to the GPU whole when it takes at most this share of the GPU's memory
+
+
+def place(split, device, placement):
+    """(images, labels, 'device' or 'stream'): a split on the device whole, or left in its store on disk, each
+    batch gathered from it. 'auto': whole on a GPU when it takes at most DEVICE_SHARE of its memory; on a CPU,
+    streamed, which is no slower: the operating system keeps what fits of the file in memory, shared by every
+    process that maps it, and nothing is copied into the process."""
+    kind = device.split(':')[0]
+    if placement == 'auto':
+        memory = (torch.cuda.get_device_properties(device).total_memory if kind == 'cuda' else
+                  torch.mps.recommended_max_memory() if kind == 'mps' else 0)
+        placement = 'device' if split.images.nbytes <= DEVICE_SHARE * memory else 'stream'
+    if placement == 'stream':
+        return split.images, split.labels, placement
+    return split.images.to(device, copy=True), split.labels.to(device), placement  # copy: a CPU copy leaves the file
+
+
+class Prefetcher:
+    """Batches streamed from a store to a GPU: a thread gathers the next batch's pictures from the file into
+    pinned memory while the current one trains; the copy to the GPU does not block."""
+
+    def __init__(self, images, labels, device):
+        from concurrent.futures import ThreadPoolExecutor
+        self.images, self.labels, self.device = images, labels, device
+        self.thread = ThreadPoolExecutor(1)
+        self.next = None  # (indices, future) of the batch gathered ahead
+
+    def gather(self, idx):
+        return self.images[idx].pin_memory(), self.labels[idx].pin_memory()
+
+    def get(self, idx, following):
+        if self.next is not None and torch.equal(self.next[0], idx):
+            x, y = self.next[1].result()
+        else:  # the first batch, or one asked for out of turn
+            x, y = self.gather(idx)
+        self.next = following, self.thread.submit(self.gather, following)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
 def match_channels(images, channels):
@@ -378,23 +450,6 @@ def match_channels(images, channels):
 
 # -----------------------------------------------------------------------------
 # from uint8 pictures to what the model eats
-
-
-def channel_stats(images):
-    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units, as two lists. Counted
-    from a histogram of the 256 values, so no float copy of the dataset is ever made."""
-    mean, std = [], []
-    for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].flatten().long() if images.device.type == 'mps' else images[:, c].flatten(),
-                                minlength=256).double()
-        values = torch.arange(256, dtype=torch.float64, device=counts.device) / 255
-        m = (counts * values).sum() / counts.sum()
-        mean.append(m.item())
-        std.append(((counts * (values - m) ** 2).sum() / counts.sum()).sqrt().item())
-        if std[-1] == 0:  # a constant channel carries nothing to learn: centred, it is 0 whatever it is divided by
-            print(f"note: channel {c} of the training pictures is constant ({round(255 * mean[-1])}); it is centred, not scaled")
-            std[-1] = 1.0
-    return mean, std
 
 
 def normalize(images, mean, std):

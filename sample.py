@@ -139,7 +139,8 @@ def classify(images_uint8):
     probs = []
     for batch in images_uint8.split(500):
         with ctx:
-            logits = predict(model, match_channels(batch, model.config.in_chans), mean, std, tta_shift, model.config.img_size)
+            logits = predict(model, match_channels(batch.to(device), model.config.in_chans), mean, std, tta_shift,
+                             model.config.img_size)
         probs.append(F.softmax(logits, dim=1))
     return torch.cat(probs)
 
@@ -185,8 +186,8 @@ def report_test_split():
     folder = data_dir or config.get('data_dir')
     if folder is None:
         die(f"{ckpt_path} does not say where its data is: give --data_dir")
-    test_x, test_y, test_classes = load_split(config['dataset'], folder, False, picture_size, device)
-    test_x = match_channels(test_x, model.config.in_chans)
+    test = load_split(config['dataset'], folder, False, picture_size)
+    test_x, test_y, test_classes = test.images, test.labels.to(device), test.classes  # the pictures stay in their store
     if test_classes != checkpoint['classes']:
         die(f"the classes in {folder} ({', '.join(test_classes[:5])}{', ...' if len(test_classes) > 5 else ''}) are not "
             f"the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
@@ -240,7 +241,8 @@ def draw_confusion(true, predicted):
 def draw_attention(images_uint8, pictures, pred):
     """Attention rollout: where, through all the layers, the classification draws its information from."""
     with ctx:
-        maps = model.attention_rollout(normalize(fit_size(images_uint8, model.config.img_size), mean, std)).cpu().numpy()
+        x = fit_size(match_channels(images_uint8.to(device), model.config.in_chans), model.config.img_size)
+        maps = model.attention_rollout(normalize(x, mean, std)).cpu().numpy()
     size = pictures.shape[1]
     fig, axes = plt.subplots(2, len(pictures), figsize=(1.8 * len(pictures), 3.8), squeeze=False)
     for i, pixels in enumerate(pictures):

@@ -53,6 +53,7 @@ def check_config(c):
             ('aug_crop', c['aug_crop'] >= 0, '0 (off) or more'), ('aug_translate', c['aug_translate'] >= 0, '0 (off) or more'),
             ('aug_rotate', c['aug_rotate'] >= 0, '0 (off) or more'), ('aug_scale', 0 <= c['aug_scale'] < 1, 'in [0, 1)'),
             ('tta_shift', c['tta_shift'] >= 0, '0 (off) or more'), ('layer_decay', 0 < c['layer_decay'] <= 1, 'in (0, 1]'),
+            ('data_placement', c['data_placement'] in ('auto', 'device', 'stream'), "'auto', 'device' or 'stream'"),
             ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'")]:
         if not valid:
             die(f"{key}={c[key]!r} must be {rule}", 2)

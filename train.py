@@ -24,7 +24,8 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import safety
-from data import augment, augment_args, channel_stats, fit_size, get_dataset, load_split, match_channels, normalize, predict
+from data import (Prefetcher, augment, augment_args, fit_size, get_dataset, load_split, match_channels, normalize, place,
+                  predict)
 from device import (autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state, sdpa_backend, set_rng_state,
                     synchronize, try_compile)
 from errors import die, quiet_when_a_peer_stops
@@ -88,6 +89,7 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', '
 dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16' (autocast; float16 adds a GradScaler)
 compile = True  # torch.compile the model where it can work
 seed = 1337
+data_placement = 'auto'  # 'device': the whole dataset on the device; 'stream': each batch read from the store; 'auto'
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in _config_keys}  # plain types only, saved in the checkpoint
@@ -139,13 +141,16 @@ picture_size = checkpoint.get('picture_size', img_size) if checkpoint else img_s
 if source and not picture_size and not get_dataset(dataset).shape:
     picture_size = source.model_args['img_size']
 
-# data: the whole dataset lives on the device as uint8; batches are cut, augmented and normalized there
-train_x, train_y, classes = load_split(dataset, data_dir, True, picture_size, device)
+# data: a store of uint8 pictures on disk (data.py), made once; on the device whole when it fits, else each
+# batch gathered from the store; batches are augmented and normalized on the device
+train = load_split(dataset, data_dir, True, picture_size)
+test = load_split(dataset, data_dir, False, picture_size, like=train.images)
 if ddp and master:
     dist.barrier()
+classes = train.classes
 
 # the model: the config's from scratch; the checkpoint's or the source's architecture otherwise
-data_shape = dict(img_size=train_x.shape[-1], in_chans=train_x.shape[1], n_classes=len(classes))
+data_shape = dict(img_size=train.images.shape[-1], in_chans=train.images.shape[1], n_classes=len(classes))
 if checkpoint:
     data_shape.update(img_size=checkpoint['model_args']['img_size'], in_chans=checkpoint['model_args']['in_chans'])
 elif source:
@@ -163,15 +168,16 @@ if source and clashes:
 if overridden and master:
     print(f"note: the architecture is {'the checkpoint' if checkpoint else init_from}'s, not the config's: "
           + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in overridden))
-# the pictures as the model takes them: its channels (grey into an RGB model), its size (resized per batch)
-train_x = match_channels(train_x, model_args['in_chans'])
-test_x, test_y, _ = load_split(dataset, data_dir, False, picture_size, device, like=train_x)
-check_against_pictures(config, train_x.shape[-1])
+check_against_pictures(config, train.images.shape[-1])
+train_x, train_y, placement = place(train, device, data_placement)
+test_x, test_y, _ = place(test, device, data_placement)
 # pixels normalized as the weights expect them: the training split's statistics from scratch, the source's otherwise
 data_mean, data_std = (checkpoint['data_mean'], checkpoint['data_std']) if checkpoint else \
-    (source.mean, source.std) if source else channel_stats(train_x)
+    (source.mean, source.std) if source else (train.mean, train.std)
 mean_on_device, std_on_device = torch.tensor(data_mean, device=device), torch.tensor(data_std, device=device)
-model_size = model_args['img_size']
+# the pictures as the model takes them: its channels (grey into an RGB model), its size; both per batch
+model_channels, model_size = model_args['in_chans'], model_args['img_size']
+prefetch = Prefetcher(train_x, train_y, device) if placement == 'stream' and device_type == 'cuda' else None
 global_batch = batch_size * gradient_accumulation_steps * world_size
 steps_per_epoch = len(train_x) // global_batch
 if steps_per_epoch == 0:
@@ -193,20 +199,29 @@ def epoch_order(epoch):
     # one shuffle per epoch, the same on every process (each takes its own slice of a batch),
     # and a function of (seed, epoch) alone, so a resumed run draws the batches it would have
     generator = torch.Generator().manual_seed(draw_seed(1_000_003, epoch))
-    return torch.randperm(len(train_x), generator=generator).to(device)
+    return torch.randperm(len(train_x), generator=generator).to(train_x.device)
+
+
+def batch_indices(it, micro_step):
+    epoch, step = divmod(it, steps_per_epoch)
+    start = step * global_batch + (micro_step * world_size + rank) * batch_size
+    return epoch_order(epoch)[start:start + batch_size]
 
 
 def get_batch(it, micro_step):
-    epoch, step = divmod(it, steps_per_epoch)
-    start = step * global_batch + (micro_step * world_size + rank) * batch_size
-    idx = epoch_order(epoch)[start:start + batch_size]
-    x = train_x[idx].float() / 255
+    if prefetch:  # from the store to the GPU: this batch was gathered while the last one trained
+        following = (it, micro_step + 1) if micro_step + 1 < gradient_accumulation_steps else (it + 1, 0)
+        x, y = prefetch.get(batch_indices(it, micro_step), batch_indices(*following))
+    else:
+        idx = batch_indices(it, micro_step)
+        x, y = train_x[idx].to(device), train_y[idx].to(device)
+    x = match_channels(x, model_channels).float() / 255
     if augmenting:
         # seeded by the draw's place in the run, like the batch order: nothing to save for an exact resume
         draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
         aug_generator.manual_seed(draw_seed(1_000_033, draw))
         x = augment(x, aug_generator, **aug_args)
-    return normalize(fit_size(x, model_size), mean_on_device, std_on_device), train_y[idx]
+    return normalize(fit_size(x, model_size), mean_on_device, std_on_device), y
 
 
 
@@ -261,7 +276,7 @@ if master:
           f"head_dim {n_embd // n_head} here)")
     print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {raw_model.flops_per_image() / 1e9:.3f} "
           f"GFLOPs per image forward | data: {dataset}, {len(train_x)} train / {len(test_x)} test images of "
-          f"{'x'.join(map(str, train_x.shape[1:]))}, {len(classes)} classes | {world_size} process(es), "
+          f"{'x'.join(map(str, train_x.shape[1:]))}, {len(classes)} classes ({'on the device' if placement == 'device' else 'streamed from ' + train.path}) | {world_size} process(es), "
           f"{global_batch} images per iteration | optimizer {optimizer}")
 
 
@@ -282,9 +297,9 @@ def evaluate():
     sums = torch.zeros(2, device=device)  # loss, correct
     for start in range(lo, hi, eval_batch_size):
         end = min(start + eval_batch_size, hi)
-        y = test_y[start:end]
+        x, y = match_channels(test_x[start:end].to(device), model_channels), test_y[start:end].to(device)
         with ctx:
-            logits = predict(eval_model, test_x[start:end], mean_on_device, std_on_device, tta_shift, model_size)
+            logits = predict(eval_model, x, mean_on_device, std_on_device, tta_shift, model_size)
         sums[0] += F.cross_entropy(logits, y, reduction='sum')
         sums[1] += (logits.argmax(dim=1) == y).sum()
     if ddp:

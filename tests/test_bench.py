@@ -29,3 +29,12 @@ def test_bench_needs_the_size_of_a_folder_dataset(tmp_path, run_here):
 def test_bench_rejects_a_typo(tmp_path, run_here):
     result = run_here('bench.py', '--batch_sise=8', cwd=tmp_path)
     assert_one_line_error(result, "unknown config key 'batch_sise'; did you mean batch_size?", code=2)
+
+
+def test_bench_times_a_pretrained_vit_s_shape_without_its_weights(tmp_path, run_here):
+    result = run_here('bench.py', '--init_from=vit_b_32', '--device=cpu', '--batch_size=1', '--bench_warmup=0',
+                      '--bench_iters=1', '--dtype=float32', '--bench_out=b.json', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'n_layer 12, n_head 12, n_embd 768, patch 32 (vit_b_32)' in result.stdout
+    report = json.loads((tmp_path / 'b.json').read_text())
+    assert report['image_shape'] == [3, 224, 224] and {r['impl'] for r in report['rows']} == {'nanoViT', 'torchvision'}

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from conftest import COLOURS, assert_one_line_error, make_mnist_dir, make_picture_folder, png_claiming, write_idx
-from data import affine, augment, channel_stats, load_folder, normalize, predict, read_image, shift, tta_views
+from data import affine, augment, load_folder, normalize, predict, read_image, shift, tta_views
+from store import channel_stats
 
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}  # every download fails at once
 
@@ -165,28 +166,31 @@ def test_huge_and_hostile_pictures(tmp_path):
 # folder datasets
 
 
-def test_folder_dataset_is_decoded_once_then_cached(tmp_path, capsys, monkeypatch):
+def test_folder_dataset_is_decoded_once_into_a_store(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     root = make_picture_folder(str(tmp_path / 'pictures'))
-    images, labels, classes = load_folder(root, True, 0)
-    assert classes == sorted(COLOURS) and images.shape == (120, 3, 16, 16) and images.dtype == torch.uint8
+    store = load_folder(root, True, 0)
+    images, labels = store.images, store.labels
+    assert store.classes == sorted(COLOURS) and images.shape == (120, 3, 16, 16) and images.dtype == torch.uint8
     assert labels.tolist() == [c for c in range(3) for _ in range(40)]
     # the pictures' colours came through: class 'red' has the most red
-    assert images[labels == classes.index('red'), 0].float().mean() > images[labels == classes.index('blue'), 0].float().mean()
+    assert images[labels == 2, 0].float().mean() > images[labels == 0, 0].float().mean()
+    # a view of the file, not a copy in memory; statistics counted once, as the pictures'
+    assert os.path.getsize(os.path.join(store.path, 'images.u8')) == images.numel()
+    assert np.allclose(store.mean, (images.double() / 255).mean(dim=(0, 2, 3)).tolist())
     assert 'decoded 120 pictures' in capsys.readouterr().out
-    assert not any('cache' in name for name in os.listdir(root))  # never written into data_dir
+    assert not any('nanovit' in name or 'store' in name for name in os.listdir(root))  # never written into data_dir
     again = load_folder(root, True, 0)
-    assert 'decoded' not in capsys.readouterr().out and torch.equal(again[0], images)
-    # a changed file makes a new cache; a damaged cache is rebuilt, never trained on
+    assert 'decoded' not in capsys.readouterr().out and torch.equal(again.images, images)
+    # a changed file makes a new store; a damaged store is built again, never trained on
     Image.new('RGB', (16, 16), 'white').save(os.path.join(root, 'train', 'red', '000.png'))
-    assert load_folder(root, True, 0)[0][80].float().mean() == 255  # red is the third class
+    assert load_folder(root, True, 0).images[80].float().mean() == 255  # red is the third class
     assert 'decoded 120 pictures' in capsys.readouterr().out
-    cache_dir = tmp_path / 'cache' / 'nanovit'
-    for cache in cache_dir.iterdir():
-        cache.write_bytes(cache.read_bytes()[:1000])
-    assert torch.equal(load_folder(root, True, 0)[1], labels)
+    images_file = os.path.join(store.path, 'images.u8')
+    os.truncate(images_file, 1000)
+    assert torch.equal(load_folder(root, True, 0).labels, labels)
     out = capsys.readouterr().out
-    assert 'is damaged or was made from other files' in out and 'decoded 120 pictures' in out
+    assert 'is damaged, of another version or made from other files' in out and 'decoded 120 pictures' in out
 
 
 def test_grey_folders_stay_grey_and_sizes_are_unified(tmp_path, run_here):
@@ -198,8 +202,8 @@ def test_grey_folders_stay_grey_and_sizes_are_unified(tmp_path, run_here):
                 Image.new('L', size, 40 * i).save(root / split / c / f'{i}.png')
     result = run_here('train.py', f'--data_dir={root}', '--dataset=folder', '--device=cpu', cwd=tmp_path)
     assert_one_line_error(result, 'the pictures have different sizes (20x12, 12x30); set --img_size=N')
-    images, labels, classes = load_folder(str(root), False, 8)  # val/ is taken for test/
-    assert images.shape == (6, 1, 8, 8) and classes == ['a', 'b']
+    store = load_folder(str(root), False, 8)  # val/ is taken for test/
+    assert store.images.shape == (6, 1, 8, 8) and store.classes == ['a', 'b']
 
 
 def test_a_folder_as_users_have_it(tmp_path, capsys):
@@ -213,8 +217,12 @@ def test_a_folder_as_users_have_it(tmp_path, capsys):
     os.symlink(red / 'loop.png', red / 'loop.png')
     (red / '002.png').write_text('broken')
     (red / '003.png').write_bytes((red / '004.png').read_bytes()[:40])  # cut short
-    images, labels, _ = load_folder(root, True, 0)
-    assert len(images) == 70 and (labels == 2).sum() == 22  # red is the third class
+    store = load_folder(root, True, 0)
+    assert len(store.images) == 70 and (store.labels == 2).sum() == 22  # red is the third class
+    # the gaps the broken pictures left are closed: every kept picture is its file's
+    kept = store.images[store.labels == 2]
+    assert torch.equal(kept[0], torch.from_numpy(read_image(red / '000.png')).permute(2, 0, 1))
+    assert torch.equal(kept[2], torch.from_numpy(read_image(red / '004.png')).permute(2, 0, 1))
     out = capsys.readouterr().out
     assert "note: left out 8 files in" in out and "that are not pictures by their name or not regular files" in out
     assert "note: skipped 2 of the 72 pictures in" in out

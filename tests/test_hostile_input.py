@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO, TINY, assert_one_line_error, make_picture_folder, png_claiming, read_jsonl, run_script
-from data import channel_stats, load_folder, load_split, read_image
+from data import load_folder, load_split, read_image
+from store import channel_stats
 from model import ViT, ViTConfig
 
 FOLDER = TINY + ['--dataset=folder', '--max_iters=4', '--eval_interval=4', '--log_interval=2']
@@ -39,12 +40,14 @@ def grey_folder(root, sizes=(('train', 28), ('test', 28)), n=12):
 # the two splits are one dataset: the training split decides channels and size
 
 
-def test_a_colour_picture_among_grey_test_pictures_is_made_grey(tmp_path):
+def test_a_colour_picture_among_grey_test_pictures_is_made_grey(tmp_path, run_here):
     root = grey_folder(tmp_path / 'grey')
     Image.new('RGB', (28, 28), (200, 10, 10)).save(tmp_path / 'grey' / 'test' / 'a' / 'colour.png')
-    train_x, _, _ = load_split('folder', root, True, 0, 'cpu')
-    test_x, _, _ = load_split('folder', root, False, 0, 'cpu', like=train_x)
-    assert train_x.shape[1] == 1 and test_x.shape[1:] == (1, 28, 28) and len(test_x) == 25
+    train = load_split('folder', root, True, 0)
+    assert train.images.shape[1] == 1 and load_split('folder', root, False, 0, like=train.images).images.shape[1] == 3
+    result = run_here('train.py', *FOLDER, '--batch_size=8', f'--data_dir={root}', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # the model takes grey: each test batch is made grey
+    assert 'data: folder, 24 train / 25 test images of 1x28x28' in result.stdout
 
 
 def test_test_pictures_of_another_size_stop_the_run_at_start(tmp_path, run_here):
@@ -88,7 +91,7 @@ def test_a_picture_too_large_to_decode_whole_is_refused_before_decoding(tmp_path
 
 
 # -----------------------------------------------------------------------------
-# the cache of decoded pictures
+# the store of decoded pictures
 
 
 def test_a_picture_changed_with_its_size_and_time_kept_is_decoded_again(tmp_path):
@@ -97,50 +100,75 @@ def test_a_picture_changed_with_its_size_and_time_kept_is_decoded_again(tmp_path
     bmp = path.replace('.png', '.bmp')
     Image.new('L', (28, 28), 0).save(bmp)  # BMP: the same size on disk whatever the pixels
     before = os.stat(bmp)
-    images, labels, _ = load_folder(root, True, 0)
+    images = load_folder(root, True, 0).images.clone()
     Image.new('L', (28, 28), 255).save(bmp)
     os.utime(bmp, ns=(before.st_atime_ns, before.st_mtime_ns))  # touch -r: the old modification time
     assert os.path.getsize(bmp) == before.st_size
-    again, _, _ = load_folder(root, True, 0)
+    again = load_folder(root, True, 0).images
     assert not torch.equal(again, images) and again.max() == 255
 
 
-def test_a_cache_that_cannot_be_written_costs_only_the_next_start(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+def test_a_full_disk_while_writing_the_store_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, run_here):
     root = grey_folder(tmp_path / 'full', n=3)
-    os.makedirs(tmp_path / 'cache' / 'nanovit')
-    import data
-    monkeypatch.setattr(data, 'write_cache', lambda path, contents, real=data.write_cache: (
-        os.symlink('/dev/full', f"{path}.{os.getpid()}.tmp"), real(path, contents)))  # every write: no space left
-    images, _, _ = load_folder(root, True, 0)
-    assert len(images) == 6
-    out = capsys.readouterr().out
-    assert 'note: could not write the cache' in out and 'the next start decodes the pictures again' in out
-    assert os.listdir(tmp_path / 'cache' / 'nanovit') == []  # no .tmp left behind
+    import store
+    real = store.channel_stats
+
+    def disk_full(images):  # the pictures are written: the statistics' file is what the disk refuses
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(store, 'channel_stats', disk_full)
+    result = run_here('train.py', *FOLDER, f'--data_dir={root}', cwd=tmp_path)
+    assert_one_line_error(result, 'could not write the picture store')
+    assert 'No space left on device; nothing half-made is left, the next start builds it again' in result.stderr
+    cache = os.path.join(os.environ['XDG_CACHE_HOME'], 'nanovit')
+    assert not [name for name in os.listdir(cache) if name.startswith('full-') and not name.endswith('.lock')]
+    monkeypatch.setattr(store, 'channel_stats', real)
+    assert load_folder(root, True, 0).images.shape == (6, 1, 28, 28)
 
 
-@pytest.mark.parametrize('damage', ['label -1', 'fewer labels', 'two channels', 'float labels', 'a class missing'])
-def test_a_cache_is_checked_for_everything_it_claims(damage, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize('damage', ['label -1', 'fewer labels', 'two channels', 'float labels', 'a class missing',
+                                    'another version', 'other files'])
+def test_a_store_is_checked_for_everything_it_claims(damage, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     root = grey_folder(tmp_path / 'pics', n=3)
-    images, labels, _ = load_folder(root, True, 0)
-    cache, = (tmp_path / 'cache' / 'nanovit').iterdir()
-    contents = torch.load(cache, weights_only=True)  # the right key, wrong contents
+    first = load_folder(root, True, 0)
+    images, labels = first.images.clone(), first.labels.clone()
+    meta_path, labels_path = os.path.join(first.path, 'meta.json'), os.path.join(first.path, 'labels.i64')
+    meta = json.load(open(meta_path))
     if damage == 'label -1':
-        contents['labels'][0] = -1
+        bad = labels.clone()
+        bad[0] = -1
+        bad.numpy().tofile(labels_path)
     elif damage == 'fewer labels':
-        contents['labels'] = contents['labels'][:-1]
+        labels[:-1].numpy().tofile(labels_path)
     elif damage == 'two channels':
-        contents['images'] = contents['images'].expand(-1, 2, -1, -1).contiguous()
+        meta['shape'][1] = 2
     elif damage == 'float labels':
-        contents['labels'] = contents['labels'].float()
+        labels.double().numpy().tofile(labels_path)
+    elif damage == 'a class missing':
+        torch.zeros_like(labels).numpy().tofile(labels_path)
+    elif damage == 'another version':
+        meta['version'] = -1
     else:
-        contents['labels'][:] = 0
-    torch.save(contents, cache)
+        meta['key'] = 'made from other files'
+    json.dump(meta, open(meta_path, 'w'))
     capsys.readouterr()
-    again, again_labels, _ = load_folder(root, True, 0)
-    assert 'is damaged or was made from other files' in capsys.readouterr().out
-    assert torch.equal(again, images) and torch.equal(again_labels, labels)
+    again = load_folder(root, True, 0)
+    assert 'is damaged, of another version or made from other files' in capsys.readouterr().out
+    assert torch.equal(again.images, images) and torch.equal(again.labels, labels)
+
+
+def test_a_store_deleted_under_a_running_run_is_one_line(tmp_path, run_here, monkeypatch):
+    root = grey_folder(tmp_path / 'gone', n=12)
+    import shutil as sh
+    import data
+    real_place = data.place
+
+    def delete_then_place(split, device, placement):
+        sh.rmtree(split.path)  # as a user cleaning ~/.cache mid-run would: the open map keeps the pictures readable
+        return real_place(split, device, placement)
+    monkeypatch.setattr(data, 'place', delete_then_place)
+    result = run_here('train.py', *FOLDER, '--batch_size=8', f'--data_dir={root}', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 # -----------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def test_checkpoint_reproduces_the_logged_accuracy_on_a_fresh_model(trained, syn
     model = ViT(ViTConfig(**checkpoint['model_args']))
     model.load_state_dict(checkpoint['model'])
     model.eval()
-    images, labels, _ = load_split('mnist', synthetic_data, False, 0, 'cpu')
+    test = load_split('mnist', synthetic_data, False, 0)
+    images, labels = test.images, test.labels
     with torch.no_grad():
         logits, _ = model(normalize(images, checkpoint['data_mean'], checkpoint['data_std']))
     accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
@@ -71,7 +72,8 @@ def test_test_time_augmentation_is_what_the_run_and_sample_py_report(synthetic_d
     model = ViT(ViTConfig(**checkpoint['model_args']))
     model.load_state_dict(checkpoint['model'])
     model.eval()
-    images, labels, _ = load_split('mnist', synthetic_data, False, 0, 'cpu')
+    test = load_split('mnist', synthetic_data, False, 0)
+    images, labels = test.images, test.labels
     mean, std = checkpoint['data_mean'], checkpoint['data_std']
     with torch.no_grad():
         averaged = F.cross_entropy(predict(model, images, mean, std, tta_shift=1), labels).item()
@@ -119,6 +121,19 @@ def test_colour_folder_dataset_trains(tmp_path):
     assert [r for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl') if 'val_acc' in r][-1]['val_acc'] >= 0.9
     checkpoint = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
     assert checkpoint['classes'] == ['blue', 'green', 'red'] and len(checkpoint['data_std']) == 3
+
+
+def test_streamed_from_the_store_or_whole_in_memory_the_same_losses(synthetic_data, tmp_path, run_here):
+    runs = {}
+    for placement in ('device', 'stream'):
+        result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=20', '--eval_interval=20',
+                          '--log_interval=1', '--aug_translate=2.0', '--dropout=0.1', f'--data_placement={placement}',
+                          f'--out_dir={placement}', cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert ('on the device' if placement == 'device' else 'streamed from ') in result.stdout
+        runs[placement] = [r for r in read_jsonl(tmp_path / placement / 'metrics.jsonl')]
+    without_time = {p: [{k: v for k, v in r.items() if k != 'ms'} for r in records] for p, records in runs.items()}
+    assert without_time['device'] == without_time['stream'] and len(without_time['device']) == 21
 
 
 def test_overrides_take_effect_with_their_types(synthetic_data, tmp_path):
