@@ -18,7 +18,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from data import augment, augment_args, get_dataset, normalize
+from data import augment, augment_args, fit_size, get_dataset, normalize
 from device import (autocast, compile_blocker, device_name, native_dtypes, peak_flops, pick_device, pick_dtype,
                     synchronize)
 from errors import die
@@ -64,8 +64,8 @@ else:
     if shape is None:  # a folder dataset: its channels and size are in its files, which the bench does not read
         if not img_size:
             die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
-        shape = (3, img_size, img_size)
-    vit_config = model_config(config, in_chans=shape[0], img_size=shape[1], n_classes=n_classes)
+        shape = (3, store_size or img_size, store_size or img_size)
+    vit_config = model_config(config, in_chans=shape[0], img_size=img_size or shape[1], n_classes=n_classes)
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
 mean, std = (torch.tensor(s, device=device) for s in channel_stats(images.cpu()))
@@ -74,7 +74,8 @@ aug_generator = torch.Generator(device=device).manual_seed(seed)
 
 
 def get_batch():
-    return normalize(augment(images.float() / 255, aug_generator, **aug_args), mean, std), labels
+    x = augment(images.float() / 255, aug_generator, size=vit_config.img_size, **aug_args)
+    return normalize(fit_size(x, vit_config.img_size), mean, std), labels
 
 
 def forward_backward(model, ctx, scaler):

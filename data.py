@@ -489,12 +489,29 @@ def augment_args(config):
     return {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
 
 
-def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=False):
-    """Random label-keeping changes to float images x (B, C, H, W), drawn per image from generator, on
-    x's device: an affine map (shift up to translate pixels, rotation up to rotate degrees, zoom by up
-    to scale), a shift by up to crop whole pixels (a random crop of the image padded by crop), and a
-    mirror image half of the time."""
+def random_resized_crop(x, generator, min_scale, size):
+    """Inception's and ImageNet's crop of each picture of x (B, C, H, W): a share of its area drawn from
+    [min_scale, 1], an aspect ratio from [3/4, 4/3] (log-uniform), a place, then resized to size x size."""
     B = x.shape[0]
+    u = torch.rand(4, B, device=x.device, generator=generator)
+    area = min_scale + (1 - min_scale) * u[0]
+    ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
+    w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)  # halves of the side, in [-1, 1] units
+    cx, cy = (1 - w) * (2 * u[2] - 1), (1 - h) * (2 * u[3] - 1)
+    zero = torch.zeros_like(w)
+    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+    grid = F.affine_grid(theta, [B, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=False, rrc_scale=0.0, size=None):
+    """Random label-keeping changes to float images x (B, C, H, W), drawn per image from generator, on
+    x's device: a random-resized crop to size x size (at least rrc_scale of the area), an affine map (shift
+    up to translate pixels, rotation up to rotate degrees, zoom by up to scale), a shift by up to crop whole
+    pixels (a random crop of the image padded by crop), and a mirror image half of the time."""
+    B = x.shape[0]
+    if rrc_scale:
+        x = random_resized_crop(x, generator, rrc_scale, size or x.shape[-1])
     if translate or rotate or scale:
         u = torch.rand(4, B, device=x.device, generator=generator) * 2 - 1  # uniform in [-1, 1)
         x = affine(x, u[0] * math.radians(rotate), 1 + u[1] * scale, u[2] * translate, u[3] * translate)
@@ -516,18 +533,25 @@ def tta_views(images, pixels):
     return [shift(images, dy, dx, pixels) for dy in moves for dx in moves]
 
 
-def fit_size(x, size):
+def fit_size(x, size, crop=1.0):
     """Pictures x (B, C, H, W) at the side the model takes (bilinear, antialiased when shrinking): CIFAR-10's
-    32 x 32 into a ViT pretrained at 224. Floats: a uint8 batch becomes floats in [0, 1]."""
+    32 x 32 into a ViT pretrained at 224; crop < 1: the centre crop of that share of the side first (a store
+    kept larger than the model's side, for random-resized crops, is tested on its centre, ImageNet's 0.875).
+    Floats: a uint8 batch becomes floats in [0, 1]."""
     x = x.float() / 255 if x.dtype == torch.uint8 else x
+    if crop < 1:
+        keep = round(x.shape[-1] * crop)
+        top = (x.shape[-1] - keep) // 2
+        x = x[..., top:top + keep, top:top + keep]
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=x.shape[-1] > size)
 
 
-def predict(model, images, mean, std, tta_shift=0, size=None):
+def predict(model, images, mean, std, tta_shift=0, size=None, crop=1.0):
     """The logits an evaluation reports for images (uint8, or float in [0, 1]): the model's on the
-    normalized images (at the model's side, size), or with tta_shift > 0 their mean over tta_views."""
+    normalized images (at the model's side, size, cut as fit_size does), or with tta_shift > 0 their
+    mean over tta_views."""
     views = tta_views(images, tta_shift)
     size = size or images.shape[-1]
-    return sum(model(normalize(fit_size(view, size), mean, std))[0].float() for view in views) / len(views)
+    return sum(model(normalize(fit_size(view, size, crop), mean, std))[0].float() for view in views) / len(views)

@@ -140,7 +140,7 @@ def classify(images_uint8):
     for batch in images_uint8.split(500):
         with ctx:
             logits = predict(model, match_channels(batch.to(device), model.config.in_chans), mean, std, tta_shift,
-                             model.config.img_size)
+                             model.config.img_size, test_crop)
         probs.append(F.softmax(logits, dim=1))
     return torch.cat(probs)
 
@@ -241,7 +241,7 @@ def draw_confusion(true, predicted):
 def draw_attention(images_uint8, pictures, pred):
     """Attention rollout: where, through all the layers, the classification draws its information from."""
     with ctx:
-        x = fit_size(match_channels(images_uint8.to(device), model.config.in_chans), model.config.img_size)
+        x = fit_size(match_channels(images_uint8.to(device), model.config.in_chans), model.config.img_size, test_crop)
         maps = model.attention_rollout(normalize(x, mean, std)).cpu().numpy()
     size = pictures.shape[1]
     fig, axes = plt.subplots(2, len(pictures), figsize=(1.8 * len(pictures), 3.8), squeeze=False)
@@ -277,6 +277,7 @@ digits = get_dataset(checkpoint['config']['dataset']).digits
 tta_shift = checkpoint['config'].get('tta_shift', 0)  # runs saved before the key existed had none
 # the side folder pictures were prepared at (a fine-tuning run's model side when img_size did not say)
 picture_size = checkpoint.get('picture_size', checkpoint['config'].get('img_size', 0))
+test_crop = 0.875 if checkpoint['config'].get('store_size', 0) else 1.0  # as train.py evaluated
 if image:
     classify_pictures(image_paths(image))
 else:

@@ -55,6 +55,8 @@ aug_rotate = 0.0  # random rotation of up to this many degrees
 aug_scale = 0.0  # random zoom by up to this fraction
 aug_crop = 0  # random crop of the image padded by this many pixels (a shift by whole pixels)
 aug_flip = False  # mirror half of the images left to right (never digits)
+aug_rrc_scale = 0.0  # random-resized crops of at least this share of the area, to img_size (with store_size; 0 = off)
+store_size = 0  # folder datasets: keep the pictures at this side in the store, larger than img_size (0 = img_size)
 # model
 n_layer = 4
 n_head = 4
@@ -137,7 +139,7 @@ if ddp and not master:
 if init_from not in ('scratch', 'resume'):
     source = load_source(init_from)
 # folder pictures are decoded at the model's size: a fine-tuning run's, if img_size does not say
-picture_size = checkpoint.get('picture_size', img_size) if checkpoint else img_size
+picture_size = checkpoint.get('picture_size', img_size) if checkpoint else store_size or img_size
 if source and not picture_size and not get_dataset(dataset).shape:
     picture_size = source.model_args['img_size']
 
@@ -150,7 +152,8 @@ if ddp and master:
 classes = train.classes
 
 # the model: the config's from scratch; the checkpoint's or the source's architecture otherwise
-data_shape = dict(img_size=train.images.shape[-1], in_chans=train.images.shape[1], n_classes=len(classes))
+data_shape = dict(img_size=img_size if store_size else train.images.shape[-1], in_chans=train.images.shape[1],
+                  n_classes=len(classes))
 if checkpoint:
     data_shape.update(img_size=checkpoint['model_args']['img_size'], in_chans=checkpoint['model_args']['in_chans'])
 elif source:
@@ -177,6 +180,7 @@ data_mean, data_std = (checkpoint['data_mean'], checkpoint['data_std']) if check
 mean_on_device, std_on_device = torch.tensor(data_mean, device=device), torch.tensor(data_std, device=device)
 # the pictures as the model takes them: its channels (grey into an RGB model), its size; both per batch
 model_channels, model_size = model_args['in_chans'], model_args['img_size']
+test_crop = 0.875 if store_size else 1.0  # a store kept larger for random-resized crops is tested on its centre
 prefetch = Prefetcher(train_x, train_y, device) if placement == 'stream' and device_type == 'cuda' else None
 global_batch = batch_size * gradient_accumulation_steps * world_size
 steps_per_epoch = len(train_x) // global_batch
@@ -220,8 +224,8 @@ def get_batch(it, micro_step):
         # seeded by the draw's place in the run, like the batch order: nothing to save for an exact resume
         draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
         aug_generator.manual_seed(draw_seed(1_000_033, draw))
-        x = augment(x, aug_generator, **aug_args)
-    return normalize(fit_size(x, model_size), mean_on_device, std_on_device), y
+        x = augment(x, aug_generator, size=model_size, **aug_args)
+    return normalize(fit_size(x, model_size, test_crop if not aug_rrc_scale else 1.0), mean_on_device, std_on_device), y
 
 
 
@@ -299,7 +303,7 @@ def evaluate():
         end = min(start + eval_batch_size, hi)
         x, y = match_channels(test_x[start:end].to(device), model_channels), test_y[start:end].to(device)
         with ctx:
-            logits = predict(eval_model, x, mean_on_device, std_on_device, tta_shift, model_size)
+            logits = predict(eval_model, x, mean_on_device, std_on_device, tta_shift, model_size, test_crop)
         sums[0] += F.cross_entropy(logits, y, reduction='sum')
         sums[1] += (logits.argmax(dim=1) == y).sum()
     if ddp:

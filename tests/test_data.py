@@ -1,12 +1,15 @@
 """data.py: augmentation geometry, normalization, reading the pictures users have, and folder datasets."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import COLOURS, assert_one_line_error, make_mnist_dir, make_picture_folder, png_claiming, write_idx
+from conftest import (COLOURS, REPO, assert_one_line_error, make_mnist_dir, make_picture_folder, png_claiming, read_jsonl,
+                      write_idx)
 from data import affine, augment, load_folder, normalize, predict, read_image, shift, tta_views
 from store import channel_stats
 
@@ -311,3 +314,56 @@ def test_cifar10_offline_without_its_files(tmp_path, run_here):
                         env=OFFLINE)
     assert_one_line_error(result, f"{tmp_path}/cifar-10-batches-py does not exist and downloading it failed", code=1)
     assert '--dataset=folder' in result.stderr
+
+
+def test_two_processes_building_one_store_decode_it_once(tmp_path, monkeypatch):
+    # as torchrun's processes on a node, or two runs started at once: one builds, the other waits, then maps it
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(40, 4))
+    script = (f"import sys; sys.path.insert(0, {REPO!r}); from data import load_folder; "
+              f"print(load_folder({root!r}, True, 0).images.float().mean().item())")
+    both = [subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in both]
+    assert all(p.returncode == 0 for p in both)
+    assert sum('decoded 120 pictures' in out for out in outputs) == 1
+    assert len({out.splitlines()[-1] for out in outputs}) == 1  # the same pictures
+
+
+def test_a_long_decode_shows_its_progress(capsys, monkeypatch):
+    from store import Progress
+    clock = iter([0.0, 20.0, 20.1, 40.0])
+    monkeypatch.setattr('store.time.time', lambda: next(clock))
+    progress = Progress('decoding train/', 1000)
+    progress.update(500)  # 20 s in: 25 a second, 20 s left
+    progress.update(510)  # too soon for a log file's next line
+    progress.update(1000)
+    assert capsys.readouterr().out.splitlines() == ['decoding train/: 500/1000, 25 a second, 20s left',
+                                                    'decoding train/: 1000/1000, 25 a second, 0s left']
+
+
+def test_random_resized_crop_takes_a_large_enough_piece_at_any_aspect():
+    ramp = torch.linspace(0, 1, 40)
+    x = torch.stack([ramp.expand(40, 40), ramp[:, None].expand(40, 40)])[None].expand(64, 2, 40, 40)  # x, y
+    out = augment(x, torch.Generator().manual_seed(0), rrc_scale=0.35, size=32)
+    assert out.shape == (64, 2, 32, 32)
+    width = out[:, 0].amax(dim=(1, 2)) - out[:, 0].amin(dim=(1, 2))
+    height = out[:, 1].amax(dim=(1, 2)) - out[:, 1].amin(dim=(1, 2))
+    assert (width > 0.45).all() and (height > 0.45).all()  # a side of at least sqrt(0.35 * 3/4) of the picture
+    assert (width * height > 0.3).all() and (width * height < 1.0).all()
+    assert (width * height).std() > 0.05 and ((width / height).log().abs() > 0.1).any()  # sizes and shapes vary
+    assert torch.equal(out, augment(x, torch.Generator().manual_seed(0), rrc_scale=0.35, size=32))
+
+
+def test_a_store_larger_than_the_model_trains_on_crops_and_tests_on_the_centre(tmp_path, run_here):
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(40, 8), size=(24, 24))
+    result = run_here('train.py', '--n_layer=1', '--n_head=2', '--n_embd=32', '--patch_size=4', '--device=cpu',
+                      '--compile=False', '--plot=False', '--dataset=folder', f'--data_dir={root}', '--store_size=24',
+                      '--img_size=16', '--aug_rrc_scale=0.35', '--batch_size=16', '--max_iters=4', '--eval_interval=4',
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'images of 3x24x24' in result.stdout
+    checkpoint = torch.load(tmp_path / 'out-mnist' / 'ckpt.pt', weights_only=True)
+    assert checkpoint['picture_size'] == 24 and checkpoint['model_args']['img_size'] == 16
+    report = run_here('sample.py', '--device=cpu', '--n_attention=2', cwd=tmp_path)
+    final = [r for r in read_jsonl(tmp_path / 'out-mnist' / 'metrics.jsonl') if 'val_acc' in r][-1]
+    assert f"test accuracy: {100 * final['val_acc']:.2f}%" in report.stdout  # sample.py tests it as train.py did
