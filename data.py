@@ -330,8 +330,6 @@ def decode_into(images_path, files, img_size, what):
                     progress.update(done)
         except BrokenProcessPool:
             die(f"a process decoding the {len(files)} pictures died (killed, or out of memory?); nothing was stored")
-        except KeyboardInterrupt:
-            die("stopped while decoding the pictures; nothing was stored, the next start decodes them again", 130)
     else:
         for args in work:
             failed.update(decode_chunk(*args))

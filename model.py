@@ -151,9 +151,9 @@ class Block(nn.Module):
 
 # -----------------------------------------------------------------------------
 # poolings: how the head sees the whole image. Each may put learned tokens before the patches
-# (n_prefix, prefix), pools the final tokens (forward), and says how much each token counts in what it
-# pooled (token_weights), which attention rollout follows back through the layers. A new one is a class
-# here and an entry in POOLS.
+# (n_prefix, prefix), pools the final tokens (forward), says how much each token counts in what it
+# pooled (token_weights, which attention rollout follows back through the layers) and what its matmuls
+# cost (flops). A new one is a class here and an entry in POOLS.
 
 class ClsPool(nn.Module):
     """The original ViT's: a learned cls token goes before the patches, and the head reads it alone."""
@@ -172,6 +172,9 @@ class ClsPool(nn.Module):
     def token_weights(self, x):
         return F.one_hot(torch.zeros(x.size(0), dtype=torch.long, device=x.device), x.size(1)).to(x.dtype)
 
+    def flops(self, config):
+        return 0
+
 
 class MeanPool(nn.Module):
     """The mean of the patch tokens (big_vision's plain ViT baselines): no extra token."""
@@ -185,6 +188,9 @@ class MeanPool(nn.Module):
 
     def token_weights(self, x):
         return torch.full(x.shape[:2], 1 / x.size(1), dtype=x.dtype, device=x.device)
+
+    def flops(self, config):
+        return 0
 
 
 class MAPPool(nn.Module):
@@ -217,6 +223,11 @@ class MAPPool(nn.Module):
     def token_weights(self, x):
         q, k, _ = self.heads(x)
         return attention_weights(q, k).mean(dim=1)[:, 0]  # averaged over heads, as rollout does
+
+    def flops(self, config):
+        """The matmuls: the query, the tokens' keys and values, one row of attention, the output and the MLP."""
+        C, P, hidden = config.n_embd, config.n_patches, int(config.mlp_ratio * config.n_embd)
+        return 2 * (C * C + P * 2 * C * C + 2 * P * C + C * C + 2 * C * hidden)
 
 
 POOLS = {'cls': ClsPool, 'mean': MeanPool, 'map': MAPPool}
@@ -377,11 +388,4 @@ class ViT(nn.Module):
         attention = 2 * 2 * T * C  # QK^T and att @ V, per token, summed over heads
         blocks = c.n_layer * T * (per_token + attention)
         head = 2 * C * c.n_classes
-        return patch + blocks + self.pool_flops() + head
-
-    def pool_flops(self):
-        """The MAP head's matmuls: its query, keys and values, one attention row, its output and MLP."""
-        if self.config.pool != 'map':
-            return 0
-        C, P, hidden = self.config.n_embd, self.config.n_patches, int(self.config.mlp_ratio * self.config.n_embd)
-        return 2 * (C * C + P * 2 * C * C + 2 * P * C + C * C + 2 * C * hidden)
+        return patch + blocks + self.pool.flops(c) + head

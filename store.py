@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from errors import die
+
 STORE_VERSION = 1
 
 
@@ -86,9 +88,12 @@ def load_or_build(path, key, classes, build):
             os.rename(tmp, path)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            from errors import die
             die(f"could not write the picture store {path}: {e.strerror or e}; nothing half-made is left, "
                 f"the next start builds it again (free some space, or point XDG_CACHE_HOME elsewhere)")
+        except KeyboardInterrupt:
+            shutil.rmtree(tmp, ignore_errors=True)
+            die(f"stopped while building the picture store {path}; nothing half-made is left, the next start "
+                f"builds it again", 130)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -367,3 +367,23 @@ def test_a_store_larger_than_the_model_trains_on_crops_and_tests_on_the_centre(t
     report = run_here('sample.py', '--device=cpu', '--n_attention=2', cwd=tmp_path)
     final = [r for r in read_jsonl(tmp_path / 'out-mnist' / 'metrics.jsonl') if 'val_acc' in r][-1]
     assert f"test accuracy: {100 * final['val_acc']:.2f}%" in report.stdout  # sample.py tests it as train.py did
+
+
+def test_imagenet_s_layout_is_a_folder_dataset(tmp_path, run_here):
+    # WordNet ids for class folders, .JPEG files of other sizes than the model's, val/ for the test split
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 12), ('val', 3)):
+        for k, wnid in enumerate(('n01440764', 'n01443537', 'n15075141')):
+            os.makedirs(tmp_path / 'imagenet' / split / wnid)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (30 + 7 * i, 41, 3)).astype(np.uint8)
+                pixels[:, :, k] = 255
+                Image.fromarray(pixels).save(tmp_path / 'imagenet' / split / wnid / f'{wnid}_{i}.JPEG')
+    result = run_here('train.py', '--dataset=folder', f'--data_dir={tmp_path / "imagenet"}', '--store_size=20',
+                      '--img_size=16', '--aug_rrc_scale=0.08', '--aug_flip=True', '--n_layer=1', '--n_head=2',
+                      '--n_embd=32', '--patch_size=8', '--pool=mean', '--pos_embd=sincos', '--batch_size=12',
+                      '--max_iters=3', '--eval_interval=3', '--device=cpu', '--plot=False', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'data: folder, 36 train / 9 test images of 3x20x20, 3 classes' in result.stdout
+    assert torch.load(tmp_path / 'out-mnist' / 'ckpt.pt', weights_only=True)['classes'] == [
+        'n01440764', 'n01443537', 'n15075141']

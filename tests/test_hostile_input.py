@@ -382,3 +382,17 @@ def test_img_size_too_small_for_the_patches_stops_before_decoding(pictures, tmp_
     result = run_here('train.py', *FOLDER, f'--data_dir={pictures}', '--img_size=6', cwd=tmp_path)
     assert_one_line_error(result, 'bad model config: img_size=6 is not divisible by patch_size=7', code=2)
     assert 'decoded' not in result.stdout
+
+
+def test_ctrl_c_while_building_the_store_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    root = grey_folder(tmp_path / 'stop', n=3)
+    import data
+
+    def interrupted(*args):
+        raise KeyboardInterrupt  # Ctrl-C lands in the main process, mid-decode
+    monkeypatch.setattr(data, 'decode_chunk', interrupted)
+    with pytest.raises(SystemExit) as stop:
+        load_folder(root, True, 0)
+    assert stop.value.code == 130 and 'stopped while building the picture store' in capsys.readouterr().err
+    assert [n for n in os.listdir(tmp_path / 'cache' / 'nanovit') if not n.endswith('.lock')] == []
