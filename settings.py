@@ -90,6 +90,33 @@ def model_args_from(config, flags, source_args, **data_shape):
     return args, [d for d in differ if d[0] not in flags], [d for d in differ if d[0] in flags]
 
 
+def model_of_run(config, flags, data_shape, classes, checkpoint, ckpt_path, source, init_from, verbose):
+    """The ViTConfig fields of the model a run trains, for its data (the training split's (N, C, H, W) and
+    classes): from scratch, the config's; resumed, the checkpoint's; fine-tuned, the source's at the data's
+    classes and img_size. What contradicts the checkpoint or the source is one line; a config file's
+    architecture that yields to theirs is a note."""
+    import safety
+    img_size, in_chans = (config['img_size'] if config['store_size'] else data_shape[-1]), data_shape[1]
+    source_args = checkpoint['model_args'] if checkpoint else source.model_args if source else None
+    if source_args:  # the source decides the picture size (unless img_size asks for another) and channels
+        img_size = source_args['img_size'] if checkpoint or not config['img_size'] else config['img_size']
+        in_chans = source_args['in_chans']
+    args, overridden, clashes = model_args_from(config, flags, source_args, img_size=img_size, in_chans=in_chans,
+                                                n_classes=len(classes))
+    if checkpoint:
+        clashes += safety.resume_conflicts(checkpoint, config, classes)
+    if clashes:
+        then = ', '.join(f'{k}={v!r}' for k, v, _ in clashes)
+        now = ', '.join(f'{k}={v!r}' for k, _, v in clashes)
+        die(f"{ckpt_path} holds a run with {then} but this run asks for {now}; resume with the run's own config" if checkpoint
+            else f"init_from={init_from!r} has {then} but this run asks for {now}: a fine-tuning run keeps the "
+                 f"source's architecture", 2)
+    if overridden and verbose:
+        print(f"note: the architecture is {'the checkpoint' if checkpoint else init_from}'s, not the config's: "
+              + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in overridden))
+    return args
+
+
 def model_config(config, **data_shape):
     """The ViTConfig a run's config describes, the data's shape (img_size, in_chans, n_classes) taken
     from the data; or one line saying what is impossible about it."""

@@ -31,7 +31,7 @@ from device import (autocast, device_name, peak_flops, pick_device, pick_dtype, 
 from errors import die, quiet_when_a_peer_stops
 from model import ViT, ViTConfig
 from pretrained import fit_to, load_source
-from settings import check_against_pictures, check_config, model_args_from, model_config, train_defaults
+from settings import check_against_pictures, check_config, model_config, model_of_run, train_defaults
 
 # -----------------------------------------------------------------------------
 # default config values: config/*.py files and --key=value flags override them
@@ -152,25 +152,8 @@ if ddp and master:
 classes = train.classes
 
 # the model: the config's from scratch; the checkpoint's or the source's architecture otherwise
-data_shape = dict(img_size=img_size if store_size else train.images.shape[-1], in_chans=train.images.shape[1],
-                  n_classes=len(classes))
-if checkpoint:
-    data_shape.update(img_size=checkpoint['model_args']['img_size'], in_chans=checkpoint['model_args']['in_chans'])
-elif source:
-    data_shape.update(img_size=img_size or source.model_args['img_size'], in_chans=source.model_args['in_chans'])
-source_args = checkpoint['model_args'] if checkpoint else source.model_args if source else None
-model_args, overridden, clashes = model_args_from(config, _flags, source_args, **data_shape)
-if checkpoint:
-    conflicts = clashes + safety.resume_conflicts(checkpoint, config, classes)
-    if conflicts:
-        die(f"{ckpt_path} holds a run with {', '.join(f'{k}={then!r}' for k, then, _ in conflicts)} but this run asks "
-            f"for {', '.join(f'{k}={now!r}' for k, _, now in conflicts)}; resume with the run's own config", 2)
-if source and clashes:
-    die(f"init_from={init_from!r} has {', '.join(f'{k}={then!r}' for k, then, _ in clashes)} but this run asks for "
-        f"{', '.join(f'{k}={now!r}' for k, _, now in clashes)}: a fine-tuning run keeps the source's architecture", 2)
-if overridden and master:
-    print(f"note: the architecture is {'the checkpoint' if checkpoint else init_from}'s, not the config's: "
-          + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in overridden))
+model_args = model_of_run(config, _flags, train.images.shape, classes, checkpoint, ckpt_path, source, init_from,
+                          verbose=master)
 check_against_pictures(config, train.images.shape[-1])
 train_x, train_y, placement = place(train, device, data_placement)
 test_x, test_y, _ = place(test, device, data_placement)
@@ -225,8 +208,8 @@ def get_batch(it, micro_step):
         draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
         aug_generator.manual_seed(draw_seed(1_000_033, draw))
         x = augment(x, aug_generator, size=model_size, **aug_args)
-    return normalize(fit_size(x, model_size, test_crop if not aug_rrc_scale else 1.0), mean_on_device, std_on_device), y
-
+    x = fit_size(x, model_size, 1.0 if aug_rrc_scale else test_crop)  # (a random-resized crop is the model's size)
+    return normalize(x, mean_on_device, std_on_device), y
 
 
 # model
