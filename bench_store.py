@@ -48,28 +48,36 @@ def make_folder():
     print(f"wrote {n_pictures + n_pictures // 10} pictures in {time.time() - t0:.0f}s")
 
 
-def anon_kib(pid):
-    """RssAnon of a process and its children, in KiB: the memory that is the process's own, not file pages."""
+def field_kib(path, name):
+    with open(path) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(name + ':'))
+
+
+def tree_pss_anon_kib(pid):
+    """Anonymous memory of a process and its children in KiB, pages shared by forked children counted once."""
     total = 0
     try:
-        with open(f'/proc/{pid}/status') as f:
-            total += next(int(line.split()[1]) for line in f if line.startswith('RssAnon:'))
+        total += field_kib(f'/proc/{pid}/smaps_rollup', 'Pss_Anon')
         for task in os.listdir(f'/proc/{pid}/task'):
             with open(f'/proc/{pid}/task/{task}/children') as f:
-                total += sum(anon_kib(int(child)) for child in f.read().split())
+                total += sum(tree_pss_anon_kib(int(child)) for child in f.read().split())
     except (OSError, StopIteration):
         pass
     return total
 
 
 def run_and_watch(command):
-    """(seconds, peak RssAnon in MiB of the process tree, stdout) of a command."""
+    """(seconds, peak RssAnon of the process in MiB, peak anonymous memory of its process tree in MiB, stdout)."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    peak = [0]
+    peaks = [0, 0]
 
     def watch():
         while process.poll() is None:
-            peak[0] = max(peak[0], anon_kib(process.pid))
+            try:
+                peaks[0] = max(peaks[0], field_kib(f'/proc/{process.pid}/status', 'RssAnon'))
+            except (OSError, StopIteration):
+                pass
+            peaks[1] = max(peaks[1], tree_pss_anon_kib(process.pid))
             time.sleep(0.05)
     watcher = threading.Thread(target=watch)
     t0 = time.time()
@@ -78,24 +86,25 @@ def run_and_watch(command):
     watcher.join()
     if process.returncode:
         sys.exit(f"failed: {' '.join(command)}\n{out[-2000:]}")
-    return time.time() - t0, peak[0] / 1024, out
+    return time.time() - t0, peaks[0] / 1024, peaks[1] / 1024, out
 
 
 make_folder()
 results = {}
 # an idle process that imports what train.py imports: the floor every figure below stands on
-_, idle, _ = run_and_watch([sys.executable, '-c', 'import torch, numpy, PIL.Image, time; time.sleep(2)'])
+_, idle, _, _ = run_and_watch([sys.executable, '-c', 'import torch, numpy, PIL.Image, time; time.sleep(2)'])
 results['idle_rss_anon_mib'] = idle
 # the decode into the store, by train.py's own loader
 build = ("import sys; sys.path.insert(0, '.'); from data import load_folder; "
          f"s = load_folder({os.path.abspath(folder)!r}, True, 0); print('store', s.path, tuple(s.images.shape))")
-seconds, peak, out = run_and_watch([sys.executable, '-c', build])
+seconds, peak, tree, out = run_and_watch([sys.executable, '-c', build])
 store_path, shape = out.split('store ')[-1].split(' ', 1)
 store_bytes = os.path.getsize(os.path.join(store_path, 'images.u8'))
 results.update(decode_seconds=seconds, decode_rate=n_pictures / seconds, decode_peak_rss_anon_mib=peak,
-               store_mib=store_bytes / 2 ** 20, store=store_path)
-print(f"decode: {n_pictures} pictures in {seconds:.1f}s ({n_pictures / seconds:.0f} a second), peak RssAnon "
-      f"{peak:.0f} MiB (an idle process: {idle:.0f} MiB), store {store_bytes / 2 ** 20:.0f} MiB")
+               decode_peak_tree_anon_mib=tree, store_mib=store_bytes / 2 ** 20, store=store_path)
+print(f"decode: {n_pictures} pictures in {seconds:.1f}s ({n_pictures / seconds:.0f} a second, the whole process with its "
+      f"start-up and the files' scan), peak RssAnon {peak:.0f} MiB (an idle process: {idle:.0f} MiB), the decoding "
+      f"processes together {tree:.0f} MiB, store {store_bytes / 2 ** 20:.0f} MiB")
 # batches out of the store: random batches of 128, as train.py gathers them
 sys.path.insert(0, REPO)
 import torch  # noqa: E402
@@ -116,7 +125,7 @@ for placement in ('stream', 'device'):
                '--eval_batch_size=1000', f'--data_placement={placement}', f'--out_dir={os.path.abspath(run)}']
     if os.path.exists(os.path.join(run, 'ckpt.pt')):
         os.remove(os.path.join(run, 'ckpt.pt'))
-    seconds, peak, out = run_and_watch(command)
+    seconds, peak, _, out = run_and_watch(command)
     ms = float(out.split(' ms/iter')[0].rsplit(' ', 1)[1])
     results[f'train_{placement}'] = dict(ms_per_iter=ms, peak_rss_anon_mib=peak, seconds=seconds)
     print(f"train.py, {placement}: {ms:.1f} ms/iter, peak RssAnon {peak:.0f} MiB, {seconds:.0f}s in all")
