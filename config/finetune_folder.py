@@ -6,8 +6,10 @@
 # NOT MEASURED: neither a GPU nor the pretrained weights could be reached from the session that wrote it
 # (2026-12-01, a 2-core CPU with no internet). What was measured: torchvision's ViT-B/16 and its nanoViT
 # import give the same logits to within 1e-4 (random weights, tests/test_finetune.py), and, on the CPU,
-# transfer within CIFAR-10 (README, "Fine-tune"), where a lower learning rate than from scratch and
-# layer-wise decay were the knobs that paid. Time and accuracy on a GPU: whoever runs this, write them here.
+# transfer within CIFAR-10 with a 0.8M-parameter ViT (README, "Fine-tune"): AdamW at 1e-3 fine-tuned best
+# (74.3%, 3 seeds), 3e-4 and 1e-4 trailed by 1.6 and 6.8 points, layer_decay 0.75 and 0.5 by 1.4 and 3.9
+# points more, Muon by 1.2: those are the knobs here. ViT-B/16 is 100 times that model; whether it wants a
+# lower rate is not measured. Time and accuracy on a GPU: whoever runs this, write them here.
 out_dir = 'out-finetune'
 dataset = 'folder'
 init_from = 'vit_b_16'  # ViT-B/16, IMAGENET1K_V1: 86M parameters at 224 x 224, 196 patches of 16 x 16
@@ -17,11 +19,10 @@ log_interval = 10
 batch_size = 32
 max_iters = 500  # a few hundred pictures: tens of epochs
 optimizer = 'adamw'
-learning_rate = 3e-4  # CPU transfer measurement: 1e-3 (a from-scratch rate) did worse
+learning_rate = 1e-3
 warmup_iters = 50
 min_lr = 1e-6
 weight_decay = 0.05
-layer_decay = 0.75  # the blocks nearer the input learn slower (BEiT, MAE)
 label_smoothing = 0.1
 aug_crop = 16  # shifts of up to 16 pixels (one patch)
 aug_flip = True
