@@ -117,7 +117,7 @@ def load_torchvision(name, data_dir, train, img_size):
                   if hasattr(ds, 'raw_folder') else os.path.join(data_dir, ds.base_folder))
     check_labels(labels, len(ds.classes), label_file)
     folder = ds.raw_folder if hasattr(ds, 'raw_folder') else os.path.join(data_dir, ds.base_folder)
-    key = store_key(folder, [os.path.join(folder, f) for f in sorted(os.listdir(folder))], img_size, list(ds.classes))
+    key = store_key(folder, img_size, list(ds.classes))
 
     def build(tmp):
         images = torch.as_tensor(ds.data)  # already in memory: torchvision reads the files whole
@@ -205,21 +205,24 @@ def load_folder(data_dir, train, img_size):
         differ = [f"{c!r} only in train/" for c in classes if c not in theirs]
         differ += [f"{c!r} only in {os.path.basename(root)}/" for c in theirs if c not in classes]
         die(f"the class folders of {data_dir} differ between the splits: {', '.join(differ)}")
-    files, stats, left_out = [], [], []
+    files, left_out = [], []
+    # the key: what a copy tool cannot keep equal by accident, the inode and the change time (touch -r sets the
+    # modification time back, not the change time), with each file's name, size and modification time
+    key = hashlib.sha256(repr((img_size, classes)).encode(errors='surrogateescape'))
     for label, c in enumerate(classes):
         pictures, others = pictures_below(os.path.join(root, c))
         if not pictures:
             die(f"class folder {os.path.join(root, c)} holds no pictures ({', '.join(IMAGE_EXTENSIONS)})")
+        for path, s in pictures:
+            key.update(repr((os.path.relpath(path, root), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino))
+                       .encode(errors='surrogateescape'))
         files += [(path, label) for path, _ in pictures]
-        # what a copy tool cannot keep equal by accident: the inode and the change time (touch -r sets the
-        # modification time back, not the change time), with the name, size and modification time
-        stats += [(os.path.relpath(path, root), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for path, s in pictures]
         left_out += others
     if left_out:
         shown = ', '.join(os.path.relpath(p, data_dir) for p in left_out[:3]) + (', ...' if len(left_out) > 3 else '')
         print(f"note: left out {len(left_out)} files in {root} that are not pictures by their name or not regular "
               f"files ({shown})")
-    key = store_key(root, stats, img_size, classes)
+    key = key.hexdigest()
 
     def build(tmp):
         t0 = time.time()
@@ -271,12 +274,11 @@ def store_path(data_dir, split, img_size):
     return os.path.join(cache_dir(), f"{os.path.basename(os.path.abspath(data_dir))}-{split}-{img_size}-{where}")
 
 
-def store_key(root, files, img_size, classes):
-    """What a store must have been made from: the size, the classes, and each file's name, size, times and inode,
-    what a copy tool cannot keep equal by accident (touch -r sets the modification time back, not the change time)."""
-    if files and isinstance(files[0], str):
-        files = [(os.path.relpath(p, root), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
-                 for p, s in ((p, os.stat(p)) for p in files)]
+def store_key(folder, img_size, classes):
+    """What a torchvision dataset's store must have been made from: the size, the classes, and each of its
+    files' name, size, times and inode."""
+    files = [(f, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino)
+             for f, s in ((f, os.stat(os.path.join(folder, f))) for f in sorted(os.listdir(folder)))]
     return hashlib.sha256(repr((img_size, classes, files)).encode(errors='surrogateescape')).hexdigest()
 
 
@@ -300,40 +302,49 @@ def header(path, size):
 def decode_into(images_path, files, img_size, what):
     """Decode the pictures [(path, label)] into a new uint8 file of shape (N, C, H, W), chunk by chunk, by one
     process per core that each write their pictures in place: the memory used stays that of a few chunks,
-    whatever N is. Returns (shape, labels of the pictures kept, [(path, why, label)] that did not decode)."""
-    headers = [header(p, img_size) for p, _ in files]
-    sizes = {hw for hw, _ in headers if hw is not None}
-    if not sizes:
-        die(f"none of the {len(files)} pictures decodes, for instance {files[0][0]} ({headers[0][1]})")
+    and of the list of files, whatever N is. Returns (shape, labels of the pictures kept, [(path, why, label)]
+    that did not decode)."""
+    paths = [p for p, _ in files]
+    sides, channels, failed = np.zeros((len(paths), 2), dtype=np.int32), np.zeros(len(paths), dtype=np.int8), {}
+    for i, path in enumerate(paths):  # the headers first: the file's shape, before any pixel is decoded
+        hw, c = header(path, img_size)
+        if hw is None:
+            failed[i] = c
+        else:
+            sides[i], channels[i] = hw, c
+    good = np.ones(len(paths), dtype=bool)
+    good[list(failed)] = False
+    if not good.any():
+        die(f"none of the {len(files)} pictures decodes, for instance {paths[0]} ({failed[0]})")
+    sizes = np.unique(sides[good], axis=0)
     if len(sizes) > 1:
-        listed = ', '.join(f"{w}x{h}" for h, w in sorted(sizes)[:4])
+        listed = ', '.join(f"{w}x{h}" for h, w in sizes[:4])
         die(f"the pictures have different sizes ({listed}{', ...' if len(sizes) > 4 else ''}); "
             f"set --img_size=N to resize the shorter side to N and cut out the centre N x N")
-    (h, w), = sizes
-    channels = max(c for hw, c in headers if hw is not None)  # 1 only when every picture is grey
-    shape = (len(files), channels, h, w)
+    (h, w), c = sizes[0].tolist(), int(channels[good].max())  # 1 only when every picture is grey
+    shape = (len(files), c, h, w)
     np.memmap(images_path, dtype=np.uint8, mode='w+', shape=shape).flush()
-    chunks = [list(range(i, min(i + 256, len(files)))) for i in range(0, len(files), 256)]
-    work = [([(i, files[i][0]) for i in chunk], images_path, shape, img_size) for chunk in chunks]
+    chunks = [(start, min(start + 256, len(files))) for start in range(0, len(files), 256)]
     progress = Progress(f"decoding {what}/", len(files))
-    failed = {i: why for i, (hw, why) in enumerate(headers) if hw is None}
     done = 0
     if sys.platform == 'linux' and len(files) > 1000:
         # decoding is CPU-bound Python (threads would queue on the GIL): one process per core. Forked
-        # children only run PIL and numpy. Elsewhere (spawn) a child would run train.py again, so one core.
+        # children only run PIL and numpy, and inherit the list of files rather than receive it chunk by
+        # chunk. Elsewhere (spawn) a child would run train.py again, so one core.
         try:
             with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context('fork'),
-                                     initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-                for result in pool.map(decode_chunk, *zip(*work)):
+                                     initializer=start_decoder, initargs=(paths, images_path, shape, img_size)) as pool:
+                for result in pool.map(decode_chunk, *zip(*chunks)):
                     failed.update(result)
                     done = min(done + 256, len(files))
                     progress.update(done)
         except BrokenProcessPool:
             die(f"a process decoding the {len(files)} pictures died (killed, or out of memory?); nothing was stored")
     else:
-        for args in work:
-            failed.update(decode_chunk(*args))
-            done += len(args[0])
+        start_decoder(paths, images_path, shape, img_size, in_process=True)
+        for start, end in chunks:
+            failed.update(decode_chunk(start, end))
+            done = end
             progress.update(done)
     keep = [i for i in range(len(files)) if i not in failed]
     if len(keep) < len(files):  # close the gaps the broken pictures left, front to back, then cut the file short
@@ -343,24 +354,33 @@ def decode_into(images_path, files, img_size, what):
                 images[new] = images[old]
         images.flush()
         del images
-        os.truncate(images_path, len(keep) * channels * h * w)
+        os.truncate(images_path, len(keep) * c * h * w)
     labels = torch.tensor([files[i][1] for i in keep], dtype=torch.long)
     broken = [(files[i][0], why, files[i][1]) for i, why in sorted(failed.items())]
-    return (len(keep), channels, h, w), labels, broken
+    return (len(keep), c, h, w), labels, broken
 
 
-def decode_chunk(items, images_path, shape, size):
-    """Decode [(index, path)] straight into their rows of the images file; {index: why} for those that did not."""
-    images = np.memmap(images_path, dtype=np.uint8, mode='r+', shape=shape)
-    failed = {}
-    for i, path in items:
-        pixels, why = decode_one(path, size)
-        if pixels is not None and pixels.shape[:2] != shape[2:]:
-            pixels, why = None, f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, its header says {shape[3]}x{shape[2]}"
+decoder = {}  # what each decoding process works on: the files, and the images file it writes into
+
+
+def start_decoder(paths, images_path, shape, size, in_process=False):
+    if not in_process:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to answer
+    decoder.update(paths=paths, images=np.memmap(images_path, dtype=np.uint8, mode='r+', shape=shape), size=size)
+
+
+def decode_chunk(start, end):
+    """Decode pictures start..end straight into their rows of the images file; {index: why} for those that did not."""
+    images, failed = decoder['images'], {}
+    for i in range(start, end):
+        pixels, why = decode_one(decoder['paths'][i], decoder['size'])
+        if pixels is not None and pixels.shape[:2] != images.shape[2:]:
+            pixels, why = None, (f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, its header says "
+                                 f"{images.shape[3]}x{images.shape[2]}")
         if pixels is None:
             failed[i] = why
         else:
-            images[i] = np.broadcast_to(pixels, shape[2:] + (shape[1],)).transpose(2, 0, 1)
+            images[i] = np.broadcast_to(pixels, images.shape[2:] + (images.shape[1],)).transpose(2, 0, 1)
     images.flush()
     return failed
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY, assert_one_line_error, make_picture_folder, png_claiming, read_jsonl, run_script
+from conftest import REPO, TINY, assert_one_line_error, make_picture_folder, png_claiming, run_script
 from data import load_folder, load_split, read_image
 from store import channel_stats
 from model import ViT, ViTConfig
