@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from conftest import assert_one_line_error
 
 
@@ -31,6 +33,7 @@ def test_bench_rejects_a_typo(tmp_path, run_here):
     assert_one_line_error(result, "unknown config key 'batch_sise'; did you mean batch_size?", code=2)
 
 
+@pytest.mark.slow
 def test_bench_times_a_pretrained_vit_s_shape_without_its_weights(tmp_path, run_here):
     result = run_here('bench.py', '--init_from=vit_b_32', '--device=cpu', '--batch_size=1', '--bench_warmup=0',
                       '--bench_iters=1', '--dtype=float32', '--bench_out=b.json', cwd=tmp_path)

@@ -100,6 +100,7 @@ def test_fine_tuning_a_run_on_other_classes_keeps_its_normalization_and_architec
     assert 'test accuracy:' in report.stdout
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_run_resumes_exactly_without_its_source(source_run, synthetic_data, tmp_path):
     src = tmp_path / 'src'
     shutil.copytree(source_run, src)
@@ -135,6 +136,7 @@ def test_layer_decay_and_the_linear_probe(source_run, synthetic_data, tmp_path, 
     assert not torch.equal(before['head.weight'], after['head.weight'])
 
 
+@pytest.mark.slow
 def test_fine_tuning_torchvision_s_vit_b_16_through_train_py(torch_home, tmp_path, run_here):
     # 16 x 16 pictures at img_size=32: the 14 x 14 position grid resampled to 2 x 2, cheap enough for a CPU
     # a recipe written for a small model, in a config file: the source's architecture wins, with a note

@@ -212,6 +212,7 @@ def test_a_constant_channel_is_centred_not_divided_by_zero(capsys):
 # folders, files and names
 
 
+@pytest.mark.slow
 def test_symlinked_folders_and_names_that_are_not_utf8(tmp_path):
     # under a UTF-8 locale with strict printing (as a terminal has it): train.py and sample.py print such names
     root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(20, 5))

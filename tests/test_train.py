@@ -63,8 +63,8 @@ def test_checkpoint_reproduces_the_logged_accuracy_on_a_fresh_model(trained, syn
 
 
 
-def test_test_time_augmentation_is_what_the_run_and_sample_py_report(synthetic_data, tmp_path):
-    result = run_script('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=60', '--eval_interval=60',
+def test_test_time_augmentation_is_what_the_run_and_sample_py_report(synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=60', '--eval_interval=60',
                         '--tta_shift=1', '--out_dir=out', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     final = [r for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl') if 'val_acc' in r][-1]
@@ -79,15 +79,15 @@ def test_test_time_augmentation_is_what_the_run_and_sample_py_report(synthetic_d
         averaged = F.cross_entropy(predict(model, images, mean, std, tta_shift=1), labels).item()
         plain = F.cross_entropy(predict(model, images, mean, std), labels).item()
     assert final['val_loss'] == pytest.approx(averaged, rel=1e-4) and abs(averaged - plain) > 1e-3
-    report = run_script('sample.py', '--out_dir=out', '--device=cpu', '--n_attention=0', cwd=tmp_path)
+    report = run_here('sample.py', '--out_dir=out', '--device=cpu', '--n_attention=0', cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert f"test accuracy: {100 * final['val_acc']:.2f}%" in report.stdout
     assert "test-time augmentation: the mean of 9 views shifted by up to 1 px" in report.stdout
 
-def test_same_seed_same_losses(synthetic_data, tmp_path):
+def test_same_seed_same_losses(synthetic_data, tmp_path, run_here):
     losses = []
     for run in ('a', 'b'):
-        result = run_script('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=30', '--eval_interval=30',
+        result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=30', '--eval_interval=30',
                             '--log_interval=1', '--dropout=0.1', '--aug_translate=2.0', '--aug_crop=2',
                             f'--out_dir={run}', cwd=tmp_path)
         assert result.returncode == 0, result.stderr
@@ -95,8 +95,8 @@ def test_same_seed_same_losses(synthetic_data, tmp_path):
     assert len(losses[0]) == 30 and losses[0] == losses[1]
 
 
-def test_learning_rate_warms_up_then_follows_a_cosine(synthetic_data, tmp_path):
-    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=50', '--eval_interval=50',
+def test_learning_rate_warms_up_then_follows_a_cosine(synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=50', '--eval_interval=50',
                         '--log_interval=1', '--warmup_iters=10', '--learning_rate=0.01', '--min_lr=0.001',
                         '--out_dir=out', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -111,9 +111,9 @@ def test_learning_rate_warms_up_then_follows_a_cosine(synthetic_data, tmp_path):
     assert decay[10] == pytest.approx(0.001 + 0.009 * (1 + math.cos(math.pi / 4)) / 2, rel=1e-3)
 
 
-def test_colour_folder_dataset_trains(tmp_path):
+def test_colour_folder_dataset_trains(tmp_path, run_here):
     root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(100, 20))
-    result = run_script('train.py', *FAST, '--dataset=folder', f'--data_dir={root}', '--patch_size=4',
+    result = run_here('train.py', *FAST, '--dataset=folder', f'--data_dir={root}', '--patch_size=4',
                         '--max_iters=60', '--eval_interval=60', '--aug_crop=2', '--aug_flip=True', '--out_dir=out',
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -136,8 +136,8 @@ def test_streamed_from_the_store_or_whole_in_memory_the_same_losses(synthetic_da
     assert without_time['device'] == without_time['stream'] and len(without_time['device']) == 21
 
 
-def test_overrides_take_effect_with_their_types(synthetic_data, tmp_path):
-    result = run_script('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=2', '--eval_interval=2',
+def test_overrides_take_effect_with_their_types(synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=2', '--eval_interval=2',
                         '--learning_rate=1', '--label_smoothing=0', '--out_dir=2024', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = torch.load(tmp_path / '2024' / 'ckpt.pt', weights_only=True)['config']  # a string key keeps its text
@@ -146,10 +146,10 @@ def test_overrides_take_effect_with_their_types(synthetic_data, tmp_path):
     assert not any(k.startswith('_') for k in config)  # the start-up clock is not a key
 
 
-def test_config_file_then_overrides(synthetic_data, tmp_path):
+def test_config_file_then_overrides(synthetic_data, tmp_path, run_here):
     (tmp_path / 'my.py').write_text("import math\n_width = 48\nmax_iters = 3\nn_embd = _width\n"
                                     "learning_rate = 3e-3 * math.sqrt(2)\n")
-    result = run_script('train.py', str(tmp_path / 'my.py'), *FAST, f'--data_dir={synthetic_data}',
+    result = run_here('train.py', str(tmp_path / 'my.py'), *FAST, f'--data_dir={synthetic_data}',
                         '--eval_interval=3', '--out_dir=out', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['config']
