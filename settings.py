@@ -96,6 +96,8 @@ def model_of_run(config, flags, data_shape, classes, checkpoint, ckpt_path, sour
     classes and img_size. What contradicts the checkpoint or the source is one line; a config file's
     architecture that yields to theirs is a note."""
     import safety
+    if checkpoint:
+        safety.saved_model_config(checkpoint, ckpt_path)  # model_args this version cannot build: one line
     img_size, in_chans = (config['img_size'] if config['store_size'] else data_shape[-1]), data_shape[1]
     source_args = checkpoint['model_args'] if checkpoint else source.model_args if source else None
     if source_args:  # the source decides the picture size (unless img_size asks for another) and channels

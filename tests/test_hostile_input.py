@@ -288,6 +288,13 @@ def test_an_older_checkpoint_resumes(copy_of, synthetic_data, run_here):
     assert 'qk_norm' not in result.stderr and 'gradient_accumulation_steps' not in result.stdout
 
 
+def test_a_checkpoint_with_a_model_key_this_version_lacks_is_one_line_on_resume(copy_of, synthetic_data, run_here):
+    edit_checkpoint(copy_of, lambda c: c['model_args'].update(rope=True))
+    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=12', '--out_dir=out',
+                      '--init_from=resume', cwd=copy_of.parent)
+    assert_one_line_error(result, "out/ckpt.pt: model_args hold rope, which this version of nanoViT does not know")
+
+
 def test_a_resume_with_pictures_added_says_so(tmp_path, run_here):
     root = grey_folder(tmp_path / 'grow')
     args = [*FOLDER, '--batch_size=8', f'--data_dir={root}', '--max_iters=2', '--eval_interval=2']
