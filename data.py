@@ -346,6 +346,7 @@ def decode_into(images_path, files, img_size, what):
             failed.update(decode_chunk(start, end))
             done = end
             progress.update(done)
+        decoder.clear()  # the file's map closed before it is cut short below
     keep = [i for i in range(len(files)) if i not in failed]
     if len(keep) < len(files):  # close the gaps the broken pictures left, front to back, then cut the file short
         images = np.memmap(images_path, dtype=np.uint8, mode='r+', shape=shape)

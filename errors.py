@@ -6,8 +6,9 @@ import os
 import sys
 
 # a file or class name that is not UTF-8 prints escaped (\udce9) rather than crashing the print
-sys.stdout.reconfigure(errors='backslashreplace')
-sys.stderr.reconfigure(errors='backslashreplace')
+for stream in (sys.stdout, sys.stderr):
+    if hasattr(stream, 'reconfigure'):  # a notebook's streams have no encoding to set
+        stream.reconfigure(errors='backslashreplace')
 
 
 def die(message, code=1):

@@ -5,7 +5,6 @@ and the key of the files it was made from. Made once, by one process of a node (
 then map it), in a folder of its own that is renamed into place when whole: a kill or a full disk mid-way
 leaves nothing that looks like a store.
 """
-import fcntl
 import json
 import os
 import shutil
@@ -63,7 +62,7 @@ def load_or_build(path, key, classes, build):
     into the folder tmp: build returns (shape, labels, note); the store's statistics are counted here."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + '.lock', 'a+') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one process of a node builds; the others wait here, then map its store
+        wait_for_lock(lock)  # one process of a node builds; the others wait here, then map its store
         store = open_store(path, key, classes)
         if store:
             return store
@@ -77,6 +76,7 @@ def load_or_build(path, key, classes, build):
             labels.numpy().tofile(os.path.join(tmp, 'labels.i64'))
             images = np.memmap(os.path.join(tmp, 'images.u8'), dtype=np.uint8, mode='r', shape=shape)
             mean, std = channel_stats(images)
+            del images  # closed before the rename (Windows cannot rename a folder with a file mapped in it)
             with open(os.path.join(tmp, 'meta.json'), 'w') as f:
                 json.dump(dict(version=STORE_VERSION, key=key, shape=list(shape), classes=classes, mean=mean, std=std,
                                note=note), f)
@@ -100,6 +100,19 @@ def load_or_build(path, key, classes, build):
     store = open_store(path, key, classes)
     assert store, f"the store {path} just written does not read back"
     return store
+
+
+def wait_for_lock(f):
+    """Wait until this process holds f's lock; the operating system drops it when the process ends, however."""
+    if os.name == 'nt':
+        import msvcrt
+        while True:
+            try:
+                return msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+            except OSError:  # LK_LOCK gives up after 10 s: wait on
+                continue
+    import fcntl
+    fcntl.flock(f, fcntl.LOCK_EX)
 
 
 def channel_stats(images, chunk=4096):
