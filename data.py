@@ -1,8 +1,9 @@
 """
 Every dataset nanoViT trains on, one entry each, and what turns its pictures into a batch.
-A dataset's loader gives a split as uint8 images (N, C, H, W), int64 labels (N,) and the class
-names; train.py puts them on the device once and cuts every batch there. To add a dataset,
-write its loader, add an entry to DATASETS and a config file (README, "Add a dataset").
+A dataset's loader writes a split once into a picture store (store.py: uint8 images (N, C, H, W) on
+disk, int64 labels, class names) and returns it; train.py puts a split on the device whole when it
+fits, else gathers each batch from the store. To add a dataset, write its loader, add an entry to
+DATASETS and a config file (README, "Add a dataset").
 """
 import hashlib
 import math
@@ -94,7 +95,7 @@ def to_grey_or_rgb(picture):
 
 @dataclass(frozen=True)
 class Dataset:
-    load: Callable  # (data_dir, train, img_size) -> images uint8 (N, C, H, W), labels int64 (N,), class names
+    load: Callable  # (data_dir, train, img_size) -> store.Store: images uint8 (N, C, H, W), labels, class names
     shape: tuple = None  # (C, H, W) of its images, when known without reading the files
     digits: bool = False  # handwritten digits: never mirrored; sample.py --image makes a picture look like one
 

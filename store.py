@@ -34,6 +34,7 @@ class Store:
     classes: list
     mean: list  # per channel, in [0, 1] units
     std: list
+    note: str = ''  # what building it found worth saying of the files, e.g. the pictures it skipped
 
 
 def open_store(path, key, classes):
@@ -52,7 +53,7 @@ def open_store(path, key, classes):
             return None
         # copy-on-write: torch wants a writable array, and nothing ever writes to it
         images = np.memmap(os.path.join(path, 'images.u8'), dtype=np.uint8, mode='c', shape=(n, c, h, w))
-        return Store(path, torch.from_numpy(images), labels, classes, meta['mean'], meta['std'])
+        return Store(path, torch.from_numpy(images), labels, classes, meta['mean'], meta['std'], meta['note'])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -65,6 +66,8 @@ def load_or_build(path, key, classes, build):
         wait_for_lock(lock)  # one process of a node builds; the others wait here, then map its store
         store = open_store(path, key, classes)
         if store:
+            if store.note:  # what the build said of the files (pictures skipped), said again at every start
+                print(f"note: {store.note}")
             return store
         if os.path.exists(path):
             print(f"note: the store {path} is damaged, of another version or made from other files; building it again")

@@ -230,6 +230,8 @@ def test_a_folder_as_users_have_it(tmp_path, capsys):
     assert "note: left out 8 files in" in out and "that are not pictures by their name or not regular files" in out
     assert "note: skipped 2 of the 72 pictures in" in out
     assert "train/red/002.png (not a picture PIL can read" in out and "train/red/003.png" in out
+    load_folder(root, True, 0)  # from the store: what the build skipped is said again
+    assert "note: skipped 2 of the 72 pictures in" in capsys.readouterr().out
     # a large share of broken pictures means a wrong folder: one line
     for i in range(5, 12):
         (red / f'{i:03d}.png').write_text('broken')
