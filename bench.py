@@ -1,9 +1,9 @@
 """
 Time the training step of a config, the step train.py's loop runs (forward, backward, clip, optimizer
-step, on a batch made by data.augment and data.normalize), for every dtype this device runs well,
-eager and compiled, next to torchvision's VisionTransformer with the same dims.
-It reads train.py's defaults, so configs and overrides mean what they mean there; random pictures
-of the dataset's shape stand in for the data, which is never loaded:
+step, on a batch made by data.Batches), for every dtype this device runs well, eager and compiled, next
+to torchvision's VisionTransformer with the same dims. Its keys are train.py's that shape a step, with
+train.py's defaults, so configs and overrides mean what they mean there (a config's other keys are
+skipped); random pictures of the dataset's shape stand in for the data, which is never loaded:
 $ python bench.py config/mnist.py
 $ python bench.py config/cifar10.py --batch_size=512 --device=cuda --optimizer=muon
 $ python bench.py --init_from=vit_b_16 --batch_size=64 --device=cuda   # a pretrained ViT's shape, no weights needed
@@ -13,30 +13,70 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
 from torch.nn import functional as F
 
-from data import augment, augment_args, fit_size, get_dataset, normalize
-from device import (autocast, compile_blocker, device_name, native_dtypes, peak_flops, pick_device, pick_dtype,
-                    synchronize)
-from errors import die
+from data import Batches, ModelInput, augment_args, get_dataset
 from model import ViT, ViTConfig
-from pretrained import is_torchvision_name, torchvision_architecture
-from settings import check_config, model_config, train_defaults
-from store import channel_stats
+from support.checkpoint import from_scratch
+from support.device import (autocast, compile_blocker, device_name, native_dtypes, peak_flops, pick_device, pick_dtype,
+                            synchronize)
+from support.errors import die
+from support.optimizer import configure_optimizers
+from support.pretrained import from_source, is_torchvision_name
 
 # -----------------------------------------------------------------------------
-globals().update(train_defaults())  # every train.py key with its default; dtype 'auto' here: every dtype the device runs well
+# what to time: the keys of train.py that shape its step, with its defaults, and the benchmark's own
+dataset = 'mnist'
+img_size = 0
+store_size = 0
+init_from = 'scratch'  # or a torchvision ViT: its shape at its side, no weights needed
+batch_size = 32
+n_layer = 4
+n_head = 4
+n_embd = 768
+patch_size = 4
+mlp_ratio = 4.0
+dropout = 0.0
+bias = True
+pool = 'cls'
+pos_embd = 'learned'
+pos_std = 0.02
+qk_norm = False
+norm_eps = 1e-5
+optimizer = 'adamw'
+learning_rate = 1e-3
+muon_lr = 0.02
+muon_momentum = 0.95
+weight_decay = 0.05
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0
+layer_decay = 1.0
+label_smoothing = 0.0
+aug_translate = 0.0
+aug_rotate = 0.0
+aug_scale = 0.0
+aug_crop = 0
+aug_flip = False
+aug_rrc_scale = 0.0
+device = 'auto'
+dtype = 'auto'  # 'auto' here: every dtype this device runs well
+compile = True
+seed = 1337
 torchvision_vit = True  # also time torchvision's VisionTransformer with the same dims
 bench_warmup = 5  # untimed steps first (compilation, allocator warm-up)
 bench_iters = 20  # timed steps; the median is reported
 bench_out = 'bench.json'
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+_recipe_keys_ignored = True  # a config file's keys that shape no step (out_dir, max_iters) are skipped
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-config = {k: globals()[k] for k in _config_keys}
+config = {k: globals()[k] for k in config_keys}
+flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}
 # -----------------------------------------------------------------------------
-check_config(config)
 if bench_iters < 1 or bench_warmup < 0:
     die(f"bench_iters={bench_iters} must be at least 1 and bench_warmup={bench_warmup} 0 or more", 2)
 if os.path.isdir(bench_out):
@@ -55,31 +95,26 @@ else:
     blocker = compile_blocker(device_type)
 modes = ['eager'] + (['compiled'] if not blocker else [])
 
+# the model as train.py would build it; random pictures of the data's shape stand in for the data
+start = from_source(init_from, config, flags, weights=False) if is_torchvision_name(init_from) else from_scratch(config)
+shape = (3, start.model_args['img_size'], start.model_args['img_size']) if is_torchvision_name(init_from) \
+    else get_dataset(dataset).shape
+if shape is None:  # a folder dataset: its channels and size are in its files, which the bench does not read
+    if not start.store_size:
+        die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
+    shape = (3, start.store_size, start.store_size)
 n_classes = 10  # the head's size barely moves the step's cost
-if is_torchvision_name(init_from):  # a pretrained ViT's architecture at its picture size (no weights needed to time it)
-    vit_config = ViTConfig(**{**torchvision_architecture(init_from), 'n_classes': n_classes, 'dropout': dropout})
-    shape = (3, vit_config.img_size, vit_config.img_size)
-else:
-    shape = get_dataset(dataset).shape
-    if shape is None:  # a folder dataset: its channels and size are in its files, which the bench does not read
-        if not img_size:
-            die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
-        shape = (3, store_size or img_size, store_size or img_size)
-    vit_config = model_config(config, in_chans=shape[0], img_size=img_size or shape[1], n_classes=n_classes)
+vit_config = ViTConfig(**start.model_for(shape[0], shape[-1], list(range(n_classes))))
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
-mean, std = (torch.tensor(s, device=device) for s in channel_stats(images.cpu()))
-aug_args = augment_args(config)
-aug_generator = torch.Generator(device=device).manual_seed(seed)
+model_input = ModelInput(shape[0], vit_config.img_size, torch.full((shape[0],), 0.5, device=device),
+                         torch.full((shape[0],), 0.25, device=device), start.test_crop)
+batches = Batches(images, labels, torch.arange(batch_size), batch_size, 1, 0, 1, seed, augment_args(config), model_input,
+                  device)
 
 
-def get_batch():
-    x = augment(images.float() / 255, aug_generator, size=vit_config.img_size, **aug_args)
-    return normalize(fit_size(x, vit_config.img_size), mean, std), labels
-
-
-def forward_backward(model, ctx, scaler):
-    x, y = get_batch()
+def forward_backward(model, ctx, scaler, step):
+    x, y = batches.get(step, 0)
     with ctx:
         _, loss = model(x, y, label_smoothing)
     scaler.scale(loss).backward()
@@ -102,16 +137,16 @@ def time_step(model, optimizers, dtype):
     """Median seconds of a whole training step and of its optimizer part, and peak memory (CUDA)."""
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
     ctx = autocast(device_type, dtype)
-    for _ in range(bench_warmup):
-        forward_backward(model, ctx, scaler)
+    for step in range(bench_warmup):
+        forward_backward(model, ctx, scaler, step)
         optimizer_step(optimizers, scaler)
     synchronize(device_type)
     if device_type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     steps, optimizer_parts = [], []
-    for _ in range(bench_iters):
+    for step in range(bench_iters):
         t0 = time.perf_counter()
-        forward_backward(model, ctx, scaler)
+        forward_backward(model, ctx, scaler, step)
         synchronize(device_type)  # only so the optimizer's share can be told apart
         t1 = time.perf_counter()
         optimizer_step(optimizers, scaler)
@@ -124,8 +159,8 @@ def time_step(model, optimizers, dtype):
 
 def ours(mode, dtype):
     model = ViT(vit_config).to(device)
-    optimizers = model.configure_optimizers(optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
-                                            muon_momentum, device_type, dtype, layer_decay)
+    optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
+                                      muon_momentum, device_type, dtype, layer_decay)
     return (torch.compile(model) if mode == 'compiled' else model), optimizers
 
 

@@ -1,10 +1,12 @@
 """
-Poor Man's Configurator, after nanoGPT's. It is exec'd by train.py (and bench.py, sample.py):
+Poor Man's Configurator, after nanoGPT's. It is exec'd by train.py (and bench.py, sample.py), which first
+list their settings' names in config_keys:
     python train.py config/mnist.py --batch_size=64 --compile=False
 Bare arguments are config files, executed in order; --key=value arguments override single keys.
-A key must be one of the script's globals, and a value must have the type of its default
-(an int is fine for a float). Anything else stops the script with one line and exit code 2.
-Config files are Python: they may import and compute, and names starting with _ are their own.
+A key must be one of config_keys, and a value must have the type of its default (an int is fine for a
+float). Anything else stops the script with one line and exit code 2. Config files are Python: they may
+import and compute, and names starting with _ are their own. They are train.py's recipes: a script that
+times them (bench.py) sets _recipe_keys_ignored = True, and the keys it has no use for are skipped.
 """
 import builtins
 import os
@@ -33,13 +35,8 @@ def _checked(key, value, source):
     _config_error(f"{source}: {key} must be {type(default).__name__} (default {default!r}), got {value!r}")
 
 
-_flags = set()  # the keys set by --key=value: what the command line asks for in so many words
-_config_keys = [k for k, v in globals().items()
-                if not k.startswith('_') and isinstance(v, (bool, int, float, str))]
-
-
 def _unknown_key(key, source):
-    close = get_close_matches(key, _config_keys, n=1)
+    close = get_close_matches(key, config_keys, n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     _config_error(f"{source}: unknown config key {key!r}{hint}")
 
@@ -74,14 +71,16 @@ for _arg in sys.argv[1:]:
             _config_error(f"config file not found: {_arg}")
         print(f"Overriding config with {_arg}")
         for _key, _value in _run_config_file(_arg).items():
-            if _key not in _config_keys:
+            if _key not in config_keys and globals().get('_recipe_keys_ignored'):
+                continue
+            if _key not in config_keys:
                 _unknown_key(_key, _arg)
             globals()[_key] = _checked(_key, _value, _arg)
     else:
         if '=' not in _arg:
             _config_error(f"{_arg}: overrides are written --key=value")
         _key, _text = _arg[2:].split('=', 1)
-        if _key not in _config_keys:
+        if _key not in config_keys:
             _unknown_key(_key, _arg)
         try:
             _value = literal_eval(_text)
@@ -90,5 +89,4 @@ for _arg in sys.argv[1:]:
         if isinstance(globals()[_key], str):
             _value = _text  # a string key takes the text as it is: --out_dir=2024 is a folder, not a number
         globals()[_key] = _checked(_key, _value, _arg)
-        _flags.add(_key)
         print(f"Overriding: {_key} = {globals()[_key]!r}")

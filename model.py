@@ -13,8 +13,6 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from muon import Muon
-
 
 @dataclass
 class ViTConfig:
@@ -93,29 +91,29 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
-    def split_heads(self, x):
+    def heads(self, x):
+        """Queries, keys and values, (B, n_head, T, head_dim) each."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
         return self.q_norm(q), self.k_norm(k), v
 
-    def weights(self, x):
-        """The attention probabilities softmax(QK^T / sqrt(d)), shape (B, n_head, T, T), which the fused
-        kernel of forward() never writes out: for looking inside the model, not for training."""
-        q, k, _ = self.split_heads(x)
-        return attention_weights(q, k)
+    def attention_probs(self, x):
+        """softmax(QK^T / sqrt(d)), (B, n_head, T, T): what the fused kernel of forward() applies but never
+        writes out. For looking inside the model (sample.py), not for training."""
+        q, k, _ = self.heads(x)
+        return attention_probs(q, k)
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self.split_heads(x)
+        q, k, v = self.heads(x)
         # SDPA picks the fastest kernel the hardware has (flash, memory-efficient, or a fused CPU one)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 
 
-def attention_weights(q, k):
+def attention_probs(q, k):
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
     return F.softmax(att.float(), dim=-1).to(q.dtype)
 
@@ -222,7 +220,7 @@ class MAPPool(nn.Module):
 
     def token_weights(self, x):
         q, k, _ = self.heads(x)
-        return attention_weights(q, k).mean(dim=1)[:, 0]  # averaged over heads, as rollout does
+        return attention_probs(q, k).mean(dim=1)[:, 0]  # averaged over heads, as rollout does
 
     def flops(self, config):
         """The matmuls: the query, the tokens' keys and values, one row of attention, the output and the MLP."""
@@ -302,75 +300,9 @@ class ViT(nn.Module):
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
         return logits, loss
 
-    @torch.no_grad()
-    def attention_maps(self, imgs):
-        """Attention probabilities of every layer, (n_layer, B, n_head, T, T), and the final tokens after
-        ln_f, as the model sees at test time (dropout off, whatever mode it is in). Separate from forward()
-        so that training keeps the fused SDPA kernel."""
-        was_training = self.training
-        self.eval()
-        x = self.embed(imgs)
-        maps = []
-        for block in self.blocks:
-            maps.append(block.attn.weights(block.ln_1(x)))
-            x = block(x)
-        self.train(was_training)
-        return torch.stack(maps), self.ln_f(x)
-
-    @torch.no_grad()
-    def attention_rollout(self, imgs):
-        """Attention rollout (Abnar & Zuidema, 2020): each layer's attention averaged over heads, mixed
-        half and half with the residual path (identity), multiplied through the layers. Returns how much
-        each patch feeds the pooled representation, (B, grid, grid), summing to 1 over the patches."""
-        maps, tokens = self.attention_maps(imgs)
-        maps = maps.float().mean(dim=2)  # (n_layer, B, T, T)
-        eye = torch.eye(maps.size(-1), device=maps.device)
-        rollout = eye
-        with torch.autocast(maps.device.type, enabled=False):  # products of probabilities, in float32
-            for att in maps:
-                rollout = ((att + eye) / 2) @ rollout
-            # row t of rollout is what token t gathered from each token: weigh the rows as the pooling
-            # weighs the tokens, then keep the patches' shares
-            weights = (self.pool.token_weights(tokens).float()[:, None] @ rollout)[:, 0, self.pool.n_prefix:]
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-        return weights.view(-1, self.config.grid, self.config.grid)
-
-    def configure_optimizers(self, optimizer, learning_rate, muon_lr, weight_decay, betas, muon_momentum, device_type,
-                             dtype, layer_decay=1.0):
-        """A list of optimizers that together own every parameter that trains (requires_grad); each group keeps
-        its peak lr in 'max_lr' for the schedule to scale. 'adamw': AdamW for all. 'muon': Muon for the blocks'
-        weight matrices (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding,
-        positions, the pooling, norms, biases and the head, as Muon is meant to be used. layer_decay < 1: each
-        layer nearer the input learns slower (BEiT's and MAE's fine-tuning)."""
-        # decay the weight matrices of the linear and conv layers only: never position embeddings or
-        # a pooling's tokens (3-D, but not weights), LayerNorm gains or biases
-        weights = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-        groups = {}  # (kind, lr scale) -> parameters
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if optimizer == 'muon' and name.startswith('blocks.') and p.dim() == 2:
-                kind = 'qkv' if name.endswith('qkv.weight') else 'muon'
-            else:
-                kind = 'decay' if id(p) in weights else 'no_decay'
-            groups.setdefault((kind, layer_decay ** (self.config.n_layer + 1 - self.depth(name))), []).append(p)
-        kinds = ['decay', 'no_decay', 'qkv', 'muon']
-        groups = sorted(groups.items(), key=lambda group: (kinds.index(group[0][0]), -group[0][1]))  # a fixed order
-        adamw = [{'params': params, 'weight_decay': weight_decay if kind == 'decay' else 0.0, 'max_lr': learning_rate * scale}
-                 for (kind, scale), params in groups if kind in ('decay', 'no_decay')]
-        muon = [{'params': params, 'max_lr': muon_lr * scale} | ({'blocks': 3} if kind == 'qkv' else {})
-                for (kind, scale), params in groups if kind in ('qkv', 'muon')]
-        # the fused kernel does the whole update in one pass over the parameters (CUDA and CPU)
-        optimizers = [torch.optim.AdamW(adamw, lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))]
-        if muon:
-            # bf16 only where the run's dtype says the hardware has it: emulated, it is ~9x slower than fp32
-            ns_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
-            optimizers.append(Muon(muon, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay, ns_dtype=ns_dtype))
-        return optimizers
-
-    def depth(self, name):
-        """How far from the input a parameter sits, for layer-wise lr decay: 0 the patch embedding, positions and
-        cls token, i + 1 block i, n_layer + 1 the final norm, the pooling's layers and the head."""
+    def layer_id(self, name):
+        """How far from the input a parameter sits, for layer-wise lr decay: 0 for the patch embedding, the
+        positions and the cls token, i + 1 for block i, n_layer + 1 for the final norm, the pooling and the head."""
         if name.startswith(('patch_embd.', 'pos_embd', 'pool.token')):
             return 0
         if name.startswith('blocks.'):

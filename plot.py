@@ -12,26 +12,30 @@ import matplotlib
 matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
-from errors import die  # noqa: E402
-from safety import read_metrics  # noqa: E402
+from support.errors import die  # noqa: E402
+from support.safety import read_metrics  # noqa: E402
 
 
 def plot_runs(out_dirs, path, labels=None):
-    """Train loss, val loss and val accuracy against iteration, one colour per run."""
+    """Train loss, then the loss and accuracy of every evaluated split (val, when a run holds one out, and test)
+    against iteration, one colour per run, one line style per split."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for i, out_dir in enumerate(out_dirs):
         records = read_metrics(os.path.join(out_dir, 'metrics.jsonl'))
-        logs, evals = [r for r in records if 'loss' in r], [r for r in records if 'val_acc' in r]
+        logs = [r for r in records if 'loss' in r]
         label = labels[i] if labels else os.path.basename(os.path.normpath(out_dir))
         color = f"C{i}"
         ax_loss.plot([r['iter'] for r in logs], [r['loss'] for r in logs], color=color, alpha=0.5,
                      label=f"{label} train")
-        ax_loss.plot([r['iter'] for r in evals], [r['val_loss'] for r in evals], 'o-', color=color,
-                     label=f"{label} val")
-        ax_acc.plot([r['iter'] for r in evals], [100 * r['val_acc'] for r in evals], 'o-', color=color,
-                    label=f"{label} ({100 * evals[-1]['val_acc']:.2f}%)" if evals else label)
+        for split, style in (('val', 'o--'), ('test', 'o-')):
+            evals = [r for r in records if f'{split}_acc' in r]
+            if evals:
+                ax_loss.plot([r['iter'] for r in evals], [r[f'{split}_loss'] for r in evals], style, color=color,
+                             label=f"{label} {split}")
+                ax_acc.plot([r['iter'] for r in evals], [100 * r[f'{split}_acc'] for r in evals], style, color=color,
+                            label=f"{label} {split} ({100 * evals[-1][f'{split}_acc']:.2f}%)")
     ax_loss.set(xlabel='iteration', ylabel='cross-entropy loss', yscale='log', title='loss')
-    ax_acc.set(xlabel='iteration', ylabel='accuracy (%)', title='val accuracy (the whole test split)')
+    ax_acc.set(xlabel='iteration', ylabel='accuracy (%)', title='accuracy (whole splits)')
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -14,11 +14,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from data import IMAGE_EXTENSIONS, fit_size, get_dataset, load_split, match_channels, normalize, predict, read_image  # noqa: E402
-from device import autocast, pick_device, pick_dtype  # noqa: E402
-from errors import die  # noqa: E402
-from model import ViT  # noqa: E402
-from safety import load_checkpoint, load_model_state, saved_model_config  # noqa: E402
+from data import ModelInput, find_split, get_dataset, predict  # noqa: E402
+from model import ViT, ViTConfig  # noqa: E402
+from support.checkpoint import from_checkpoint  # noqa: E402
+from support.device import autocast, pick_device, pick_dtype  # noqa: E402
+from support.errors import die  # noqa: E402
+from support.pictures import GREY_WEIGHTS, IMAGE_EXTENSIONS, read_image  # noqa: E402
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-mnist'  # the training run to load, out_dir/ckpt.pt; the figures are written there too
@@ -27,6 +28,7 @@ dtype = ''  # '' = the run's own dtype (its evaluation's numbers, where this dev
 data_dir = ''  # '' = the data_dir the run trained with
 image = ''  # your own picture(s) to classify: a path, several joined by commas, or a folder
 n_attention = 6  # test images shown with their attention maps (0: no attention figure)
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 out_dir = os.path.expanduser(out_dir)
@@ -67,7 +69,7 @@ def grey_of(pixels):
     """(H, W, C) uint8 -> (H, W) float luminance (ITU-R 601, as PIL's convert('L'))."""
     if pixels.shape[2] == 1:
         return pixels[:, :, 0].astype(np.float32)
-    return pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return pixels.astype(np.float32) @ np.array(GREY_WEIGHTS, dtype=np.float32)
 
 
 def image_paths(spec):
@@ -89,14 +91,14 @@ def image_paths(spec):
     return paths
 
 
-def model_input(path):
+def as_the_model_sees(path):
     """(uint8 (C, S, S) as the model takes it, what to show of the original, a note or ''): digits get MNIST's
     preprocessing, other pictures a resize of the shorter side and a centre crop, as folder datasets do."""
     c = model.config
     if digits:
         original = read_image(path)
         return to_mnist(grey_of(original))[None], original, ''
-    pixels = read_image(path, size=picture_size or c.img_size)
+    pixels = read_image(path, size=start.store_size or c.img_size)
     note = ''
     if pixels.shape[2] != c.in_chans:
         pixels = np.repeat(pixels, 3, axis=2) if c.in_chans == 3 else grey_of(pixels).round().astype(np.uint8)[:, :, None]
@@ -139,8 +141,7 @@ def classify(images_uint8):
     probs = []
     for batch in images_uint8.split(500):
         with ctx:
-            logits = predict(model, match_channels(batch.to(device), model.config.in_chans), mean, std, tta_shift,
-                             model.config.img_size, test_crop)
+            logits = predict(model, batch.to(device), model_input, tta_shift)
         probs.append(F.softmax(logits, dim=1))
     return torch.cat(probs)
 
@@ -150,7 +151,7 @@ def classify_pictures(paths):
     bad, used = [], set()
     for path in paths:
         try:
-            seen, original, note = model_input(path)
+            seen, original, note = as_the_model_sees(path)
         except ValueError as e:
             bad.append(f"{path} ({e})")
             continue
@@ -182,23 +183,23 @@ def classify_pictures(paths):
 
 def report_test_split():
     """Accuracy overall and per class on the whole test split, then the figures."""
-    config = checkpoint['config']
-    folder = data_dir or config.get('data_dir')
+    folder = data_dir or run.get('data_dir')
     if folder is None:
         die(f"{ckpt_path} does not say where its data is: give --data_dir")
-    test = load_split(config['dataset'], folder, False, picture_size)
-    test_x, test_y, test_classes = test.images, test.labels.to(device), test.classes  # the pictures stay in their store
-    if test_classes != checkpoint['classes']:
-        die(f"the classes in {folder} ({', '.join(test_classes[:5])}{', ...' if len(test_classes) > 5 else ''}) are not "
-            f"the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
-    if test_x.shape[-1] != test_x.shape[-2]:
-        die(f"the pictures in {folder} are {test_x.shape[-1]}x{test_x.shape[-2]}, not square: give --data_dir a folder "
+    split = find_split(run['dataset'], folder, 'test', start.store_size)
+    if split.classes != start.classes:  # before a picture is decoded
+        die(f"the classes in {folder} ({', '.join(split.classes[:5])}{', ...' if len(split.classes) > 5 else ''}) are "
+            f"not the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+    if split.shape[-1] != split.shape[-2]:
+        die(f"the pictures in {folder} are {split.shape[-1]}x{split.shape[-2]}, not square: give --data_dir a folder "
             f"like the run's")
+    test = split.load()
+    test_x, test_y = test.images, test.labels.to(device)  # the pictures stay in their store
     probs = classify(test_x)
     confidence, predicted = probs.max(dim=1)
     correct = predicted == test_y
     print(f"test accuracy: {100 * correct.float().mean().item():.2f}% ({correct.sum().item()}/{len(test_y)}) "
-          f"| checkpoint at iter {checkpoint['iter_num']}"
+          f"| checkpoint at iter {start.iter_num}"
           + (f" | test-time augmentation: the mean of 9 views shifted by up to {tta_shift} px" if tta_shift else ""))
     print("class  images  accuracy  name")
     for c, name in enumerate(classes):
@@ -238,11 +239,29 @@ def draw_confusion(true, predicted):
     save_figure(fig, "confusion.png")
 
 
+@torch.no_grad()
+def attention_rollout(model, x):
+    """Attention rollout (Abnar & Zuidema, 2020): each layer's attention averaged over heads, mixed half and half
+    with the residual path (identity), multiplied through the layers. How much each patch feeds what the
+    pooling hands the head, (B, grid, grid), summing to 1 over the patches."""
+    x = model.embed(x)
+    rollout = torch.eye(x.size(1), device=x.device)
+    with torch.autocast(x.device.type, enabled=False):  # products of probabilities, in float32
+        for block in model.blocks:
+            attention = block.attn.attention_probs(block.ln_1(x)).float().mean(dim=1)  # (B, T, T)
+            rollout = ((attention + torch.eye(x.size(1), device=x.device)) / 2) @ rollout
+            x = block(x)
+        # row t of rollout is what token t gathered from each token: weigh the rows as the pooling weighs the
+        # tokens, then keep the patches' shares
+        weights = (model.pool.token_weights(model.ln_f(x)).float()[:, None] @ rollout)[:, 0, model.pool.n_prefix:]
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights.view(-1, model.config.grid, model.config.grid)
+
+
 def draw_attention(images_uint8, pictures, pred):
-    """Attention rollout: where, through all the layers, the classification draws its information from."""
+    """Where, through all the layers, the classification draws its information from."""
     with ctx:
-        x = fit_size(match_channels(images_uint8.to(device), model.config.in_chans), model.config.img_size, test_crop)
-        maps = model.attention_rollout(normalize(x, mean, std)).cpu().numpy()
+        maps = attention_rollout(model, model_input(images_uint8.to(device))).cpu().numpy()
     size = pictures.shape[1]
     fig, axes = plt.subplots(2, len(pictures), figsize=(1.8 * len(pictures), 3.8), squeeze=False)
     for i, pixels in enumerate(pictures):
@@ -260,24 +279,21 @@ if n_attention < 0:
     die(f"n_attention={n_attention} must be 0 or more", 2)
 device, _ = pick_device(device)
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-checkpoint = load_checkpoint(ckpt_path, device, keys=('model', 'model_args', 'config', 'classes', 'data_mean',
-                                                      'data_std', 'iter_num'))
+start = from_checkpoint(ckpt_path)  # the run as it was saved: its model, its sides, its normalization
+run = start.config
 device_type = device.split(':')[0]
-run_dtype = checkpoint['config'].get('dtype', 'auto')
-dtype = dtype or ('auto' if run_dtype == 'float16' and device_type == 'cpu' else run_dtype)  # fp16 is for GPUs
+dtype = dtype or ('auto' if run['dtype'] == 'float16' and device_type == 'cpu' else run['dtype'])  # fp16 is for GPUs
 ctx = autocast(device_type, pick_dtype(dtype, device_type)[0])
-model = ViT(saved_model_config(checkpoint, ckpt_path))
-load_model_state(model, checkpoint['model'], ckpt_path)
+model = ViT(ViTConfig(**start.model_args))
+start.load_weights(model, start.classes, ckpt_path)
 model.to(device).eval()
 # the training split's statistics and class names travel in the checkpoint: no training data needed here
-mean, std = (torch.tensor(s, device=device) for s in (checkpoint['data_mean'], checkpoint['data_std']))
+model_input = ModelInput(model.config.in_chans, model.config.img_size, torch.tensor(start.mean, device=device),
+                         torch.tensor(start.std, device=device), start.test_crop)
 # shown in figures and lines: a class folder's name that is not UTF-8 appears escaped (\udce9)
-classes = [c.encode('utf-8', 'backslashreplace').decode() for c in checkpoint['classes']]
-digits = get_dataset(checkpoint['config']['dataset']).digits
-tta_shift = checkpoint['config'].get('tta_shift', 0)  # runs saved before the key existed had none
-# the side folder pictures were prepared at (a fine-tuning run's model side when img_size did not say)
-picture_size = checkpoint.get('picture_size', checkpoint['config'].get('img_size', 0))
-test_crop = 0.875 if checkpoint['config'].get('store_size', 0) else 1.0  # as train.py evaluated
+classes = [c.encode('utf-8', 'backslashreplace').decode() for c in start.classes]
+digits = get_dataset(run['dataset']).digits
+tta_shift = run['tta_shift']  # evaluated as the run was
 if image:
     classify_pictures(image_paths(image))
 else:

@@ -10,34 +10,32 @@ $ torchrun --standalone --nproc_per_node=4 train.py config/mnist.py
 """
 import math
 import os
-import shlex
 import signal
 import sys
 import time
 from dataclasses import asdict
-from functools import lru_cache
-_started = time.time()  # the summary's wall time counts from here, torch's import included (_: not a config key)
+_started = time.time()  # the wall time counts from here, torch's import included (_: not a config key)
 
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import safety
-from data import (Prefetcher, augment, augment_args, fit_size, get_dataset, load_split, match_channels, normalize, place,
-                  predict)
-from device import (autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state, sdpa_backend, set_rng_state,
-                    synchronize, try_compile)
-from errors import die, quiet_when_a_peer_stops
+from data import Batches, ModelInput, augment_args, find_splits, fits_on_device, get_dataset, hold_out, predict
 from model import ViT, ViTConfig
-from pretrained import fit_to, load_source
-from settings import check_against_pictures, check_config, model_config, model_of_run, train_defaults
+from support import checkpoint, safety
+from support.device import (autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state, sdpa_backend,
+                            set_rng_state, synchronize, try_compile)
+from support.errors import die, note, quiet_when_a_peer_stops
+from support.optimizer import configure_optimizers
+from support.pretrained import from_source
+from support.rules import check_against_pictures, check_config
 
 # -----------------------------------------------------------------------------
 # default config values: config/*.py files and --key=value flags override them
 # I/O
 out_dir = 'out-mnist'  # the run's folder: ckpt.pt, metrics.jsonl, curves.png
-eval_interval = 250  # evaluate on the whole test split, then checkpoint, every this many iterations
+eval_interval = 250  # evaluate on the whole validation and test splits, then checkpoint, every this many iterations
 log_interval = 10
 always_save_checkpoint = True  # checkpoint at every evaluation; if False only at the end (and on Ctrl-C)
 init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), a torchvision ViT ('vit_b_16', 'vit_b_16:IMAGENET1K_SWAG_E2E_V1') or a run's out_dir
@@ -45,18 +43,19 @@ plot = True  # redraw out_dir/curves.png at every evaluation
 # data
 dataset = 'mnist'  # 'mnist', 'fashion_mnist', 'cifar10' or 'folder' (data.py)
 data_dir = 'data'  # where torchvision datasets are (or get downloaded); for 'folder', the folder of pictures
-img_size = 0  # folder datasets: 0 keeps the pictures' size, N resizes the shorter side to N and cuts the centre N x N
+img_size = 0  # the side the model takes; 0: the pictures' own. A folder's pictures are resized (shorter side) and cut to it
+store_size = 0  # folder datasets: keep the pictures at this side in the store, larger than img_size (0 = img_size)
+val_size = 0  # hold out this many training pictures (a fixed choice) as the validation split, to choose settings on
 batch_size = 32  # images per process per micro-step
 gradient_accumulation_steps = 1
 eval_batch_size = 500
-tta_shift = 0  # test-time augmentation: evaluate on the mean logits of each test image and its 8 shifts by N pixels
+tta_shift = 0  # test-time augmentation: evaluate on the mean logits of each picture and its 8 shifts by N pixels
 aug_translate = 0.0  # random shift of up to this many pixels (0 = no augmentation)
 aug_rotate = 0.0  # random rotation of up to this many degrees
 aug_scale = 0.0  # random zoom by up to this fraction
 aug_crop = 0  # random crop of the image padded by this many pixels (a shift by whole pixels)
 aug_flip = False  # mirror half of the images left to right (never digits)
 aug_rrc_scale = 0.0  # random-resized crops of at least this share of the area, to img_size (with store_size; 0 = off)
-store_size = 0  # folder datasets: keep the pictures at this side in the store, larger than img_size (0 = img_size)
 # model
 n_layer = 4
 n_head = 4
@@ -93,18 +92,12 @@ compile = True  # torch.compile the model where it can work
 seed = 1337
 data_placement = 'auto'  # 'device': the whole dataset on the device; 'stream': each batch read from the store; 'auto'
 # -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-config = {k: globals()[k] for k in _config_keys}  # plain types only, saved in the checkpoint
+config = {k: globals()[k] for k in config_keys}  # plain types only, saved in the checkpoint
+flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}  # the keys the command line sets by name
 # -----------------------------------------------------------------------------
-
-check_config(config)
-# the model's own values fail here, not after minutes of downloading or decoding, on the pictures' side where it is
-# known before they load (a folder of pictures of their own size: once they are decoded). A run that starts from
-# a checkpoint or a pretrained model takes its architecture from there.
-if init_from == 'scratch':
-    model_config(config, img_size=(get_dataset(dataset).shape or [img_size or patch_size])[-1], in_chans=1, n_classes=1)
-if aug_flip and get_dataset(dataset).digits:
-    die(f"aug_flip=True on {dataset}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
+check_config(config, get_dataset(dataset).shape, get_dataset(dataset).digits)
 out_dir = os.path.expanduser(out_dir)
 
 # processes: torchrun sets RANK for each one it starts; a plain `python train.py` is one process
@@ -118,6 +111,7 @@ if ddp:
     if not master:
         sys.excepthook = quiet_when_a_peer_stops
 dtype, dtype_reason = pick_dtype(dtype, device_type)
+ctx = autocast(device_type, dtype)
 torch.manual_seed(seed + rank)
 torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
 
@@ -127,144 +121,78 @@ metrics_path = os.path.join(out_dir, 'metrics.jsonl')
 if master:
     out_dir_lock = safety.claim_out_dir(out_dir, init_from, ckpt_path)
 
-# where the model starts: nowhere (scratch), the run's own checkpoint (resume), or a pretrained source
-checkpoint, source = None, None
-if init_from == 'resume':
-    # on the CPU: RNG states must be CPU tensors, and the weights go to the device as they load
-    checkpoint = safety.load_checkpoint(ckpt_path, 'cpu', keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num',
-                                                                'best_val_acc', 'val_loss', 'config', 'classes', 'rng',
-                                                                'data_mean', 'data_std'))
+# where the run starts, and all that decides: the model's arguments, the side the store keeps and the side the
+# model takes, the pixel normalization, the weights and the saved states (support/checkpoint.py)
 if ddp and not master:
-    dist.barrier()  # let rank 0 fetch the weights, download the data (or decode and cache it) first
-if init_from not in ('scratch', 'resume'):
-    source = load_source(init_from)
-# folder pictures are decoded at the model's size: a fine-tuning run's, if img_size does not say
-picture_size = checkpoint.get('picture_size', img_size) if checkpoint else store_size or img_size
-if source and not picture_size and not get_dataset(dataset).shape:
-    picture_size = source.model_args['img_size']
+    dist.barrier()  # rank 0 fetches the weights and builds the picture stores first; the others then read them
+if init_from == 'scratch':
+    start = checkpoint.from_scratch(config)
+elif init_from == 'resume':
+    start = checkpoint.from_checkpoint(ckpt_path, config, flags, world_size)
+else:
+    start = from_source(init_from, config, flags)
 
-# data: a store of uint8 pictures on disk (data.py), made once; on the device whole when it fits, else each
-# batch gathered from the store; batches are augmented and normalized on the device
-train = load_split(dataset, data_dir, True, picture_size)
-test = load_split(dataset, data_dir, False, picture_size, like=train.images)
+# the data: each split found from its files' names and headers, every check that needs no pixel made, then its
+# pictures decoded once into a store on disk (data.py), on the device whole when it fits, else each batch read
+train_split, test_split = find_splits(dataset, data_dir, start.store_size)
+model_args = start.model_for(train_split.shape[0], train_split.shape[-1], train_split.classes)
+check_against_pictures(config, train_split.shape[-1])
+train, test = train_split.load(), test_split.load()
 if ddp and master:
     dist.barrier()
-classes = train.classes
+train_idx, val_idx = hold_out(len(train.labels), val_size)
+if start.n_train not in (None, len(train_idx)):
+    note(f"resuming with training pictures {start.n_train} -> {len(train_idx)} (the batches are drawn anew)")
+on_device = fits_on_device(train.images.nbytes, device, data_placement)
+train_x, train_y = (train.images.to(device, copy=True), train.labels.to(device)) if on_device else (train.images, train.labels)
+test_x, test_y = (test.images.to(device, copy=True), test.labels.to(device)) if on_device else (test.images, test.labels)
+splits = {'val': (train_x[val_idx.to(train_x.device)], train_y[val_idx.to(train_y.device)])} if val_size else {}
+splits['test'] = test_x, test_y
+# pixels as the weights expect them: the training split's statistics from scratch, the checkpoint's or the source's
+data_mean, data_std = (start.mean, start.std) if start.mean else (train.mean, train.std)
+model_input = ModelInput(model_args['in_chans'], model_args['img_size'], torch.tensor(data_mean, device=device),
+                         torch.tensor(data_std, device=device), start.test_crop)
+batches = Batches(train_x, train_y, train_idx, batch_size, gradient_accumulation_steps, rank, world_size, seed,
+                  augment_args(config), model_input, device)
 
-# the model: the config's from scratch; the checkpoint's or the source's architecture otherwise
-model_args = model_of_run(config, _flags, train.images.shape, classes, checkpoint, ckpt_path, source, init_from,
-                          verbose=master)
-check_against_pictures(config, train.images.shape[-1])
-train_x, train_y, placement = place(train, device, data_placement)
-test_x, test_y, _ = place(test, device, data_placement)
-# pixels normalized as the weights expect them: the training split's statistics from scratch, the source's otherwise
-data_mean, data_std = (checkpoint['data_mean'], checkpoint['data_std']) if checkpoint else \
-    (source.mean, source.std) if source else (train.mean, train.std)
-mean_on_device, std_on_device = torch.tensor(data_mean, device=device), torch.tensor(data_std, device=device)
-# the pictures as the model takes them: its channels (grey into an RGB model), its size; both per batch
-model_channels, model_size = model_args['in_chans'], model_args['img_size']
-test_crop = 0.875 if store_size else 1.0  # a store kept larger for random-resized crops is tested on its centre
-prefetch = Prefetcher(train_x, train_y, device) if placement == 'stream' and device_type == 'cuda' else None
-global_batch = batch_size * gradient_accumulation_steps * world_size
-steps_per_epoch = len(train_x) // global_batch
-if steps_per_epoch == 0:
-    die(f"batch_size={batch_size} x gradient_accumulation_steps x processes = {global_batch} "
-        f"is larger than the {len(train_x)} training images", 2)
-aug_args = augment_args(config)
-augmenting = any(aug_args.values())
-aug_generator = torch.Generator(device=device)
-
-
-def draw_seed(prime, index):
-    # a generator seed for each (run seed, index): seed * prime + index never repeats for an index below the
-    # prime, and each stream of draws (batch order, augmentation) has a prime of its own
-    return (seed * prime + index) % 2 ** 64
-
-
-@lru_cache(maxsize=1)
-def epoch_order(epoch):
-    # one shuffle per epoch, the same on every process (each takes its own slice of a batch),
-    # and a function of (seed, epoch) alone, so a resumed run draws the batches it would have
-    generator = torch.Generator().manual_seed(draw_seed(1_000_003, epoch))
-    return torch.randperm(len(train_x), generator=generator).to(train_x.device)
-
-
-def batch_indices(it, micro_step):
-    epoch, step = divmod(it, steps_per_epoch)
-    start = step * global_batch + (micro_step * world_size + rank) * batch_size
-    return epoch_order(epoch)[start:start + batch_size]
-
-
-def get_batch(it, micro_step):
-    if prefetch:  # from the store to the GPU: this batch was gathered while the last one trained
-        following = (it, micro_step + 1) if micro_step + 1 < gradient_accumulation_steps else (it + 1, 0)
-        x, y = prefetch.get(batch_indices(it, micro_step), batch_indices(*following))
-    else:
-        idx = batch_indices(it, micro_step)
-        x, y = train_x[idx].to(device), train_y[idx].to(device)
-    x = match_channels(x, model_channels).float() / 255
-    if augmenting:
-        # seeded by the draw's place in the run, like the batch order: nothing to save for an exact resume
-        draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
-        aug_generator.manual_seed(draw_seed(1_000_033, draw))
-        x = augment(x, aug_generator, size=model_size, **aug_args)
-    x = fit_size(x, model_size, 1.0 if aug_rrc_scale else test_crop)  # (a random-resized crop is the model's size)
-    return normalize(x, mean_on_device, std_on_device), y
-
-
-# model
-iter_num = 0
-best_val_acc = 0.0
-checkpoint_val_loss = math.inf  # the val loss of the checkpoint in out_dir, which a diverged run must not replace
-if checkpoint:
-    iter_num, best_val_acc, checkpoint_val_loss = checkpoint['iter_num'], checkpoint['best_val_acc'], checkpoint['val_loss']
-    if iter_num >= max_iters:
-        die(f"{ckpt_path} is at iter {iter_num}, already at max_iters={max_iters}; raise max_iters to train on", 2)
-    changes = safety.resume_changes(checkpoint, config, world_size, train_defaults(), len(train_x))
-    if changes and master:
-        print(f"note: resuming with changes: {', '.join(changes)}")
+# the model, and its optimizers
 model = ViT(ViTConfig(**model_args))
-if checkpoint:
-    safety.load_model_state(model, checkpoint['model'], ckpt_path)
-elif source:
-    safety.load_model_state(model, fit_to(source, model, classes), init_from)
-    del source  # free the memory
+start.load_weights(model, train.classes, ckpt_path if init_from == 'resume' else init_from)
 model.to(device)
 raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
-
 if linear_probe:  # the pretrained features stay as they are; only the new head learns
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith('head.')
-optimizers = model.configure_optimizers(optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
-                                        device_type, dtype, layer_decay)
+optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
+                                  device_type, dtype, layer_decay)
 params = [p for opt in optimizers for group in opt.param_groups for p in group['params']]
 # fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-if checkpoint:
-    safety.load_optimizer_states(optimizers, checkpoint['optimizer'], ckpt_path)
-    scaler.load_state_dict(checkpoint['scaler'])
-    if len(checkpoint['rng']) == world_size:
-        set_rng_state(checkpoint['rng'][rank])
-    del checkpoint  # free the memory
-
-ctx = autocast(device_type, dtype)
+if start.resumed:
+    checkpoint.load_optimizer_states(optimizers, start.states['optimizer'], ckpt_path)
+    scaler.load_state_dict(start.states['scaler'])
+    if len(start.states['rng']) == world_size:
+        set_rng_state(start.states['rng'][rank])
+iter_num, checkpoint_loss = start.iter_num, start.checkpoint_loss  # a diverged run must not replace that checkpoint
+start.weights = start.states = None  # free the memory
 compile_note = "off"
 if compile:
-    model, compile_note = try_compile(model, ctx, *get_batch(iter_num, 0))
+    model, compile_note = try_compile(model, ctx, *batches.get(iter_num, 0))
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
-flops_per_iter = 3 * raw_model.flops_per_image() * batch_size * gradient_accumulation_steps
-peak = peak_flops(device_name(device), dtype)
+flops_per_iter = 3 * raw_model.flops_per_image() * batches.global_batch  # forward and backward, every process
+peak = peak_flops(device_name(device), dtype) * world_size if peak_flops(device_name(device), dtype) else None
 if master:
-    print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note} | "
-          f"attention: sdpa {sdpa_backend(device, dtype, n_embd // n_head)} kernel (fastest for {dtype}, "
-          f"head_dim {n_embd // n_head} here)")
-    print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {raw_model.flops_per_image() / 1e9:.3f} "
-          f"GFLOPs per image forward | data: {dataset}, {len(train_x)} train / {len(test_x)} test images of "
-          f"{'x'.join(map(str, train_x.shape[1:]))}, {len(classes)} classes ({'on the device' if placement == 'device' else 'streamed from ' + train.path}) | {world_size} process(es), "
-          f"{global_batch} images per iteration | optimizer {optimizer}")
+    head_dim = model_args['n_embd'] // model_args['n_head']
+    print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note} | attention: "
+          f"sdpa {sdpa_backend(device, dtype, head_dim)} kernel (fastest for {dtype}, head_dim {head_dim} here)")
+    print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {raw_model.flops_per_image() / 1e9:.3f} GFLOPs "
+          f"per image forward | data: {dataset}, {len(train_idx)} train / {len(val_idx)} val / {len(test_x)} test images of "
+          f"{'x'.join(map(str, train_x.shape[1:]))}, {len(train.classes)} classes "
+          f"({'on the device' if on_device else 'streamed from ' + train.path}) | {world_size} process(es), "
+          f"{batches.global_batch} images per iteration | optimizer {optimizer}")
 
 
 def lr_multiplier(it):
@@ -277,23 +205,22 @@ def lr_multiplier(it):
 
 
 @torch.no_grad()
-def evaluate():
-    """Loss and accuracy on the whole test split; each process takes a slice, the sums add up."""
+def evaluate(images, labels):
+    """Loss and accuracy on a whole split; each process takes a slice, the sums add up."""
     eval_model.eval()
-    lo, hi = len(test_x) * rank // world_size, len(test_x) * (rank + 1) // world_size
+    lo, hi = len(images) * rank // world_size, len(images) * (rank + 1) // world_size
     sums = torch.zeros(2, device=device)  # loss, correct
     for start in range(lo, hi, eval_batch_size):
-        end = min(start + eval_batch_size, hi)
-        x, y = match_channels(test_x[start:end].to(device), model_channels), test_y[start:end].to(device)
+        x, y = images[start:min(start + eval_batch_size, hi)].to(device), labels[start:min(start + eval_batch_size, hi)].to(device)
         with ctx:
-            logits = predict(eval_model, x, mean_on_device, std_on_device, tta_shift, model_size, test_crop)
+            logits = predict(eval_model, x, model_input, tta_shift)
         sums[0] += F.cross_entropy(logits, y, reduction='sum')
         sums[1] += (logits.argmax(dim=1) == y).sum()
     if ddp:
         dist.all_reduce(sums)
     eval_model.train()
     loss, correct = sums.tolist()
-    return loss / len(test_x), correct / len(test_x)
+    return loss / len(images), correct / len(images)
 
 
 def save_checkpoint():
@@ -302,22 +229,11 @@ def save_checkpoint():
         rngs = [None] * world_size
         dist.all_gather_object(rngs, rng_state())
     if master:
-        safety.save_checkpoint({
-            'model': raw_model.state_dict(),
-            'optimizer': [opt.state_dict() for opt in optimizers],
-            'scaler': scaler.state_dict(),
-            'model_args': asdict(raw_model.config),
-            'iter_num': iter_num,
-            'best_val_acc': best_val_acc,
-            'val_loss': checkpoint_val_loss,
-            'config': config,
-            'classes': classes,
-            'data_mean': data_mean,
-            'data_std': data_std,
-            'n_train': len(train_x),
-            'picture_size': picture_size,
-            'rng': rngs,
-        }, ckpt_path)
+        checkpoint.save({'model': raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
+                         'scaler': scaler.state_dict(), 'model_args': asdict(raw_model.config), 'iter_num': iter_num,
+                         'val_loss': checkpoint_loss, 'config': config, 'classes': train.classes, 'data_mean': data_mean,
+                         'data_std': data_std, 'n_train': len(train_idx), 'store_size': start.store_size, 'rng': rngs},
+                        ckpt_path)
 
 
 def global_mean(losses):
@@ -338,24 +254,10 @@ def stop_if_diverged(loss, what, checkpoint_loss=None):
             f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
 
 
-def log_metrics(**record):
-    if master:
-        safety.write_metrics(metrics_path, [record], 'a')
-
-
 def duration(seconds):
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def resume_command():
-    args = shlex.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
-    if not ddp:
-        return f"python train.py {args} --init_from=resume"
-    if int(os.environ['LOCAL_WORLD_SIZE']) == world_size:
-        return f"torchrun --standalone --nproc_per_node={world_size} train.py {args} --init_from=resume"
-    return f"the same torchrun command as this run's ({world_size} processes), with train.py {args} --init_from=resume"
 
 
 def leave(code):
@@ -391,7 +293,7 @@ while iter_num < max_iters:
         if ddp:
             # all-reduce the gradients once, on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        x, y = get_batch(iter_num, micro_step)
+        x, y = batches.get(iter_num, micro_step)
         with ctx:
             _, loss = model(x, y, label_smoothing)
         loss = loss / gradient_accumulation_steps
@@ -412,38 +314,38 @@ while iter_num < max_iters:
     if iter_num % log_interval == 0 or last:
         mean_loss = global_mean(losses[logged_iter - iter_num:])
         synchronize(device_type)
-        dt = time.time() - t0
-        ms = 1000 * dt / (iter_num - logged_iter)
+        ms = 1000 * (time.time() - t0) / (iter_num - logged_iter)
         warm = logged_iter > start_iter
         if warm:
             interval_ms.append(ms)
         stop_if_diverged(mean_loss, "the training loss")
         lr = learning_rate * lr_multiplier(iter_num - 1)
         if master:
-            eta = f", eta {duration((max_iters - iter_num) * ms / 1000)}" if warm else " (warm-up)"
-            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {lr:.1e}, time {ms:.2f}ms{eta}"
+            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {lr:.1e}, time {ms:.2f}ms"
+                  + (f", eta {duration((max_iters - iter_num) * ms / 1000)}" if warm else " (warm-up)")
                   + (f", mfu {100 * flops_per_iter / (ms / 1000) / peak:.1f}%" if peak else ""))
-        log_metrics(iter=iter_num, loss=mean_loss, lr=lr, ms=ms)
+            safety.write_metrics(metrics_path, [dict(iter=iter_num, loss=mean_loss, lr=lr, ms=ms)], 'a')
         logged_iter, t0 = iter_num, time.time()
 
     if iter_num % eval_interval == 0 or last:
-        val_loss, val_acc = evaluate()
+        scores = {name: evaluate(*split) for name, split in splits.items()}  # {split: (loss, accuracy)}
         train_loss = global_mean(losses)
         losses = []
-        stop_if_diverged(val_loss, "the val loss", checkpoint_val_loss)
-        best_val_acc = max(best_val_acc, val_acc)
+        stop_if_diverged(scores['test'][0], "the test loss", checkpoint_loss)
         if master:
-            print(f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val acc {100 * val_acc:.2f}%")
-        log_metrics(iter=iter_num, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc)
+            print(f"step {iter_num}: train loss {train_loss:.4f}, "
+                  + ', '.join(f"{name} loss {loss:.4f}, {name} acc {100 * acc:.2f}%" for name, (loss, acc) in scores.items()))
+            safety.write_metrics(metrics_path, [dict(iter=iter_num, train_loss=train_loss, **{
+                f"{name}_{what}": value for name, s in scores.items() for what, value in zip(('loss', 'acc'), s)})], 'a')
         if always_save_checkpoint or last:
-            checkpoint_val_loss = val_loss
+            checkpoint_loss = scores['test'][0]
             save_checkpoint()
         if plot and master:
             from plot import plot_runs  # matplotlib loads only when it is needed
             try:
                 plot_runs([out_dir], os.path.join(out_dir, 'curves.png'))
             except OSError as e:  # a figure is not worth a run: the checkpoint and metrics are written
-                print(f"note: could not draw {os.path.join(out_dir, 'curves.png')} ({e.strerror or e}); training goes on")
+                note(f"could not draw {os.path.join(out_dir, 'curves.png')} ({e.strerror or e}); training goes on")
         t0 = time.time()  # the clock leaves the evaluation out
 
     signum = stop.requested()
@@ -453,12 +355,13 @@ while iter_num < max_iters:
         save_checkpoint()
         if master:
             print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
-                  f"Resume with: {resume_command()}")
+                  f"Resume with: {safety.resume_command(ddp, world_size)}")
         leave(0 if signum == signal.SIGINT else 128 + signum)
 
 if master:
     mean_ms = sum(interval_ms) / len(interval_ms) if interval_ms else ms
-    print(f"done: val acc {100 * val_acc:.2f}% (best during the run {100 * best_val_acc:.2f}%), val loss {val_loss:.4f} "
-          f"| {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
-          + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "") + f" | checkpoint {ckpt_path}")
+    print(f"done: " + ', '.join(f"{name} acc {100 * acc:.2f}%" for name, (_, acc) in scores.items())
+          + f" | {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
+          + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "")
+          + f", {flops_per_iter * iter_num / 1e12:.3g} TFLOP of training | checkpoint {ckpt_path}")
 leave(0)

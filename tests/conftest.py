@@ -1,13 +1,16 @@
-"""Shared helpers: synthetic data (MNIST's IDX files, folders of pictures), and running the scripts as a user would."""
+"""Shared helpers: synthetic data (MNIST's IDX files, folders of pictures), the runs the tests share (each trained
+once a session, then copied by the tests that change them), and running the scripts as a user would."""
 import gc
 import json
 import os
 import runpy
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import zlib
+from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -66,6 +69,18 @@ def make_picture_folder(root, per_class=(40, 12), size=(16, 16), seed=0, split_n
     return root
 
 
+def grey_folder(root, sizes=(('train', 28), ('test', 28)), n=12):
+    """A folder dataset of two classes of grey pictures (plain shades), n a class in each split, at the sides given."""
+    from PIL import Image
+    for split, side in sizes:
+        for c in ('a', 'b'):
+            os.makedirs(os.path.join(root, split, c), exist_ok=True)
+            for i in range(n):
+                Image.new('L', (side, side), 40 * i % 255 if c == 'a' else 255 - 20 * i).save(
+                    os.path.join(root, split, c, f'{i}.png'))
+    return str(root)
+
+
 def png_claiming(path, width, height):
     """A valid tiny PNG whose header claims width x height (a decompression bomb's header)."""
     from PIL import Image
@@ -82,6 +97,45 @@ def synthetic_data(tmp_path_factory):
     return make_mnist_dir(str(tmp_path_factory.mktemp('data')))
 
 
+# a model small enough to train in seconds on a CPU
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--patch_size=7', '--batch_size=32', '--eval_batch_size=250',
+        '--device=cpu', '--compile=False', '--dtype=float32', '--plot=False']
+FAST = TINY + ['--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10', '--log_interval=10']
+
+
+Run = namedtuple('Run', 'out stdout args')  # a finished run: its out_dir, what it printed, its train.py arguments
+
+
+@pytest.fixture(scope='session')
+def trained_run(synthetic_data, tmp_path_factory):
+    """The run the tests share: 200 iterations on the synthetic digits (about 95% test accuracy), curves drawn.
+    A test that changes anything works on a copy (copy_of_run)."""
+    cwd = tmp_path_factory.mktemp('trained')
+    args = [*FAST, f'--data_dir={synthetic_data}', '--max_iters=200', '--eval_interval=100']
+    result = run_script('train.py', *args, '--out_dir=out', '--plot=True', cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return Run(cwd / 'out', result.stdout, args)
+
+
+@pytest.fixture
+def copy_of_run(trained_run, tmp_path):
+    """A copy of the shared run in tmp_path/out, to edit, resume, or break."""
+    shutil.copytree(trained_run.out, tmp_path / 'out')
+    return tmp_path / 'out'
+
+
+@pytest.fixture(scope='session')
+def colour_run(tmp_path_factory):
+    """A short run on a folder of colour pictures of 3 classes (16 x 16), about 100% test accuracy."""
+    cwd = tmp_path_factory.mktemp('colour')
+    root = make_picture_folder(str(cwd / 'pictures'), per_class=(100, 20))
+    args = [*FAST, '--dataset=folder', f'--data_dir={root}', '--patch_size=4', '--max_iters=60', '--eval_interval=60',
+            '--aug_crop=2', '--aug_flip=True']
+    result = run_script('train.py', *args, '--out_dir=out', cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return Run(cwd / 'out', result.stdout, args)
+
+
 @pytest.fixture(scope='session', autouse=True)
 def private_cache(tmp_path_factory):
     """The tests decode folder datasets into a cache of their own, never the user's ~/.cache."""
@@ -92,11 +146,6 @@ def private_cache(tmp_path_factory):
         del os.environ['XDG_CACHE_HOME']
     else:
         os.environ['XDG_CACHE_HOME'] = before
-
-
-# a model small enough to train in seconds on a CPU
-TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--patch_size=7', '--batch_size=32', '--eval_batch_size=250',
-        '--device=cpu', '--compile=False', '--dtype=float32', '--plot=False']
 
 
 def run_script(script, *args, cwd, timeout=300, env=None):
@@ -110,28 +159,33 @@ def run_script(script, *args, cwd, timeout=300, env=None):
 @pytest.fixture
 def run_here(monkeypatch, capsys):
     """Run one of the repo's scripts in this process, as `python script args` in cwd would, and return what
-    run_script returns. For runs that stop early or train for seconds: a fresh interpreter (torch's import)
-    costs more than they do. What the script changes of this process (cwd, argv, signal handlers) is put back."""
+    run_script returns (with keep_globals, the script's globals as .globals, when it ran to its end). For runs that stop early
+    or train for seconds: a fresh interpreter (torch's import) costs more than they do. What the script changes
+    of this process (cwd, argv, signal handlers) is put back."""
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-    def run(script, *args, cwd, env=None):
+    def run(script, *args, cwd, env=None, keep_globals=False):
         path = os.path.join(REPO, script)
         with monkeypatch.context() as m:
             m.chdir(cwd)
             m.setattr(sys, 'argv', [path, *args])
             for key, value in (env or {}).items():
                 m.setenv(key, value)
+            finished = None
             try:
-                runpy.run_path(path, run_name='__main__')
+                finished = runpy.run_path(path, run_name='__main__')
                 code = 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
             finally:
                 for s, handler in handlers.items():
                     signal.signal(s, handler)
+        finished = finished if keep_globals else None
         gc.collect()  # the script's globals hold its out_dir lock: free them now, as a process's end would
         out, err = capsys.readouterr()
-        return subprocess.CompletedProcess([script, *args], code, out, err)
+        result = subprocess.CompletedProcess([script, *args], code, out, err)
+        result.globals = finished
+        return result
     return run
 
 
@@ -151,6 +205,17 @@ def wait_for_line(process, prefix):
         if line.startswith(prefix):
             return lines
     raise AssertionError(f"the run ended without printing {prefix!r}:\n{''.join(lines)}{process.stderr.read()}")
+
+
+def load_split(name, data_dir, split, size=0):
+    """A split's store, as train.py finds and loads it."""
+    from data import find_split
+    return find_split(name, data_dir, split, size).load()
+
+
+def final_eval(out_dir):
+    """The last evaluation record of a run's metrics.jsonl."""
+    return [r for r in read_jsonl(os.path.join(out_dir, 'metrics.jsonl')) if 'test_acc' in r][-1]
 
 
 def read_jsonl(path):

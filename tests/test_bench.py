@@ -1,3 +1,4 @@
+"""bench.py: it times a config's step without its data, next to torchvision's ViT, and refuses bad input."""
 import json
 
 import pytest
@@ -41,3 +42,12 @@ def test_bench_times_a_pretrained_vit_s_shape_without_its_weights(tmp_path, run_
     assert 'n_layer 12, n_head 12, n_embd 768, patch 32 (vit_b_32)' in result.stdout
     report = json.loads((tmp_path / 'b.json').read_text())
     assert report['image_shape'] == [3, 224, 224] and {r['impl'] for r in report['rows']} == {'nanoViT', 'torchvision'}
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--bench_iters=0'], 'bench_iters=0 must be at least 1'),
+    (['--bench_out=.'], "bench_out='.' is a folder"),
+])
+def test_bench_refuses_before_timing(args, message, tmp_path, run_here):
+    result = run_here('bench.py', '--device=cpu', *args, cwd=tmp_path)
+    assert_one_line_error(result, message, code=2)

@@ -1,34 +1,31 @@
-"""sample.py on tiny checkpoints trained here (digits, and a folder of colour pictures): the report and
-figures, and the pictures users have."""
+"""sample.py on the shared checkpoints (digits, and a folder of colour pictures): the report, the figures,
+attention rollout, and the pictures users have."""
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, make_picture_folder, png_claiming, run_script
+from conftest import TINY, assert_one_line_error, make_picture_folder, png_claiming
+from model import ViT, ViTConfig
 
 FIGURES = ('predictions', 'mistakes', 'confusion', 'attention')
 
 
 @pytest.fixture(scope='module')
-def run_dir(synthetic_data, tmp_path_factory):
+def run_dir(trained_run, tmp_path_factory):
+    """A folder holding a copy of the shared digits run as out/: sample.py writes its figures there."""
     cwd = tmp_path_factory.mktemp('sample')
-    result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--pos_std=1.0', '--learning_rate=3e-3',
-                        '--warmup_iters=10', '--max_iters=100', '--eval_interval=100', '--out_dir=out', cwd=cwd)
-    assert result.returncode == 0, result.stderr
+    shutil.copytree(trained_run.out, cwd / 'out')
     return cwd
 
 
 @pytest.fixture(scope='module')
-def colour_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp('colour')
-    root = make_picture_folder(str(cwd / 'pictures'), per_class=(100, 20))
-    result = run_script('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--patch_size=4', '--pos_std=1.0',
-                        '--learning_rate=3e-3', '--warmup_iters=10', '--max_iters=60', '--eval_interval=60',
-                        '--out_dir=out', cwd=cwd)
-    assert result.returncode == 0, result.stderr
+def colour_dir(colour_run, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp('sample-colour')
+    shutil.copytree(colour_run.out, cwd / 'out')
     return cwd
 
 
@@ -46,32 +43,32 @@ def test_figures_and_report_go_into_the_run_s_folder(run_dir, run_here):
     before = set(os.listdir(run_dir))
     result = run_here('sample.py', '--out_dir=out', '--device=cpu', cwd=run_dir)
     assert result.returncode == 0, result.stderr
-    assert 'test accuracy:' in result.stdout and '| checkpoint at iter 100' in result.stdout
+    assert 'test accuracy:' in result.stdout and '| checkpoint at iter 200' in result.stdout
     table = [line.split() for line in result.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert [int(row[0]) for row in table] == list(range(10)) and table[7][3:] == ['7', '-', 'seven']
     assert_figures(run_dir / 'out')
     assert set(os.listdir(run_dir)) == before  # nothing outside out_dir
 
 
-def test_colour_model_report_and_pictures(colour_run, tmp_path, run_here):
-    result = run_here('sample.py', '--out_dir=out', '--device=cpu', cwd=colour_run)
+def test_colour_model_report_and_pictures(colour_dir, tmp_path, run_here):
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', cwd=colour_dir)
     assert result.returncode == 0, result.stderr
     assert [line.split()[-1] for line in result.stdout.splitlines() if line[:5].strip().isdigit()] == \
         ['blue', 'green', 'red']
-    assert_figures(colour_run / 'out')
-    with Image.open(colour_run / 'out' / 'predictions.png') as figure:  # colour pictures are shown in colour
+    assert_figures(colour_dir / 'out')
+    with Image.open(colour_dir / 'out' / 'predictions.png') as figure:  # colour pictures are shown in colour
         pixels = np.asarray(figure.convert('RGB')).astype(int)
         assert (np.abs(pixels[:, :, 0] - pixels[:, :, 2]) > 100).sum() > 100
     big_red = np.full((90, 60, 3), 128, dtype=np.uint8)
     big_red[10:80, 5:55] = (220, 40, 40)
     Image.fromarray(big_red).save(tmp_path / 'red thing.jpg')
     Image.fromarray(big_red[:, :, 0]).save(tmp_path / 'grey.png')
-    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "red thing.jpg"}', cwd=colour_run)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "red thing.jpg"}', cwd=colour_dir)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-2].startswith(f"{tmp_path / 'red thing.jpg'}: red (")
-    with Image.open(colour_run / 'out' / 'input-red thing_jpg-seen.png') as seen:
+    with Image.open(colour_dir / 'out' / 'input-red thing_jpg-seen.png') as seen:
         assert seen.size == (16, 16) and seen.mode == 'RGB'  # resized and cut to the model's size
-    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "grey.png"}', cwd=colour_run)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "grey.png"}', cwd=colour_dir)
     assert result.returncode == 0, result.stderr
     assert '(made colour: the model takes 3-channel pictures)' in result.stdout
 
@@ -180,3 +177,76 @@ def test_bad_input(run_dir, setup, args, message, run_here):
     out = [] if any(a.startswith('--out_dir') for a in args) else ['--out_dir=out']
     result = run_here('sample.py', '--device=cpu', *out, *args, cwd=run_dir)
     assert_one_line_error(result, message)
+
+
+@pytest.mark.parametrize('edit,args,message', [
+    ('no data_dir', [], "does not say where its data is: give --data_dir"),
+    ('figure is a folder', [], "could not write out/predictions.png: Is a directory"),
+    (None, ['--image=,'], "image=',' names no picture"),
+])
+def test_sample_py_on_edited_files(edit, args, message, copy_of_run, run_here):
+    if edit == 'no data_dir':
+        checkpoint = torch.load(copy_of_run / 'ckpt.pt', weights_only=True)
+        checkpoint['config'].pop('data_dir')
+        torch.save(checkpoint, copy_of_run / 'ckpt.pt')
+    elif edit == 'figure is a folder':
+        os.makedirs(copy_of_run / 'predictions.png')
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', *args, cwd=copy_of_run.parent)
+    assert_one_line_error(result, message)
+
+
+def test_sample_py_refuses_a_folder_of_other_classes_before_decoding_it(colour_dir, tmp_path, run_here):
+    other = tmp_path / 'other'
+    for split in ('train', 'test'):
+        for c in ('cat', 'dog'):
+            os.makedirs(other / split / c)
+            Image.new('RGB', (16, 16), 'white').save(other / split / c / '0.png')
+    (colour_dir / 'out' / 'predictions.png').unlink(missing_ok=True)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f'--data_dir={other}', cwd=colour_dir)
+    assert_one_line_error(result, "the classes in")
+    assert "(cat, dog) are not the 3 the model was trained on (blue, green, red)" in result.stderr
+    assert not (colour_dir / 'out' / 'predictions.png').exists() and 'decoded' not in result.stdout
+
+
+# -----------------------------------------------------------------------------
+# attention rollout, sample.py's own function on models of every pooling
+
+
+@pytest.fixture(scope='module')
+def rollout(run_dir):
+    """sample.py's attention_rollout, from a run of the script itself."""
+    import runpy
+    import sys
+    argv = sys.argv
+    sys.argv = ['sample.py', f'--out_dir={run_dir / "out"}', '--device=cpu', '--n_attention=1']
+    try:
+        return runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'sample.py'),
+                              run_name='__main__')['attention_rollout']
+    finally:
+        sys.argv = argv
+
+
+def randomized(model):
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize('pool', ['cls', 'mean', 'map'])
+def test_attention_rollout(pool, rollout):
+    torch.manual_seed(0)
+    model = randomized(ViT(ViTConfig(n_layer=3, n_head=2, n_embd=32, patch_size=7, pool=pool, pos_std=1.0)))
+    x = torch.randn(5, 1, 28, 28)
+    if pool == 'map':  # a single layer's rollout is the probe's attention mixed with the identity
+        one = ViT(ViTConfig(n_layer=1, n_head=2, n_embd=32, patch_size=7, pool=pool, pos_std=1.0)).eval()
+        with torch.no_grad():
+            tokens = one.embed(x)
+            layer = one.blocks[0].attn.attention_probs(one.blocks[0].ln_1(tokens)).mean(dim=1)
+            final = one.ln_f(one.blocks[0](tokens))
+        expected = (one.pool.token_weights(final)[:, None] @ ((layer + torch.eye(16)) / 2))[:, 0]
+        assert torch.allclose(rollout(one, x).flatten(1), expected / expected.sum(-1, keepdim=True), atol=1e-6)
+    maps = rollout(model, x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # as sample.py runs it on a bf16 CPU
+        assert torch.allclose(rollout(model, x), maps, atol=0.02)
+    assert maps.shape == (5, 4, 4) and maps.dtype == torch.float32
+    assert torch.allclose(maps.sum(dim=(1, 2)), torch.ones(5), atol=1e-5)
+    assert (maps >= 0).all() and not torch.allclose(maps, torch.full_like(maps, 1 / 16))

@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn import functional as F
 
-from errors import die
 from model import ViTConfig
+from support.checkpoint import Start, architecture_of, load_checkpoint, saved_model_args
+from support.rules import check_model
+from support.errors import die
 
 # torchvision's ViT builders: what their weights do not say (the heads)
 TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 16, 'vit_h_14': 16}
@@ -100,20 +102,33 @@ def from_torchvision(state, args, path):
 
 def read_run(init_from):
     """Another nanoViT run (its out_dir or its ckpt.pt) as a Source."""
-    from safety import load_checkpoint, saved_model_config
     path = os.path.expanduser(init_from)
     path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
     if not os.path.isfile(path):
         die(f"init_from={init_from!r} is neither 'scratch', 'resume', a torchvision ViT "
             f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS) nor a nanoViT run's out_dir or ckpt.pt", 2)
     checkpoint = load_checkpoint(path, 'cpu', keys=('model', 'model_args', 'data_mean', 'data_std', 'classes'))
-    args = asdict(saved_model_config(checkpoint, path))
     state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
-    return Source(args, state, checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'])
+    return Source(saved_model_args(checkpoint, path), state, checkpoint['data_mean'], checkpoint['data_std'],
+                  checkpoint['classes'])
 
 
-def load_source(init_from):
-    return fetch_torchvision(init_from) if is_torchvision_name(init_from) else read_run(init_from)
+def from_source(init_from, config, flags, weights=True):
+    """The start of a fine-tuning run: the source's architecture (what the command line asks against it stops the
+    run) at the side config's img_size asks for (0: the source's), its pixel normalization, and, unless weights
+    is False (bench.py times the shape alone), its weights with the position embedding resampled to that side."""
+    if is_torchvision_name(init_from) and not weights:
+        source = Source(torchvision_architecture(init_from), None, None, None)
+    else:
+        source = fetch_torchvision(init_from) if is_torchvision_name(init_from) else read_run(init_from)
+    args = architecture_of(source.model_args, config, flags, init_from, f"init_from={init_from!r} has {{}} but this run "
+                           f"asks for {{}}: a fine-tuning run keeps the source's architecture")
+    args = dict(args, img_size=config['img_size'] or args['img_size'], n_classes=None)  # the classes are the data's
+    check_model(dict(args, n_classes=1))  # before any data is read
+    state = source.state_dict
+    if state is not None and args['pos_embd'] == 'learned':
+        state = dict(state, pos_embd=resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size']))
+    return Start(args, config['store_size'] or args['img_size'], source.mean, source.std, source.classes, state)
 
 
 def resample_pos_embd(pos, grid):
@@ -123,14 +138,3 @@ def resample_pos_embd(pos, grid):
     image = pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     image = F.interpolate(image, size=(grid, grid), mode='bicubic', align_corners=False, antialias=grid < old)
     return image.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
-
-
-def fit_to(source, model, classes):
-    """The source's weights made to fit model: the position embedding resampled to its grid, and for other
-    classes than the source's, model's own zero head (every class at equal odds)."""
-    state = dict(source.state_dict)
-    if model.config.pos_embd == 'learned':
-        state['pos_embd'] = resample_pos_embd(state['pos_embd'], model.config.grid)
-    if source.classes != classes:
-        state['head.weight'], state['head.bias'] = model.head.weight.detach(), model.head.bias.detach()
-    return state

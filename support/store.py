@@ -1,10 +1,14 @@
 """
 The picture store: a split's decoded pictures as one uint8 array (N, C, H, W) in a file on disk, read
 through a memory map (nanoGPT's train.bin, for pictures), beside its labels, class names, pixel statistics
-and the key of the files it was made from. Made once, by one process of a node (a lock; the others wait,
-then map it), in a folder of its own that is renamed into place when whole: a kill or a full disk mid-way
-leaves nothing that looks like a store.
+and the key of the files it was made from. This module alone knows its format:
+    <store>/images.u8   the pictures, N x C x H x W bytes
+    <store>/labels.i64  the labels, N little-endian int64
+    <store>/meta.json   version, key, shape, classes, mean, std, note
+Made once, by one process of a node (a lock; the others wait, then map it), in a folder of its own that is
+renamed into place when whole: a kill or a full disk mid-way leaves nothing that looks like a store.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from errors import die
+from support.errors import die
+from support.locks import hold
 
 STORE_VERSION = 1
 
@@ -24,6 +29,23 @@ def cache_dir():
     # beside other programs' caches, never in data_dir, which may be read-only
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return os.path.join(base, 'nanovit')
+
+
+def store_path(data_dir, split, size):
+    """Where a split's store lives: named for the data, the split and the side, and a hash of the data's full path."""
+    where = hashlib.sha256(os.path.abspath(data_dir).encode(errors='surrogateescape')).hexdigest()[:8]
+    return os.path.join(cache_dir(), f"{os.path.basename(os.path.abspath(data_dir))}-{split}-{size}-{where}")
+
+
+def files_key(root, files, *facts):
+    """What a store must have been made from: facts (the side, the classes) and each file's path under root, size,
+    modification time, change time and inode. A copy tool can keep the first three equal by accident (touch -r
+    sets the modification time back), not the last two."""
+    key = hashlib.sha256(repr(facts).encode(errors='surrogateescape'))
+    for path, s in files:
+        key.update(repr((os.path.relpath(path, root), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino))
+                   .encode(errors='surrogateescape'))
+    return key.hexdigest()
 
 
 @dataclass
@@ -58,12 +80,13 @@ def open_store(path, key, classes):
         return None
 
 
-def load_or_build(path, key, classes, build):
-    """The store at path, or, when there is none that is whole and made from these files, the one build(tmp) writes
-    into the folder tmp: build returns (shape, labels, note); the store's statistics are counted here."""
+def load_or_build(path, key, classes, shape, fill):
+    """The store at path, or, when there is none that is whole and made from these files, a new one: fill(images)
+    writes the pictures into images, a writable map of shape (N, C, H, W), and returns (n, labels, note): the first
+    n rows are the pictures kept, labels theirs. The statistics are counted here."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + '.lock', 'a+') as lock:
-        wait_for_lock(lock)  # one process of a node builds; the others wait here, then map its store
+        hold(lock)  # one process of a node builds; the others wait here, then map its store
         store = open_store(path, key, classes)
         if store:
             if store.note:  # what the build said of the files (pictures skipped), said again at every start
@@ -75,17 +98,7 @@ def load_or_build(path, key, classes, build):
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         try:
-            shape, labels, note = build(tmp)
-            labels.numpy().tofile(os.path.join(tmp, 'labels.i64'))
-            images = np.memmap(os.path.join(tmp, 'images.u8'), dtype=np.uint8, mode='r', shape=shape)
-            mean, std = channel_stats(images)
-            del images  # closed before the rename (Windows cannot rename a folder with a file mapped in it)
-            with open(os.path.join(tmp, 'meta.json'), 'w') as f:
-                json.dump(dict(version=STORE_VERSION, key=key, shape=list(shape), classes=classes, mean=mean, std=std,
-                               note=note), f)
-            for name in os.listdir(tmp):  # on disk before the rename says it is whole
-                with open(os.path.join(tmp, name), 'rb+') as f:
-                    os.fsync(f.fileno())
+            build(tmp, key, classes, shape, fill)
             if os.path.exists(path):
                 shutil.rmtree(path)
             os.rename(tmp, path)
@@ -105,17 +118,22 @@ def load_or_build(path, key, classes, build):
     return store
 
 
-def wait_for_lock(f):
-    """Wait until this process holds f's lock; the operating system drops it when the process ends, however."""
-    if os.name == 'nt':
-        import msvcrt
-        while True:
-            try:
-                return msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
-            except OSError:  # LK_LOCK gives up after 10 s: wait on
-                continue
-    import fcntl
-    fcntl.flock(f, fcntl.LOCK_EX)
+def build(tmp, key, classes, shape, fill):
+    """Write a whole store into the folder tmp."""
+    images = np.memmap(os.path.join(tmp, 'images.u8'), dtype=np.uint8, mode='w+', shape=shape)
+    n, labels, note = fill(images)
+    images.flush()
+    del images  # closed before it is cut short, and before the rename (Windows cannot rename a folder with a file mapped in it)
+    shape = (n, *shape[1:])
+    os.truncate(os.path.join(tmp, 'images.u8'), int(np.prod(shape)))
+    labels.numpy().astype('<i8').tofile(os.path.join(tmp, 'labels.i64'))
+    mean, std = channel_stats(np.memmap(os.path.join(tmp, 'images.u8'), dtype=np.uint8, mode='r', shape=shape))
+    with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+        json.dump(dict(version=STORE_VERSION, key=key, shape=list(shape), classes=classes, mean=mean, std=std,
+                       note=note), f)
+    for name in os.listdir(tmp):  # on disk before the rename says it is whole
+        with open(os.path.join(tmp, name), 'rb+') as f:
+            os.fsync(f.fileno())
 
 
 def channel_stats(images, chunk=4096):

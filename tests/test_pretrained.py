@@ -1,19 +1,30 @@
-"""Fine-tuning: a torchvision ViT (random weights in torchvision's cache: nothing is fetched here) or another
-nanoViT run as the start, through the code path train.py's init_from takes."""
+"""Fine-tuning (support/pretrained.py): a torchvision ViT (random weights in torchvision's cache: nothing is fetched
+here) or another nanoViT run as the start, through the code path train.py's init_from takes."""
 import os
 import shutil
 import signal
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from conftest import TINY, assert_one_line_error, losses, make_picture_folder, run_script, start_script, wait_for_line
 from model import ViT, ViTConfig
-from pretrained import fit_to, load_source, resample_pos_embd
-from safety import load_model_state
+from support.pretrained import from_source, resample_pos_embd
 
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}  # every fetch fails at once
 BASE = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16', '--log_interval=1', '--learning_rate=1e-3']
+
+
+def a_config(**changes):
+    """The keys of a run's config that a fine-tuning start reads, at train.py's defaults."""
+    return dict(asdict(ViTConfig()), img_size=0, store_size=0) | changes
+
+
+def model_from(start, classes):
+    model = ViT(ViTConfig(**start.model_for(start.model_args['in_chans'], start.model_args['img_size'], classes))).eval()
+    start.load_weights(model, classes, 'the source')
+    return model
 
 
 @pytest.fixture(scope='module')
@@ -34,11 +45,10 @@ def test_torchvision_vit_b_16_imports_with_the_same_logits(torch_home, monkeypat
     home, reference = torch_home
     monkeypatch.setenv('TORCH_HOME', str(home))
     monkeypatch.setenv('http_proxy', OFFLINE['http_proxy'])  # what is in the cache is read, nothing fetched
-    source = load_source('vit_b_16')
-    assert source.model_args['img_size'] == 224 and source.model_args['n_layer'] == 12 and source.model_args['n_head'] == 12
-    assert source.mean == [0.485, 0.456, 0.406] and len(source.classes) == 1000
-    model = ViT(ViTConfig(**source.model_args)).eval()
-    load_model_state(model, fit_to(source, model, source.classes), 'vit_b_16')
+    start = from_source('vit_b_16', a_config(), set())
+    assert start.model_args['img_size'] == 224 and start.model_args['n_layer'] == 12 and start.model_args['n_head'] == 12
+    assert start.mean == [0.485, 0.456, 0.406] and len(start.classes) == 1000
+    model = model_from(start, start.classes)
     torch.manual_seed(1)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -57,38 +67,38 @@ def test_resampling_the_position_embedding():
     assert (bigger[3, 1:, 0] >= bigger[3, :-1, 0] - 1e-5).all() and bigger[3, -1, 0] > 12
 
 
-@pytest.fixture(scope='module')
-def source_run(synthetic_data, tmp_path_factory):
-    """A short nanoViT run on the synthetic digits: a source to fine-tune from."""
-    cwd = tmp_path_factory.mktemp('source')
-    result = run_script('train.py', *BASE, f'--data_dir={synthetic_data}', '--pos_std=1.0', '--learning_rate=3e-3',
-                        '--max_iters=60', '--eval_interval=60', '--log_interval=20', '--out_dir=src', cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return cwd / 'src'
+def test_resampling_the_position_embedding():
+    torch.manual_seed(0)
+    pos = torch.randn(1, 14 * 14, 8)
+    assert torch.allclose(resample_pos_embd(pos, 14), pos, atol=1e-6)  # to its own grid: nothing changes
+    # a ramp along x stays a ramp at another resolution: bicubic on the 2-D grid, not on the flat sequence
+    ramp = torch.arange(14.).repeat(14)[None, :, None].expand(1, -1, 2)
+    bigger = resample_pos_embd(ramp, 28).view(28, 28, 2)
+    assert bigger.shape == (28, 28, 2) and torch.allclose(bigger[0], bigger[17], atol=1e-5)
+    assert (bigger[3, 1:, 0] >= bigger[3, :-1, 0] - 1e-5).all() and bigger[3, -1, 0] > 12
 
 
-def test_a_nanovit_run_imports_with_the_same_logits(source_run):
-    checkpoint = torch.load(source_run / 'ckpt.pt', weights_only=True)
+def test_a_nanovit_run_imports_with_the_same_logits(trained_run):
+    checkpoint = torch.load(trained_run.out / 'ckpt.pt', weights_only=True)
     original = ViT(ViTConfig(**checkpoint['model_args'])).eval()
     original.load_state_dict(checkpoint['model'])
-    source = load_source(str(source_run))
-    model = ViT(ViTConfig(**source.model_args)).eval()
-    load_model_state(model, fit_to(source, model, checkpoint['classes']), str(source_run))
+    model = model_from(from_source(str(trained_run.out), a_config(**{k: checkpoint['model_args'][k] for k in (
+        'n_layer', 'n_head', 'n_embd', 'patch_size')}), set()), checkpoint['classes'])
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(original(x)[0], model(x)[0]) and original(x)[0].abs().max() > 0.1
 
 
-def test_fine_tuning_a_run_on_other_classes_keeps_its_normalization_and_architecture(source_run, tmp_path, run_here):
+def test_fine_tuning_a_run_on_other_classes_keeps_its_normalization_and_architecture(trained_run, tmp_path, run_here):
     # colour pictures of 3 classes into a model trained on grey digits: the pictures made grey, a new zero head
     root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(30, 6), size=(28, 28))
-    result = run_here('train.py', *BASE, '--dataset=folder', f'--data_dir={root}', f'--init_from={source_run}',
+    result = run_here('train.py', *BASE, '--dataset=folder', f'--data_dir={root}', f'--init_from={trained_run.out}',
                       '--n_layer=2', '--max_iters=4', '--eval_interval=4', '--out_dir=ft', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     first = losses(tmp_path / 'ft')[1]
     assert abs(first - torch.log(torch.tensor(3.0)).item()) < 0.05  # a zero head: every class at equal odds
     checkpoint = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
-    theirs = torch.load(source_run / 'ckpt.pt', weights_only=True)
+    theirs = torch.load(trained_run.out / 'ckpt.pt', weights_only=True)
     assert checkpoint['data_mean'] == theirs['data_mean'] and checkpoint['data_std'] == theirs['data_std']
     assert checkpoint['model_args']['in_chans'] == 1 and checkpoint['model_args']['n_classes'] == 3
     assert checkpoint['classes'] == ['blue', 'green', 'red']
@@ -101,9 +111,9 @@ def test_fine_tuning_a_run_on_other_classes_keeps_its_normalization_and_architec
 
 
 @pytest.mark.slow
-def test_a_fine_tuned_run_resumes_exactly_without_its_source(source_run, synthetic_data, tmp_path):
+def test_a_fine_tuned_run_resumes_exactly_without_its_source(trained_run, synthetic_data, tmp_path):
     src = tmp_path / 'src'
-    shutil.copytree(source_run, src)
+    shutil.copytree(trained_run.out, src)
     args = [*BASE, f'--data_dir={synthetic_data}', '--init_from=src', '--max_iters=40', '--eval_interval=40',
             '--dropout=0.1', '--aug_translate=1.0', '--layer_decay=0.7']
     reference = run_script('train.py', *args, '--out_dir=whole', cwd=tmp_path)
@@ -120,17 +130,11 @@ def test_a_fine_tuned_run_resumes_exactly_without_its_source(source_run, synthet
     assert sorted(cut) == list(range(1, 41)) and all(cut[i] == pytest.approx(whole[i], abs=1e-6) for i in whole)
 
 
-def test_layer_decay_and_the_linear_probe(source_run, synthetic_data, tmp_path, run_here):
-    model = ViT(ViTConfig(n_layer=2, n_embd=32, n_head=2))
-    adamw, = model.configure_optimizers('adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32', layer_decay=0.5)
-    names = {id(p): n for n, p in model.named_parameters()}
-    lr = {names[id(p)]: g['max_lr'] for g in adamw.param_groups for p in g['params']}
-    assert lr['head.weight'] == lr['ln_f.weight'] == 1e-3 and lr['blocks.1.mlp.fc.weight'] == 5e-4
-    assert lr['blocks.0.attn.qkv.weight'] == 2.5e-4 and lr['patch_embd.weight'] == lr['pool.token'] == 1.25e-4
-    result = run_here('train.py', *BASE, f'--data_dir={synthetic_data}', f'--init_from={source_run}', '--linear_probe=True',
+def test_the_linear_probe_trains_the_head_alone(trained_run, synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *BASE, f'--data_dir={synthetic_data}', f'--init_from={trained_run.out}', '--linear_probe=True',
                       '--max_iters=5', '--eval_interval=5', '--out_dir=probe', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    before = torch.load(source_run / 'ckpt.pt', weights_only=True)['model']
+    before = torch.load(trained_run.out / 'ckpt.pt', weights_only=True)['model']
     after = torch.load(tmp_path / 'probe' / 'ckpt.pt', weights_only=True)['model']
     assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith('head.'))
     assert not torch.equal(before['head.weight'], after['head.weight'])
@@ -163,9 +167,9 @@ def test_fine_tuning_torchvision_s_vit_b_16_through_train_py(torch_home, tmp_pat
     ('src', ['--patch_size=4'], "init_from='src' has patch_size=7 but this run asks for patch_size=4", 2),
     ('notvit.pt', [], "notvit.pt is not a nanoViT checkpoint", 1),
 ])
-def test_sources_that_cannot_be_used_are_one_line(init_from, flags, message, code, source_run, synthetic_data,
+def test_sources_that_cannot_be_used_are_one_line(init_from, flags, message, code, trained_run, synthetic_data,
                                                   tmp_path, run_here):
-    shutil.copytree(source_run, tmp_path / 'src')
+    shutil.copytree(trained_run.out, tmp_path / 'src')
     torch.save({'weights': torch.zeros(3)}, tmp_path / 'notvit.pt')
     result = run_here('train.py', *BASE, f'--data_dir={synthetic_data}', f'--init_from={init_from}', *flags,
                       cwd=tmp_path, env={'TORCH_HOME': str(tmp_path / 'empty'), **OFFLINE})

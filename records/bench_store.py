@@ -3,8 +3,8 @@ The picture store at scale: make a synthetic folder of many pictures, then measu
 store (pictures a second, peak anonymous memory of the decoding processes, next to an idle process's),
 how fast batches come out of the store, and train.py's step with the dataset streamed from the store
 next to the same run with it whole in memory (ms/iter and anonymous memory, side by side).
-$ python bench_store.py                          # 300,000 pictures of 32 x 32
-$ python bench_store.py --n_pictures=20000 --side=64
+$ python records/bench_store.py                          # 300,000 pictures of 32 x 32
+$ python records/bench_store.py --n_pictures=20000 --side=64
 Writes its folder and store under bench_dir (several GB at the default size), and the figures to bench_out.
 """
 import json
@@ -22,9 +22,10 @@ n_pictures = 300_000  # training pictures, in 10 classes; a tenth as many test p
 side = 32
 train_iters = 200  # for each of the two training runs (cifar10_cpu.py's model)
 bench_out = 'bench_store.json'
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+exec(open(os.path.join(REPO, 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-REPO = os.path.dirname(os.path.abspath(__file__))
 folder = os.path.join(bench_dir, 'pictures')
 env = dict(os.environ, XDG_CACHE_HOME=os.path.abspath(os.path.join(bench_dir, 'cache')))
 
@@ -95,8 +96,8 @@ results = {}
 _, idle, _, _ = run_and_watch([sys.executable, '-c', 'import torch, numpy, PIL.Image, time; time.sleep(2)'])
 results['idle_rss_anon_mib'] = idle
 # the decode into the store, by train.py's own loader
-build = ("import sys; sys.path.insert(0, '.'); from data import load_folder; "
-         f"s = load_folder({os.path.abspath(folder)!r}, True, 0); print('store', s.path, tuple(s.images.shape))")
+build = ("import sys; sys.path.insert(0, '.'); from data import find_split; "
+         f"s = find_split('folder', {os.path.abspath(folder)!r}, 'train', 0).load(); print('store', s.path, tuple(s.images.shape))")
 seconds, peak, tree, out = run_and_watch([sys.executable, '-c', build])
 store_path, shape = out.split('store ')[-1].split(' ', 1)
 store_bytes = os.path.getsize(os.path.join(store_path, 'images.u8'))

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
-from errors import die
+from support.errors import die
 
 
 def pick_device(requested, local_rank=None):

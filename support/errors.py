@@ -26,3 +26,9 @@ def quiet_when_a_peer_stops(exc_type, exc, tb):
     if isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and 'Connection closed by peer' in str(exc):
         os._exit(1)
     sys.__excepthook__(exc_type, exc, tb)
+
+
+def note(message):
+    """Say something worth knowing that does not stop the run, once (process 0 under torchrun)."""
+    if os.environ.get('RANK', '0') == '0':
+        print(f"note: {message}")

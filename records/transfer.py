@@ -4,7 +4,7 @@ five CIFAR-10 classes, then fine-tune it on the other five with 100 pictures a c
 model trained from scratch on those 500 pictures for the same steps and seeds, and the fine-tuning knobs
 one at a time. The two datasets are folders of links into a CIFAR-10 folder dataset, made in out_dir; every
 run is a plain `python train.py`, so each can be rerun (or resumed) by hand.
-$ python transfer.py --data_dir=../shared/cifar10
+$ python records/transfer.py --data_dir=/path/to/cifar10
 Prints a table (final test accuracy on the other five classes' 5000 test pictures) and writes it to out_dir.
 """
 import json
@@ -12,20 +12,25 @@ import os
 import subprocess
 import sys
 
-from errors import die
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the repository's modules, as for a script at its root
+from support.errors import die  # noqa: E402
 
 # -----------------------------------------------------------------------------
-data_dir = '../shared/cifar10'  # a CIFAR-10 folder dataset: train/<class>/*, test/<class>/*
+data_dir = ''  # a CIFAR-10 folder dataset: train/<class>/*, test/<class>/* (required)
 out_dir = 'out-transfer'
 pretrain_classes = 'airplane,automobile,bird,cat,deer'  # the rest of the ten are the fine-tuning task
 per_class = 100  # fine-tuning pictures of each class
 pretrain_iters = 2000  # 10 epochs of the 25,000 pictures at batch 128
 finetune_iters = 300  # 19 epochs of the 500 pictures at batch 32
 seeds = '1337,2,3'
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+exec(open(os.path.join(REPO, 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'cifar10_cpu.py')
+if not data_dir:
+    die("give the CIFAR-10 folder dataset: --data_dir=/path/to/cifar10 (train/<class>/*, test/<class>/*)", 2)
+TRAIN = os.path.join(REPO, 'train.py')
+CONFIG = os.path.join(REPO, 'config', 'cifar10_cpu.py')
 SMALL_DATA = ['--batch_size=32', f'--max_iters={finetune_iters}', f'--eval_interval={finetune_iters}',
               '--log_interval=100', '--warmup_iters=30', '--tta_shift=0']
 # what each row changes, on top of the fine-tuning defaults below; 'scratch' starts from random weights
@@ -70,7 +75,7 @@ def train(name, *args):
         print(f"$ {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, stdout=subprocess.DEVNULL).returncode != 0:
             die(f"the run in {run} failed (its command is above)")
-    return [json.loads(line) for line in open(os.path.join(run, 'metrics.jsonl')) if 'val_acc' in line][-1]['val_acc']
+    return [json.loads(line) for line in open(os.path.join(run, 'metrics.jsonl')) if 'test_acc' in line][-1]['test_acc']
 
 
 def finished(ckpt):

@@ -1,0 +1,234 @@
+"""
+What a run saves, and where a run starts.
+A checkpoint (out_dir/ckpt.pt) holds tensors and plain types only, so torch.load(path, weights_only=True)
+reads it anywhere: the model's weights and arguments, the optimizers', GradScaler's and RNG states, the
+iteration, the run's config, its classes, its pixel statistics and the side its store kept the pictures at.
+A run starts from scratch, from its own checkpoint (resume) or from a pretrained source (support/pretrained.py).
+Each way yields a Start, which train.py, sample.py and bench.py read alike: nothing after it asks the
+checkpoint or the source again.
+"""
+import math
+import os
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from model import ViTConfig
+from support.errors import die, note
+from support.rules import check_model
+
+# what a fine-tuned or resumed model keeps of its source: everything but the data's (in_chans, img_size,
+# n_classes), the init (pos_std) and dropout
+ARCHITECTURE = ('patch_size', 'n_layer', 'n_head', 'n_embd', 'mlp_ratio', 'bias', 'pool', 'pos_embd', 'qk_norm', 'norm_eps')
+RUN_KEYS = ('dataset', 'optimizer', 'linear_probe')  # a resume on other data, or with other optimizer moments, is another run
+
+
+@dataclass
+class Start:
+    """What a run's start decides. model_args: ViTConfig's fields, with in_chans, img_size (the model's side) and
+    n_classes None where the data decides them; store_size: the side folder pictures are kept at in the store
+    (0: their own); mean, std: the pixel normalization (None: the training split's statistics)."""
+    model_args: dict
+    store_size: int
+    mean: list = None
+    std: list = None
+    classes: list = None  # the classes of the weights' head: other classes get a new zero head, or stop a resume
+    weights: dict = None  # the model's state, under model.py's names
+    iter_num: int = 0
+    checkpoint_loss: float = math.inf  # the test loss of the checkpoint in out_dir, which a diverged run must not replace
+    states: dict = field(default_factory=dict)  # a resumed run's optimizer, scaler and RNG states
+    config: dict = None  # a checkpoint's run config
+    n_train: int = None  # a checkpoint's count of training pictures
+    resumed: bool = False
+
+    @property
+    def test_crop(self):
+        # a store kept larger than the model's side, for random-resized crops, is tested on its centre (ImageNet's)
+        return 0.875 if self.store_size > (self.model_args['img_size'] or self.store_size) else 1.0
+
+    def model_for(self, channels, side, classes, n_train=None):
+        """The model's arguments for the data: its channels, its side (store pictures of side `side`) and its classes;
+        a resume on other classes stops here, and one on more or fewer training pictures is noted."""
+        if self.resumed and classes != self.classes:
+            die(f"the checkpoint holds a run with classes {self.classes!r} but the data has {classes!r}; resume with "
+                f"the run's own data", 2)
+        if self.resumed and n_train is not None and self.n_train != n_train:
+            note(f"resuming with training pictures {self.n_train} -> {n_train} (the batches are drawn anew)")
+        args = dict(self.model_args, in_chans=self.model_args['in_chans'] or channels,
+                    img_size=self.model_args['img_size'] or side, n_classes=self.model_args['n_classes'] or len(classes))
+        return check_model(args)
+
+    def load_weights(self, model, classes, what):
+        """Load the start's weights into model (nothing from scratch); a head trained for other classes is left out:
+        model's own zero head starts every class at equal odds."""
+        if self.weights is None:
+            return
+        state = dict(self.weights)
+        if self.classes != classes:
+            state['head.weight'], state['head.bias'] = model.head.weight.detach(), model.head.bias.detach()
+        load_model_state(model, state, what)
+
+
+def model_fields(config):
+    """The ViTConfig fields a run's config sets (all but the data's)."""
+    return {f.name: config[f.name] for f in fields(ViTConfig) if f.name in config}
+
+
+def from_scratch(config):
+    """The start of a run from random weights: the config's model (support/rules.py has checked it)."""
+    args = dict(model_fields(config), in_chans=None, img_size=config['img_size'] or None, n_classes=None)
+    return Start(args, store_size=config['store_size'] or config['img_size'])
+
+
+def architecture_of(saved, config, flags, owner, clash):
+    """The model arguments of a run that keeps a saved model's architecture (a checkpoint's, a source's). What the
+    command line asks for against it (--n_layer=3 for a 2-layer checkpoint) stops the run with clash.format(then,
+    now); what a config file says against it (a recipe written for another model) yields to it, with a note."""
+    differ = [(k, saved[k], config[k]) for k in ARCHITECTURE if saved[k] != config[k]]
+    clashes = [d for d in differ if d[0] in flags]
+    if clashes:
+        die(clash.format(', '.join(f'{k}={v!r}' for k, v, _ in clashes), ', '.join(f'{k}={v!r}' for k, _, v in clashes)), 2)
+    if differ:
+        note(f"the architecture is {owner}'s, not the config's: "
+              + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in differ))
+    return dict(saved, dropout=config['dropout'])
+
+
+def from_checkpoint(path, config=None, flags=(), world_size=1):
+    """The start of a resumed run (config: this run's; flags: the keys its command line sets), or, without a
+    config, the checkpoint's run as it was (sample.py)."""
+    checkpoint = load_checkpoint(path, 'cpu', keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num', 'val_loss',
+                                                     'config', 'classes', 'rng', 'data_mean', 'data_std', 'store_size',
+                                                     'n_train'))
+    args = saved_model_args(checkpoint, path)
+    if config:
+        if checkpoint['iter_num'] >= config['max_iters']:
+            die(f"{path} is at iter {checkpoint['iter_num']}, already at max_iters={config['max_iters']}; raise "
+                f"max_iters to train on", 2)
+        for key in RUN_KEYS:
+            if checkpoint['config'][key] != config[key]:
+                die(f"{path} holds a run with {key}={checkpoint['config'][key]!r} but this run asks for {key}="
+                    f"{config[key]!r}; " + ("to train it another way, start a new run from it with "
+                    f"--init_from={os.path.dirname(path) or '.'} and another --out_dir" if key == 'linear_probe'
+                    else "resume with the run's own config"), 2)
+        args = architecture_of(args, config, flags, 'the checkpoint', f"{path} holds a run with {{}} but this run "
+                               f"asks for {{}}; resume with the run's own config")
+        changes = resume_changes(checkpoint, config, world_size)
+        if changes:
+            note(f"resuming with changes: {', '.join(changes)}")
+    return Start(args, checkpoint['store_size'], checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'],
+                 checkpoint['model'], checkpoint['iter_num'], checkpoint['val_loss'],
+                 {k: checkpoint[k] for k in ('optimizer', 'scaler', 'rng')}, checkpoint['config'], checkpoint['n_train'],
+                 resumed=True)
+
+
+def resume_changes(checkpoint, config, world_size):
+    """The notes a resume prints: every config key that changed, and how many processes and images per iteration,
+    if those changed."""
+    saved = checkpoint['config']
+    notes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved[k] != v]
+    processes = len(checkpoint['rng'])
+    if processes != world_size:
+        notes.append(f"processes {processes} -> {world_size} (dropout draws new numbers)")
+    images = saved['batch_size'] * saved['gradient_accumulation_steps'] * processes
+    now = config['batch_size'] * config['gradient_accumulation_steps'] * world_size
+    if images != now:
+        notes.append(f"images per iteration {images} -> {now}")
+    return notes
+
+# -----------------------------------------------------------------------------
+# the file
+
+
+def save(checkpoint, path):
+    """Write path so that a kill at any instant leaves the old file or the new one, never half of one;
+    if the disk refuses (full, gone), say so in one line, leaving the old file and no temporary one."""
+    tmp_path = path + '.tmp'
+    try:
+        with open(tmp_path, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)  # atomic on POSIX and Windows
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if os.path.lexists(tmp_path):
+            os.remove(tmp_path)
+        kept = f"{path} is left as it was" if os.path.exists(path) else "no checkpoint was kept"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        die(f"could not write the checkpoint {tmp_path}: {reason}; {kept}")
+
+
+def load_checkpoint(path, device, keys=('model', 'model_args')):
+    """The checkpoint dict at path, holding at least keys, or one line saying why there is none to use."""
+    if not os.path.isfile(path):
+        die(f"no checkpoint at {path} (train one first, or point out_dir at the run's folder)")
+    try:
+        # weights_only: a checkpoint is tensors and plain types, nothing that runs code on load
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        die(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"[:300])
+    if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
+        die(f"{path} is not a nanoViT checkpoint (no 'model' and 'model_args' in it)")
+    missing = [k for k in keys if k not in checkpoint]
+    if missing:
+        die(f"{path} lacks {', '.join(missing)}: saved by another version of nanoViT, or edited")
+    return checkpoint
+
+
+def saved_model_args(checkpoint, path):
+    """The ViTConfig fields a checkpoint's model_args hold, or one line: a key this version does not know, one it
+    lacks, or values no model can have."""
+    args = checkpoint['model_args']
+    known = [f.name for f in fields(ViTConfig)]
+    if not isinstance(args, dict):
+        die(f"{path}: model_args is not a dict")
+    unknown, missing = sorted(set(args) - set(known)), [k for k in known if k not in args]
+    if unknown:
+        die(f"{path}: model_args hold {', '.join(unknown)}, which this version of nanoViT does not know")
+    if missing:
+        die(f"{path}: model_args lack {', '.join(missing)}: saved by another version of nanoViT, or edited")
+    try:
+        ViTConfig(**args)
+    except (TypeError, ValueError) as e:
+        die(f"{path}: model_args describe no model this version can build: {e}")
+    return dict(args)
+
+
+def load_model_state(model, state_dict, path):
+    """Load weights into model, naming every key that does not fit."""
+    # a compiled model's state_dict has its keys under _orig_mod.
+    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own.keys() - state_dict.keys()]
+    problems += [f"unexpected {k}" for k in state_dict.keys() - own.keys()]
+    problems += [f"{k} is {tuple(state_dict[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
+                 for k in own.keys() & state_dict.keys() if own[k].shape != state_dict[k].shape]
+    if problems:
+        die(f"{path} does not fit this model: {'; '.join(sorted(problems)[:6])}"
+            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
+    model.load_state_dict(state_dict)
+
+
+def load_optimizer_states(optimizers, states, path):
+    """Load the optimizers' saved moments, after checking that every saved tensor has its parameter's shape
+    (a fused kernel given a wrong shape crashes the process instead of raising). The hyperparameters (lr,
+    betas, weight decay) stay this run's: a resume may change them."""
+    if not isinstance(states, list) or len(states) != len(optimizers):
+        die(f"{path} holds the state of {len(states) if isinstance(states, list) else 'an unknown number of'} "
+            f"optimizer(s), this run has {len(optimizers)}")
+    for optimizer, state in zip(optimizers, states):
+        try:
+            saved = [i for group in state['param_groups'] for i in group['params']]
+            params = [p for group in optimizer.param_groups for p in group['params']]
+            fits = len(saved) == len(params) and all(
+                not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape
+                for i, p in zip(saved, params) for v in state['state'].get(i, {}).values())
+        except (KeyError, TypeError, AttributeError):
+            fits = False
+        if not fits:
+            die(f"{path}: the saved {type(optimizer).__name__} state does not fit this model's parameters")
+        settings = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
+        optimizer.load_state_dict(state)
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)

@@ -1,0 +1,144 @@
+"""
+Never lose a run: the run's folder and how a run stops.
+- claim_out_dir: one run per out_dir at a time, and a finished or stopped run never overwritten unasked
+- read_metrics, write_metrics, restart_metrics: metrics.jsonl holds each iteration once, across any number of resumes
+- stop_if_diverged: a diverged model never replaces the last good checkpoint
+- StopSignals: Ctrl-C and SIGTERM checkpoint and exit within one iteration, and say how to resume
+(support/checkpoint.py writes the checkpoints themselves, atomically.)
+"""
+import json
+import math
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+
+import torch
+
+from support.errors import die
+from support.locks import hold
+
+# -----------------------------------------------------------------------------
+# the out_dir
+
+
+def claim_out_dir(out_dir, init_from, ckpt_path):
+    """Create out_dir and hold its lock for as long as this process lives; refuse a second run in it, and a
+    fresh start over a checkpoint. The operating system drops the lock when the process ends, however it
+    ends, so a killed run never leaves it stuck. Returns the open lock file: the lock lasts while it is open."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, 'lock'), 'a+')
+    except OSError as e:
+        die(f"out_dir={out_dir!r} is not writable: {e.strerror}")
+    if not hold(lock, wait=False):
+        lock.seek(0)
+        die(f"out_dir={out_dir!r} is in use by another run ({lock.read().strip() or 'unknown process'}): "
+            f"wait for it to finish, stop it, or choose another --out_dir", 2)
+    if init_from != 'resume' and os.path.exists(ckpt_path):
+        die(f"{ckpt_path} already holds a run; carry it on with --init_from=resume, or to start over delete "
+            f"{out_dir} (or choose another --out_dir)", 2)
+    try:
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        lock.flush()
+    except OSError as e:
+        die(f"out_dir={out_dir!r} is not writable: {e.strerror}")
+    return lock
+
+# -----------------------------------------------------------------------------
+# metrics.jsonl: one JSON record a line
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl. A run killed while writing (a full disk, a power cut) can leave
+    its last line half written: that line is dropped, with a note."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            lines = [line for line in f if line.strip()]
+    except OSError as e:
+        die(f"could not read {path}: {e.strerror}")
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            whole = isinstance(record, dict) and isinstance(record.get('iter'), int)
+        except json.JSONDecodeError:
+            whole = False
+        if whole:
+            records.append(record)
+        elif n < len(lines):
+            die(f"{path}, line {n}: not a metrics record; the file was edited or is not a metrics.jsonl")
+        else:
+            print(f"note: {path} ends in a half-written line (the run was killed while writing it); dropped")
+    return records
+
+
+def write_metrics(path, records, mode):
+    """Append records to metrics.jsonl (mode 'a'), or write it anew ('w'); a full disk is one line, not a traceback."""
+    try:
+        with open(path, mode) as f:
+            f.writelines(json.dumps(r) + '\n' for r in records)
+    except OSError as e:
+        die(f"could not write {path}: {e.strerror or e}; the last checkpoint is kept, resume when there is room")
+
+
+def restart_metrics(path, iter_num):
+    """Start metrics.jsonl for a run at iter_num: a resumed run logs again the steps after its checkpoint, so
+    what the interrupted run logged of them goes; a fresh run starts an empty file."""
+    kept = [r for r in read_metrics(path) if r['iter'] <= iter_num] if iter_num and os.path.exists(path) else []
+    write_metrics(path, kept, 'w')
+
+# -----------------------------------------------------------------------------
+# guards and signals
+
+
+def stop_if_diverged(loss, what, iter_num, ckpt_path, advice, checkpoint_loss=None):
+    """Stop before a diverged model can overwrite the last good checkpoint: a loss that overflowed, or a val
+    loss more than twice the checkpoint's plus 0.5 (a resume at learning_rate=100 took one from 0.5 to 880,
+    finite: no honest stretch of training makes such a jump)."""
+    limit = math.inf if checkpoint_loss is None else 2 * checkpoint_loss + 0.5
+    if not math.isfinite(loss) or loss > limit:
+        than = f", the checkpoint's {checkpoint_loss:.4g}" if limit < math.inf else ""
+        die(f"{what} is {loss:.4g} at iter {iter_num}{than}: training diverged. {advice}. {ckpt_path} is left as it was.")
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM (Colab's stop button, a cluster's preemption) ask the run to stop: train.py asks
+    requested() after every iteration, then checkpoints and exits. A second signal while it stops is
+    noted, not obeyed: the checkpoint being written is what the first one asked for (kill -9 abandons it)."""
+
+    def __init__(self, verbose, group=None):
+        self.signum = 0
+        self.verbose = verbose  # one process of a run speaks
+        self.group = group  # under DDP: the (CPU) process group through which every process hears of a stop
+        signal.signal(signal.SIGINT, self.catch)
+        signal.signal(signal.SIGTERM, self.catch)
+
+    def catch(self, signum, frame):
+        if self.verbose:
+            print(f"\n{signal.Signals(signum).name}: " + ("already stopping, the checkpoint is being written"
+                  if self.signum else "stopping after this iteration, with a checkpoint"), flush=True)
+        self.signum = self.signum or signum
+
+    def requested(self):
+        """The signal number that asked for a stop, 0 if none; under DDP the same answer on every process,
+        so that all of them stop after the same iteration."""
+        if self.group is None:
+            return self.signum
+        flag = torch.tensor([self.signum])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        return int(flag.item())
+
+
+def resume_command(ddp, world_size):
+    """The command that carries this run on, as it was started."""
+    args = shlex.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
+    if not ddp:
+        return f"python train.py {args} --init_from=resume"
+    if int(os.environ['LOCAL_WORLD_SIZE']) == world_size:
+        return f"torchrun --standalone --nproc_per_node={world_size} train.py {args} --init_from=resume"
+    return f"the same torchrun command as this run's ({world_size} processes), with train.py {args} --init_from=resume"
