@@ -107,8 +107,7 @@ n_classes = 10  # the head's size barely moves the step's cost
 vit_config = ViTConfig(**start.model_for(shape[0], shape[-1], list(range(n_classes))))
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
-model_input = ModelInput(shape[0], vit_config.img_size, torch.full((shape[0],), 0.5, device=device),
-                         torch.full((shape[0],), 0.25, device=device), start.test_crop)
+model_input = ModelInput(shape[0], vit_config.img_size, [0.5] * shape[0], [0.25] * shape[0], start.test_crop, device)
 batches = Batches(images, labels, torch.arange(batch_size), batch_size, 1, 0, 1, seed, augment_args(config), model_input,
                   device)
 

@@ -260,12 +260,16 @@ def centre_crop(x, share):
 @dataclass
 class ModelInput:
     """How pictures become the model's input: its channels, a centre crop (crop < 1: of a store kept larger than
-    the model's side), its side, the normalization its weights were trained with."""
+    the model's side), its side, the normalization its weights were trained with (per channel, on device)."""
     channels: int
     size: int
-    mean: torch.Tensor
-    std: torch.Tensor
+    mean: list
+    std: list
     crop: float = 1.0
+    device: str = 'cpu'
+
+    def __post_init__(self):
+        self.mean, self.std = (torch.as_tensor(s, dtype=torch.float32, device=self.device) for s in (self.mean, self.std))
 
     def __call__(self, x, centre=True):
         x = match_channels(to_unit(x), self.channels)

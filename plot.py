@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
-from support.errors import die  # noqa: E402
+from support.errors import die, note  # noqa: E402
 from support.safety import read_metrics  # noqa: E402
 
 
@@ -43,6 +43,16 @@ def plot_runs(out_dirs, path, labels=None):
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def redraw(out_dir):
+    """out_dir/curves.png drawn anew (train.py, at every evaluation). A figure is not worth a run: a disk that
+    refuses it is a note, and training goes on (the checkpoint and the metrics are written)."""
+    path = os.path.join(out_dir, 'curves.png')
+    try:
+        plot_runs([out_dir], path)
+    except OSError as e:
+        note(f"could not draw {path} ({e.strerror or e}); training goes on")
 
 
 if __name__ == '__main__':

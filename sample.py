@@ -288,8 +288,7 @@ model = ViT(ViTConfig(**start.model_args))
 start.load_weights(model, start.classes, ckpt_path)
 model.to(device).eval()
 # the training split's statistics and class names travel in the checkpoint: no training data needed here
-model_input = ModelInput(model.config.in_chans, model.config.img_size, torch.tensor(start.mean, device=device),
-                         torch.tensor(start.std, device=device), start.test_crop)
+model_input = ModelInput(model.config.in_chans, model.config.img_size, start.mean, start.std, start.test_crop, device)
 # shown in figures and lines: a class folder's name that is not UTF-8 appears escaped (\udce9)
 classes = [c.encode('utf-8', 'backslashreplace').decode() for c in start.classes]
 digits = get_dataset(run['dataset']).digits

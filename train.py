@@ -23,13 +23,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import Batches, ModelInput, augment_args, find_splits, fits_on_device, get_dataset, hold_out, predict
 from model import ViT, ViTConfig
-from support import checkpoint, safety
-from support.device import (autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state, sdpa_backend,
-                            set_rng_state, synchronize, try_compile)
-from support.errors import die, note, quiet_when_a_peer_stops
+from support import checkpoint, pretrained, rules, safety
+from support.device import (attention_kernel, autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state,
+                            synchronize, try_compile)
+from support.errors import quiet_when_a_peer_stops
 from support.optimizer import configure_optimizers
-from support.pretrained import from_source
-from support.rules import check_against_pictures, check_config
 
 # -----------------------------------------------------------------------------
 # default config values: config/*.py files and --key=value flags override them
@@ -97,7 +95,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}  # plain types only, saved in the checkpoint
 flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}  # the keys the command line sets by name
 # -----------------------------------------------------------------------------
-check_config(config, get_dataset(dataset).shape, get_dataset(dataset).digits)
+rules.check_config(config, get_dataset(dataset).shape, get_dataset(dataset).digits)
 out_dir = os.path.expanduser(out_dir)
 
 # processes: torchrun sets RANK for each one it starts; a plain `python train.py` is one process
@@ -130,28 +128,25 @@ if init_from == 'scratch':
 elif init_from == 'resume':
     start = checkpoint.from_checkpoint(ckpt_path, config, flags, world_size)
 else:
-    start = from_source(init_from, config, flags)
+    start = pretrained.from_source(init_from, config, flags)
 
 # the data: each split found from its files' names and headers, every check that needs no pixel made, then its
 # pictures decoded once into a store on disk (data.py), on the device whole when it fits, else each batch read
 train_split, test_split = find_splits(dataset, data_dir, start.store_size)
 model_args = start.model_for(train_split.shape[0], train_split.shape[-1], train_split.classes)
-check_against_pictures(config, train_split.shape[-1])
+rules.check_against_pictures(config, train_split.shape[-1])
 train, test = train_split.load(), test_split.load()
 if ddp and master:
     dist.barrier()
 train_idx, val_idx = hold_out(len(train.labels), val_size)
-if start.n_train not in (None, len(train_idx)):
-    note(f"resuming with training pictures {start.n_train} -> {len(train_idx)} (the batches are drawn anew)")
+start.note_training_pictures(len(train_idx))
 on_device = fits_on_device(train.images.nbytes, device, data_placement)
-train_x, train_y = (train.images.to(device, copy=True), train.labels.to(device)) if on_device else (train.images, train.labels)
-test_x, test_y = (test.images.to(device, copy=True), test.labels.to(device)) if on_device else (test.images, test.labels)
-splits = {'val': (train_x[val_idx.to(train_x.device)], train_y[val_idx.to(train_y.device)])} if val_size else {}
-splits['test'] = test_x, test_y
+(train_x, train_y), (test_x, test_y) = (split.on(device) if on_device else (split.images, split.labels) for split in (train, test))
+splits = ({'val': (train_x[val_idx.to(train_x.device)], train_y[val_idx.to(train_y.device)])} if val_size else {}) | \
+    {'test': (test_x, test_y)}  # evaluated whole: the validation split (held out, to choose settings on), the test split
 # pixels as the weights expect them: the training split's statistics from scratch, the checkpoint's or the source's
 data_mean, data_std = (start.mean, start.std) if start.mean else (train.mean, train.std)
-model_input = ModelInput(model_args['in_chans'], model_args['img_size'], torch.tensor(data_mean, device=device),
-                         torch.tensor(data_std, device=device), start.test_crop)
+model_input = ModelInput(model_args['in_chans'], model_args['img_size'], data_mean, data_std, start.test_crop, device)
 batches = Batches(train_x, train_y, train_idx, batch_size, gradient_accumulation_steps, rank, world_size, seed,
                   augment_args(config), model_input, device)
 
@@ -168,16 +163,9 @@ optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weig
 params = [p for opt in optimizers for group in opt.param_groups for p in group['params']]
 # fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-if start.resumed:
-    checkpoint.load_optimizer_states(optimizers, start.states['optimizer'], ckpt_path)
-    scaler.load_state_dict(start.states['scaler'])
-    if len(start.states['rng']) == world_size:
-        set_rng_state(start.states['rng'][rank])
+start.load_states(optimizers, scaler, rank, world_size)  # a resumed run's moments, loss scale and RNG
 iter_num, checkpoint_loss = start.iter_num, start.checkpoint_loss  # a diverged run must not replace that checkpoint
-start.weights = start.states = None  # free the memory
-compile_note = "off"
-if compile:
-    model, compile_note = try_compile(model, ctx, *batches.get(iter_num, 0))
+model, compile_note = try_compile(model, compile, ctx, *batches.get(iter_num, 0))
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
@@ -185,9 +173,8 @@ if ddp:
 flops_per_iter = 3 * raw_model.flops_per_image() * batches.global_batch  # forward and backward, every process
 peak = peak_flops(device_name(device), dtype) * world_size if peak_flops(device_name(device), dtype) else None
 if master:
-    head_dim = model_args['n_embd'] // model_args['n_head']
-    print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note} | attention: "
-          f"sdpa {sdpa_backend(device, dtype, head_dim)} kernel (fastest for {dtype}, head_dim {head_dim} here)")
+    print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note} | "
+          + attention_kernel(device, dtype, model_args['n_embd'] // model_args['n_head']))
     print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {raw_model.flops_per_image() / 1e9:.3f} GFLOPs "
           f"per image forward | data: {dataset}, {len(train_idx)} train / {len(val_idx)} val / {len(test_x)} test images of "
           f"{'x'.join(map(str, train_x.shape[1:]))}, {len(train.classes)} classes "
@@ -237,8 +224,7 @@ def save_checkpoint():
 
 
 def global_mean(losses):
-    """The mean of a list of per-iteration losses (device tensors), over all processes: each saw its part of
-    every batch. Reading it waits for the device."""
+    """The mean of per-iteration losses (device tensors: reading it waits) over all processes, which each saw a part."""
     mean = torch.stack(losses).mean()
     if ddp:
         dist.all_reduce(mean)
@@ -246,29 +232,14 @@ def global_mean(losses):
     return mean.item()
 
 
-def stop_if_diverged(loss, what, checkpoint_loss=None):
-    advice = f"Lower learning_rate (now {learning_rate:g}){' or use dtype=float32' if dtype != 'float32' else ''}"
-    safety.stop_if_diverged(loss, what, iter_num, ckpt_path, advice, checkpoint_loss)
-    if scaler.is_enabled() and scaler.get_scale() < 1.0:
-        die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
-            f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
+def stop_if_diverged(loss, what, checkpoint_loss=None):  # before a diverged model can replace a good checkpoint
+    safety.stop_if_diverged(loss, what, iter_num, ckpt_path, learning_rate, dtype, scaler, checkpoint_loss)
 
 
 def duration(seconds):
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def leave(code):
-    if ddp:
-        dist.barrier()  # leave together
-        dist.destroy_process_group()
-        # skip interpreter teardown: with gloo it can abort (std::terminate) in torch's C++
-        # threads after all the work is done, and torchrun would report a failed run
-        sys.stdout.flush()
-        os._exit(code)
-    sys.exit(code)
 
 
 if master:
@@ -341,11 +312,8 @@ while iter_num < max_iters:
             checkpoint_loss = scores['test'][0]
             save_checkpoint()
         if plot and master:
-            from plot import plot_runs  # matplotlib loads only when it is needed
-            try:
-                plot_runs([out_dir], os.path.join(out_dir, 'curves.png'))
-            except OSError as e:  # a figure is not worth a run: the checkpoint and metrics are written
-                note(f"could not draw {os.path.join(out_dir, 'curves.png')} ({e.strerror or e}); training goes on")
+            from plot import redraw  # matplotlib loads only when it is needed
+            redraw(out_dir)
         t0 = time.time()  # the clock leaves the evaluation out
 
     signum = stop.requested()
@@ -356,7 +324,7 @@ while iter_num < max_iters:
         if master:
             print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
                   f"Resume with: {safety.resume_command(ddp, world_size)}")
-        leave(0 if signum == signal.SIGINT else 128 + signum)
+        safety.leave(0 if signum == signal.SIGINT else 128 + signum, ddp)
 
 if master:
     mean_ms = sum(interval_ms) / len(interval_ms) if interval_ms else ms
@@ -364,4 +332,4 @@ if master:
           + f" | {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
           + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "")
           + f", {flops_per_iter * iter_num / 1e12:.3g} TFLOP of training | checkpoint {ckpt_path}")
-leave(0)
+safety.leave(0, ddp)

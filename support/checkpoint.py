@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from model import ViTConfig
+from support.device import set_rng_state
 from support.errors import die, note
 from support.rules import check_model
 
@@ -39,6 +40,7 @@ class Start:
     states: dict = field(default_factory=dict)  # a resumed run's optimizer, scaler and RNG states
     config: dict = None  # a checkpoint's run config
     n_train: int = None  # a checkpoint's count of training pictures
+    path: str = None  # the checkpoint's file, resumed
     resumed: bool = False
 
     @property
@@ -46,17 +48,29 @@ class Start:
         # a store kept larger than the model's side, for random-resized crops, is tested on its centre (ImageNet's)
         return 0.875 if self.store_size > (self.model_args['img_size'] or self.store_size) else 1.0
 
-    def model_for(self, channels, side, classes, n_train=None):
-        """The model's arguments for the data: its channels, its side (store pictures of side `side`) and its classes;
-        a resume on other classes stops here, and one on more or fewer training pictures is noted."""
+    def model_for(self, channels, side, classes):
+        """The model's arguments for the data: its channels, its side (store pictures of side `side`) and its
+        classes; a resume on other classes stops here."""
         if self.resumed and classes != self.classes:
             die(f"the checkpoint holds a run with classes {self.classes!r} but the data has {classes!r}; resume with "
                 f"the run's own data", 2)
-        if self.resumed and n_train is not None and self.n_train != n_train:
-            note(f"resuming with training pictures {self.n_train} -> {n_train} (the batches are drawn anew)")
         args = dict(self.model_args, in_chans=self.model_args['in_chans'] or channels,
                     img_size=self.model_args['img_size'] or side, n_classes=self.model_args['n_classes'] or len(classes))
         return check_model(args)
+
+    def note_training_pictures(self, n_train):
+        if self.resumed and self.n_train != n_train:
+            note(f"resuming with training pictures {self.n_train} -> {n_train} (the batches are drawn anew)")
+
+    def load_states(self, optimizers, scaler, rank, world_size):
+        """A resumed run's optimizer moments, loss scale and (for the same number of processes) RNG state; then the
+        start lets go of what it held."""
+        if self.resumed:
+            load_optimizer_states(optimizers, self.states['optimizer'], self.path)
+            scaler.load_state_dict(self.states['scaler'])
+            if len(self.states['rng']) == world_size:
+                set_rng_state(self.states['rng'][rank])
+        self.weights = self.states = None
 
     def load_weights(self, model, classes, what):
         """Load the start's weights into model (nothing from scratch); a head trained for other classes is left out:
@@ -119,7 +133,7 @@ def from_checkpoint(path, config=None, flags=(), world_size=1):
     return Start(args, checkpoint['store_size'], checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'],
                  checkpoint['model'], checkpoint['iter_num'], checkpoint['val_loss'],
                  {k: checkpoint[k] for k in ('optimizer', 'scaler', 'rng')}, checkpoint['config'], checkpoint['n_train'],
-                 resumed=True)
+                 path, resumed=True)
 
 
 def resume_changes(checkpoint, config, world_size):

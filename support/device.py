@@ -105,11 +105,15 @@ def compile_blocker(device_type):
     return None
 
 
-def try_compile(model, ctx, x, y):
-    """(torch.compile(model), 'on'), or (model, 'off (why)') where compiling cannot or did not work. It
-    compiles now, on one forward and backward of the batch (x, y) whose gradients and dropout draws are
-    then thrown away, so that a compiler that fails here says so before training starts, not in the middle."""
-    blocker = compile_blocker(x.device.type)
+def try_compile(model, compile, ctx, x, y):
+    """(torch.compile(model), 'on') when compile asks for it, or (model, 'off (why)') where it does not, or
+    where compiling cannot or did not work. It compiles now, on one forward and backward of the batch (x, y) whose
+    gradients and dropout draws are then thrown away, so that a compiler that fails here says so before
+    training starts, not in the middle."""
+    blocker = compile_blocker(x.device.type) if compile else 'compile=False'
+    if blocker == 'compile=False':
+        return model, 'off'
+
     if blocker:
         return model, f"off ({blocker})"
     rng = rng_state()
@@ -142,6 +146,10 @@ def sdpa_backend(device, dtype, head_dim):
         except RuntimeError:
             continue
     return 'math'
+
+def attention_kernel(device, dtype, head_dim):
+    """What the log says of attention: the kernel SDPA runs here."""
+    return f"attention: sdpa {sdpa_backend(device, dtype, head_dim)} kernel (fastest for {dtype}, head_dim {head_dim} here)"
 
 # dense tensor-core peak FLOP/s by GPU name, first match wins (so specific names come first).
 # float32 runs as TF32 where the GPU has it (train.py allows TF32 matmuls).

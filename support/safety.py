@@ -96,14 +96,18 @@ def restart_metrics(path, iter_num):
 # guards and signals
 
 
-def stop_if_diverged(loss, what, iter_num, ckpt_path, advice, checkpoint_loss=None):
-    """Stop before a diverged model can overwrite the last good checkpoint: a loss that overflowed, or a val
-    loss more than twice the checkpoint's plus 0.5 (a resume at learning_rate=100 took one from 0.5 to 880,
-    finite: no honest stretch of training makes such a jump)."""
+def stop_if_diverged(loss, what, iter_num, ckpt_path, learning_rate, dtype, scaler, checkpoint_loss=None):
+    """Stop before a diverged model can overwrite the last good checkpoint: a loss that overflowed, a val loss more
+    than twice the checkpoint's plus 0.5 (a resume at learning_rate=100 took one from 0.5 to 880, finite: no honest
+    stretch of training makes such a jump), or fp16 gradients that overflow at every step."""
     limit = math.inf if checkpoint_loss is None else 2 * checkpoint_loss + 0.5
     if not math.isfinite(loss) or loss > limit:
         than = f", the checkpoint's {checkpoint_loss:.4g}" if limit < math.inf else ""
-        die(f"{what} is {loss:.4g} at iter {iter_num}{than}: training diverged. {advice}. {ckpt_path} is left as it was.")
+        die(f"{what} is {loss:.4g} at iter {iter_num}{than}: training diverged. Lower learning_rate (now "
+            f"{learning_rate:g}){' or use dtype=float32' if dtype != 'float32' else ''}. {ckpt_path} is left as it was.")
+    if scaler.is_enabled() and scaler.get_scale() < 1.0:
+        die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
+            f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
 
 
 class StopSignals:
@@ -142,3 +146,15 @@ def resume_command(ddp, world_size):
     if int(os.environ['LOCAL_WORLD_SIZE']) == world_size:
         return f"torchrun --standalone --nproc_per_node={world_size} train.py {args} --init_from=resume"
     return f"the same torchrun command as this run's ({world_size} processes), with train.py {args} --init_from=resume"
+
+
+def leave(code, ddp):
+    """Exit with code; under torchrun every process together."""
+    if ddp:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        # skip interpreter teardown: with gloo it can abort (std::terminate) in torch's C++
+        # threads after all the work is done, and torchrun would report a failed run
+        sys.stdout.flush()
+        os._exit(code)
+    sys.exit(code)

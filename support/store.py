@@ -58,6 +58,10 @@ class Store:
     std: list
     note: str = ''  # what building it found worth saying of the files, e.g. the pictures it skipped
 
+    def on(self, device):
+        """(images, labels) copied whole to device (a copy even on the CPU: it leaves the file)."""
+        return self.images.to(device, copy=True), self.labels.to(device)
+
 
 def open_store(path, key, classes):
     """The store at path when it is whole, of this version, made from the files key describes and holding what a

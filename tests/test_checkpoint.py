@@ -24,15 +24,6 @@ sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` would
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
-# every checkpoint takes 3 s more to write: time for a second signal to arrive while the first one's save runs
-SLOW_SAVE = RUN_WITH_HOOK.format(hook="""
-real_save = torch.save
-def slow_save(obj, f):
-    print('saving', flush=True)
-    time.sleep(3)
-    real_save(obj, f)
-torch.save = slow_save
-""")
 # the second checkpoint is written half, then the process waits to be killed: a kill inside a save, every time
 PAUSED_SAVE = RUN_WITH_HOOK.format(hook="""
 real_save, saves = torch.save, []

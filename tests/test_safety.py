@@ -83,53 +83,6 @@ def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_lives(synth
     assert [r['iter'] for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl') if 'loss' in r] == [1, 2, 3, 4, 5]
 
 
-@pytest.fixture(scope='module', params=['adamw', pytest.param('muon', marks=pytest.mark.slow)])
-def reference(request, synthetic_data, tmp_path_factory):
-    """The uninterrupted run that interrupted-and-resumed runs must reproduce, with each optimizer."""
-    cwd = tmp_path_factory.mktemp('reference')
-    args = [*RUN, f'--data_dir={synthetic_data}', f'--optimizer={request.param}']
-    result = run_script('train.py', *args, '--eval_interval=50', '--out_dir=out', cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return args, losses(cwd / 'out')
-
-
-def test_ctrl_c_checkpoints_and_resume_reproduces_the_run(reference, tmp_path):
-    args, expected = reference
-    args = [*args, '--eval_interval=50', '--out_dir=out']
-    process = start_script('train.py', *args, cwd=tmp_path)
-    wait_for_line(process, 'iter 20/60')
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
-    assert 'stopped by SIGINT after iter' in stdout and 'Resume with: python train.py' in stdout
-    assert '--init_from=resume' in stdout
-    stopped_at = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num']
-    assert 20 <= stopped_at < 60
-    result = run_script('train.py', *args, '--init_from=resume', cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    resumed = losses(tmp_path / 'out')
-    assert sorted(resumed) == list(range(1, 61))
-    assert all(resumed[i] == pytest.approx(expected[i], abs=1e-6) for i in range(stopped_at + 1, 61))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('reference', ['adamw'], indirect=True)
-def test_kill_inside_a_save_keeps_the_last_checkpoint(reference, tmp_path):
-    args, expected = reference
-    args = [*args, '--eval_interval=10', '--out_dir=out']
-    process = start_script('train.py', *args, cwd=tmp_path, python_args=('-c', PAUSED_SAVE))
-    wait_for_line(process, 'paused inside torch.save')  # in the save at iter 20
-    process.kill()
-    process.wait()
-    assert (tmp_path / 'out' / 'ckpt.pt.tmp').stat().st_size > 0  # the half-written new checkpoint
-    assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] == 10  # the old one, whole
-    result = run_script('train.py', *args, '--init_from=resume', cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    resumed = losses(tmp_path / 'out')
-    assert sorted(resumed) == list(range(1, 61))
-    assert all(resumed[i] == pytest.approx(expected[i], abs=1e-6) for i in range(1, 61))
-
-
 def test_rerunning_without_resume_never_overwrites(copy_of_run, synthetic_data, run_here):
     cwd, ckpt = copy_of_run.parent, copy_of_run / 'ckpt.pt'
     before, metrics = digest(ckpt), (cwd / 'out' / 'metrics.jsonl').read_text()
