@@ -2,7 +2,7 @@
 # 4 heads, 256 wide, MLP ratio 2, 4x4 patches: 3.7M parameters) trained for 200 epochs with random
 # crops, mirror images and label smoothing. CIFAR-10 downloads into data/ on the first run.
 # $ python train.py config/cifar10.py
-# NOT MEASURED YET: no GPU was lent to the session that wrote it (2026-11-28). ViT-Lite-7/4 reached
+# NOT MEASURED YET (written 2026-11-28, on a machine without a GPU). ViT-Lite-7/4 reached
 # 91.4% in the CCT paper with AutoAugment, which nanoViT does not have; expect less until someone
 # with a GPU measures this file and writes the result here. On the 2-core CPU, config/cifar10_cpu.py.
 out_dir = 'out-cifar10'

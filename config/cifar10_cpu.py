@@ -7,7 +7,7 @@
 # Online, `python train.py config/cifar10_cpu.py` downloads the official files instead.
 # Measured on a 2-core AMD EPYC (AVX2, no AVX-512), float32, seed 1337, on that JPEG folder: 77.36% test
 # accuracy in 33m10s of wall time for the whole process (the training pictures decoded in 6.9 s of it).
-# The same run without the test-time shifts: 74.85% in 29m41s. The goal was 80%: see README, "CIFAR-10".
+# The same run without the test-time shifts: 74.85% in 29m41s. The goal was 80% (records/README.md).
 out_dir = 'out-cifar10-cpu'
 dataset = 'cifar10'
 eval_interval = 3000  # evaluate once, at the end: 9 views of the 10,000 test pictures cost ~3 min here

@@ -3,10 +3,10 @@
 # The 32 x 32 pictures stay 32 x 32 on the device and each batch is resized to the model's 224 (bilinear).
 # The ViT paper reports about 98% for ViT-B/16 pre-trained on ImageNet-21k and fine-tuned at 384; the
 # weights a user can fetch through torchvision are ImageNet-1k's, so expect less.
-# NOT MEASURED: neither a GPU nor the pretrained weights could be reached from the session that wrote it
-# (2026-12-01, a 2-core CPU with no internet): whoever runs it, write the time and the accuracy here.
-# The knobs follow the CPU transfer measurement with a 0.8M-parameter ViT in README, "Fine-tune" (AdamW
-# at 1e-3 best; lower rates and layer decay behind); whether ViT-B/16 wants a lower rate is not measured.
+# NOT MEASURED (written 2026-12-01 on a 2-core CPU, with neither a GPU nor the pretrained weights): whoever
+# runs it, write the time and the accuracy here. The knobs follow the CPU transfer measurement with a
+# 0.8M-parameter ViT (records/README.md, "Fine-tuning on the CPU": AdamW at 1e-3 best; lower rates and layer
+# decay behind); whether ViT-B/16 wants a lower rate is not measured.
 out_dir = 'out-finetune-cifar10'
 dataset = 'cifar10'
 init_from = 'vit_b_16'

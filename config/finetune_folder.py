@@ -3,10 +3,10 @@
 # $ python train.py config/finetune_folder.py --data_dir=~/pets
 # data_dir/train/<class>/*.jpg and data_dir/test/<class>/*.jpg (or val/), any size: each picture's shorter
 # side resized to 224 and the centre cut out, normalized with ImageNet's mean and std, as the weights expect.
-# NOT MEASURED: neither a GPU nor the pretrained weights could be reached from the session that wrote it
-# (2026-12-01, a 2-core CPU with no internet). What was measured: torchvision's ViT-B/16 and its nanoViT
-# import give the same logits to within 1e-4 (random weights, tests/test_finetune.py), and, on the CPU,
-# transfer within CIFAR-10 with a 0.8M-parameter ViT (README, "Fine-tune"): AdamW at 1e-3 fine-tuned best
+# NOT MEASURED (written 2026-12-01 on a 2-core CPU, with neither a GPU nor the pretrained weights). What was
+# measured: torchvision's ViT-B/16 and its nanoViT import give the same logits to within 1e-4 (random weights,
+# tests/test_pretrained.py), and, on the CPU, transfer within CIFAR-10 with a 0.8M-parameter ViT
+# (records/README.md, "Fine-tuning on the CPU"): AdamW at 1e-3 fine-tuned best
 # (74.3%, 3 seeds), 3e-4 and 1e-4 trailed by 1.6 and 6.8 points, layer_decay 0.75 and 0.5 by 1.4 and 3.9
 # points more, Muon by 1.2: those are the knobs here. ViT-B/16 is 100 times that model; whether it wants a
 # lower rate is not measured. Time and accuracy on a GPU: whoever runs this, write them here.

@@ -5,9 +5,9 @@
 # store kept at 72 px, and mirror images, stand in for them; expect less than the paper's figure, and less again
 # at 64 px than at 224.
 # $ torchrun --standalone --nproc_per_node=8 train.py config/imagenet64.py --data_dir=/data/imagenet
-# data_dir/train/n01440764/*.JPEG ..., data_dir/val/n01440764/*.JPEG ... (README, "ImageNet").
-# NOT RUN HERE: the session that wrote it (2026-12-01) had a 2-core CPU, no GPU and no ImageNet. Whoever runs
-# it: write the time, the hardware and the final top-1 here.
+# data_dir/train/n01440764/*.JPEG ..., data_dir/val/n01440764/*.JPEG ... (README, "Datasets").
+# NOT RUN (written 2026-12-01 on a 2-core CPU, with no GPU and no ImageNet). Whoever runs it: write the time,
+# the hardware and the final top-1 here.
 out_dir = 'out-imagenet64'
 dataset = 'folder'
 store_size = 72  # the store: 1.28M pictures x 3 x 72 x 72 = 19.9 GB on disk, read through a memory map

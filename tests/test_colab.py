@@ -2,7 +2,10 @@
 import json
 import os
 import re
+import shutil
 import sys
+
+import torch
 
 
 from conftest import REPO
@@ -46,3 +49,46 @@ def test_the_notebook_s_train_py_commands_are_valid_configs(run_here, tmp_path, 
         result = run_here('train.py', *[a if a.startswith('--') else os.path.join(REPO, a) for a in args],
                           f'--out_dir={tmp_path / "never"}', '--device=cpu', '--data_dir=no-data-here', cwd=tmp_path)
         assert result.returncode == 0 and result.stderr == '', (args, result.stderr)
+
+
+def code_cells():
+    with open(os.path.join(REPO, 'colab.ipynb')) as f:
+        return [''.join(c['source']) for c in json.load(f)['cells'] if c['cell_type'] == 'code']
+
+
+def as_python(cell):
+    """A notebook cell as IPython runs it: a line starting with ! is a shell command, one with % a magic."""
+    lines = []
+    for line in cell.splitlines():
+        code = line.lstrip()
+        indent = line[:len(line) - len(code)]
+        if code.startswith('!'):
+            lines.append(f"{indent}get_ipython().system({code[1:]!r})")
+        elif code.startswith('%'):
+            lines.append(f"{indent}get_ipython().run_line_magic({code[1:]!r})")
+        else:
+            lines.append(line)
+    return '\n'.join(lines)
+
+
+def test_every_code_cell_is_valid_python():
+    for cell in code_cells():
+        compile(as_python(cell), 'cell', 'exec')  # a SyntaxError names the cell's line
+
+
+def test_the_resume_cell_carries_on_a_cut_run_and_leaves_a_finished_one(trained_run, tmp_path):
+    # under "Run all" the run before it has finished: resuming then would stop with "already at max_iters"
+    cell = next(c for c in code_cells() if '--init_from=resume' in c)
+    shutil.copytree(trained_run.out, tmp_path / 'out-cifar10')
+    ckpt = tmp_path / 'out-cifar10' / 'ckpt.pt'
+    for iter_num, resumed in ((200, False), (120, True)):
+        checkpoint = torch.load(ckpt, weights_only=True)
+        checkpoint['iter_num'] = iter_num  # 120: the run was cut off at its iteration 120 of 200
+        torch.save(checkpoint, ckpt)
+        commands = []
+
+        class Kernel:
+            def system(self, command):
+                commands.append(command)
+        exec(as_python(cell), {'OUT': str(tmp_path), 'get_ipython': Kernel})
+        assert bool(commands) == resumed and all('--init_from=resume' in c for c in commands)
