@@ -15,6 +15,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import fields
 
 import torch
 from torch.nn import functional as F
@@ -29,24 +30,14 @@ from support.optimizer import configure_optimizers
 from support.pretrained import from_source, is_torchvision_name
 
 # -----------------------------------------------------------------------------
-# what to time: the keys of train.py that shape its step, with its defaults, and the benchmark's own
+# what to time: the keys of train.py that shape its step, with its defaults (the model's are ViTConfig's), and the
+# benchmark's own
 dataset = 'mnist'
 img_size = 0
 store_size = 0
 init_from = 'scratch'  # or a torchvision ViT: its shape at its side, no weights needed
 batch_size = 32
-n_layer = 4
-n_head = 4
-n_embd = 768
-patch_size = 4
-mlp_ratio = 4.0
-dropout = 0.0
-bias = True
-pool = 'cls'
-pos_embd = 'learned'
-pos_std = 0.02
-qk_norm = False
-norm_eps = 1e-5
+globals().update({f.name: f.default for f in fields(ViTConfig) if f.name not in ('img_size', 'in_chans', 'n_classes')})
 optimizer = 'adamw'
 learning_rate = 1e-3
 muon_lr = 0.02

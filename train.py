@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data import Batches, ModelInput, augment_args, find_splits, fits_on_device, get_dataset, hold_out, predict
 from model import ViT, ViTConfig
 from support import checkpoint, pretrained, rules, safety
-from support.device import (attention_kernel, autocast, device_name, peak_flops, pick_device, pick_dtype, rng_state,
+from support.device import (attention_kernel, autocast, device_name, peak_flops, pick_device, pick_dtype, rng_states,
                             synchronize, try_compile)
 from support.errors import quiet_when_a_peer_stops
 from support.optimizer import configure_optimizers
@@ -114,8 +114,7 @@ torch.manual_seed(seed + rank)
 torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
 
 # the run's folder: one run at a time, and never a finished or interrupted run overwritten unasked
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-metrics_path = os.path.join(out_dir, 'metrics.jsonl')
+ckpt_path, metrics_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'metrics.jsonl')
 if master:
     out_dir_lock = safety.claim_out_dir(out_dir, init_from, ckpt_path)
 
@@ -160,7 +159,6 @@ if linear_probe:  # the pretrained features stay as they are; only the new head 
         p.requires_grad = name.startswith('head.')
 optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
                                   device_type, dtype, layer_decay)
-params = [p for opt in optimizers for group in opt.param_groups for p in group['params']]
 # fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 start.load_states(optimizers, scaler, rank, world_size)  # a resumed run's moments, loss scale and RNG
@@ -211,10 +209,7 @@ def evaluate(images, labels):
 
 
 def save_checkpoint():
-    rngs = [rng_state()]
-    if ddp:
-        rngs = [None] * world_size
-        dist.all_gather_object(rngs, rng_state())
+    rngs = rng_states(world_size)  # every process's dropout draws
     if master:
         checkpoint.save({'model': raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
                          'scaler': scaler.state_dict(), 'model_args': asdict(raw_model.config), 'iter_num': iter_num,
@@ -272,7 +267,7 @@ while iter_num < max_iters:
     if grad_clip > 0:
         for opt in optimizers:
             scaler.unscale_(opt)  # clip the true gradients, not the fp16 loss-scaled ones
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for opt in optimizers:
         scaler.step(opt)  # skips the step if fp16 gradients overflowed
     scaler.update()

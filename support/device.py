@@ -197,6 +197,15 @@ def rng_state():
     return {'cpu': torch.get_rng_state()} | ({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
 
 
+def rng_states(world_size):
+    """[rng_state()] of every process of a run (under torchrun, gathered on each)."""
+    if world_size == 1:
+        return [rng_state()]
+    states = [None] * world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
 def set_rng_state(state):
     torch.set_rng_state(state['cpu'])
     if 'cuda' in state and torch.cuda.is_available():

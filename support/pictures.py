@@ -141,8 +141,8 @@ def decode_pictures(images, paths, size, what):
     """Decode the pictures at paths into the rows of images, a writable map (N, C, H, W), chunk by chunk, by one
     process per core that each write their pictures in place: the memory used stays that of a few chunks,
     and of the list of files, whatever N is. Returns {index: why} of the pictures that did not decode."""
-    global job
-    job = (images, paths, size)  # what the decoding processes work on: forked, they inherit it
+    global decode_job
+    decode_job = (images, paths, size)  # what the decoding processes work on: forked, they inherit it
     chunks = [(start, min(start + CHUNK, len(paths))) for start in range(0, len(paths), CHUNK)]
     progress = Progress(f"decoding {what}/", len(paths))
     failed, done = {}, 0
@@ -162,11 +162,11 @@ def decode_pictures(images, paths, size, what):
         for start, end in chunks:
             failed.update(decode_chunk(start, end))
             progress.update(end)
-    job = None
+    decode_job = None
     return failed
 
 
-job = None
+decode_job = None  # (images, paths, size) of the decode under way
 
 
 def start_decoder():
@@ -175,7 +175,7 @@ def start_decoder():
 
 def decode_chunk(start, end):
     """Decode pictures start..end of the job straight into their rows; {index: why} for those that did not."""
-    images, paths, size = job
+    images, paths, size = decode_job
     failed = {}
     for i in range(start, end):
         try:

@@ -197,6 +197,16 @@ def start_script(script, *args, cwd, python_args=()):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+# train.py run as `python -c HOOK train.py args`, changed by a hook before it runs
+RUN_WITH_HOOK = """
+import io, os, runpy, sys, time, torch
+{hook}
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` would
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
 def wait_for_line(process, prefix):
     """Read the process's stdout until a line starts with prefix; returns the lines read."""
     lines = []

@@ -9,21 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, grey_folder, losses, run_script, start_script, wait_for_line
+from conftest import RUN_WITH_HOOK, TINY, assert_one_line_error, grey_folder, losses, run_script, start_script, wait_for_line
 
 FOLDER = TINY + ['--dataset=folder', '--max_iters=4', '--eval_interval=4', '--log_interval=2']
 # dropout and augmentation on, so that an exact resume needs every RNG restored
 RUN = TINY + ['--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10', '--log_interval=1', '--max_iters=60',
               '--dropout=0.1', '--aug_translate=2.0', '--aug_rotate=10.0', '--aug_crop=1']
 
-# train.py (python -c HOOK train.py args), changed by a hook before it runs
-RUN_WITH_HOOK = """
-import io, os, runpy, sys, time, torch
-{hook}
-sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` would
-runpy.run_path(sys.argv[0], run_name='__main__')
-"""
 # the second checkpoint is written half, then the process waits to be killed: a kill inside a save, every time
 PAUSED_SAVE = RUN_WITH_HOOK.format(hook="""
 real_save, saves = torch.save, []

@@ -67,17 +67,6 @@ def test_resampling_the_position_embedding():
     assert (bigger[3, 1:, 0] >= bigger[3, :-1, 0] - 1e-5).all() and bigger[3, -1, 0] > 12
 
 
-def test_resampling_the_position_embedding():
-    torch.manual_seed(0)
-    pos = torch.randn(1, 14 * 14, 8)
-    assert torch.allclose(resample_pos_embd(pos, 14), pos, atol=1e-6)  # to its own grid: nothing changes
-    # a ramp along x stays a ramp at another resolution: bicubic on the 2-D grid, not on the flat sequence
-    ramp = torch.arange(14.).repeat(14)[None, :, None].expand(1, -1, 2)
-    bigger = resample_pos_embd(ramp, 28).view(28, 28, 2)
-    assert bigger.shape == (28, 28, 2) and torch.allclose(bigger[0], bigger[17], atol=1e-5)
-    assert (bigger[3, 1:, 0] >= bigger[3, :-1, 0] - 1e-5).all() and bigger[3, -1, 0] > 12
-
-
 def test_a_nanovit_run_imports_with_the_same_logits(trained_run):
     checkpoint = torch.load(trained_run.out / 'ckpt.pt', weights_only=True)
     original = ViT(ViTConfig(**checkpoint['model_args'])).eval()

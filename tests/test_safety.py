@@ -10,21 +10,13 @@ import time
 import pytest
 import torch
 
-from conftest import (REPO, TINY, assert_one_line_error, losses, read_jsonl, run_script, start_script,
+from conftest import (REPO, RUN_WITH_HOOK, TINY, assert_one_line_error, losses, read_jsonl, run_script, start_script,
                       wait_for_line)
 
 # dropout and augmentation on, so that an exact resume needs every RNG restored
 RUN = TINY + ['--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10', '--log_interval=1', '--max_iters=60',
               '--dropout=0.1', '--aug_translate=2.0', '--aug_rotate=10.0', '--aug_crop=1']
 
-# train.py (python -c HOOK train.py args), changed by a hook before it runs
-RUN_WITH_HOOK = """
-import io, os, runpy, sys, time, torch
-{hook}
-sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` would
-runpy.run_path(sys.argv[0], run_name='__main__')
-"""
 # every checkpoint takes 3 s more to write: time for a second signal to arrive while the first one's save runs
 SLOW_SAVE = RUN_WITH_HOOK.format(hook="""
 real_save = torch.save
