@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from support.errors import die
 from support.pictures import GREY_WEIGHTS, IMAGE_EXTENSIONS, decode_pictures, pictures_below, survey
-from support.store import files_key, load_or_build, open_store, store_path
+from support.store import Store, files_key, load_or_build, open_store, store_path
 from support.torchvision_errors import check_labels, why_torchvision_failed
 
 # -----------------------------------------------------------------------------
@@ -36,9 +36,10 @@ class Split:
     key: str  # what its store must have been made from
     n: int  # the pictures found (a few broken ones may be left out of the store)
     fill: Callable  # writes them into a new store's images (support/store.py, load_or_build)
+    stored: Store = None  # the store, when one made from these very files was found
 
     def load(self):
-        return load_or_build(self.path, self.key, self.classes, (self.n, *self.shape), self.fill)
+        return load_or_build(self.path, self.key, self.classes, (self.n, *self.shape), self.fill, self.stored)
 
 
 def find_torchvision(name, data_dir, split, size):
@@ -127,7 +128,7 @@ def find_folder(data_dir, split, size):
     shape = tuple(stored.images.shape[1:]) if stored else survey(paths, size)[0]  # the headers, when not stored
     fill = partial(decode_folder, paths=paths, labels=torch.tensor(labels), classes=classes, size=size, root=root,
                    data_dir=data_dir)
-    return Split(classes, shape, path, key, len(paths), fill)
+    return Split(classes, shape, path, key, len(paths), fill, stored)
 
 
 def decode_folder(images, paths, labels, classes, size, root, data_dir):

@@ -140,7 +140,7 @@ if ddp and master:
 train_idx, val_idx = hold_out(len(train.labels), val_size)
 start.note_training_pictures(len(train_idx))
 on_device = fits_on_device(train.images.nbytes, device, data_placement)
-(train_x, train_y), (test_x, test_y) = (split.on(device) if on_device else (split.images, split.labels) for split in (train, test))
+(train_x, train_y), (test_x, test_y) = (split.on(device) if on_device else split.streamed() for split in (train, test))
 splits = ({'val': (train_x[val_idx.to(train_x.device)], train_y[val_idx.to(train_y.device)])} if val_size else {}) | \
     {'test': (test_x, test_y)}  # evaluated whole: the validation split (held out, to choose settings on), the test split
 # pixels as the weights expect them: the training split's statistics from scratch, the checkpoint's or the source's

@@ -3,6 +3,7 @@ Picture files as people have them: reading one (any format PIL reads, EXIF-rotat
 huge), finding the pictures in a folder, and decoding many of them into a store's images, one process per core.
 The same reading serves folder datasets and sample.py --image.
 """
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -50,7 +51,7 @@ def read_image(path, size=0, max_side=2048):
                 w, h = (max(size, round(side * scale)) for side in picture.size)
                 left, top = (w - size) // 2, (h - size) // 2
                 picture = picture.resize((w, h), Image.LANCZOS, reducing_gap=3.0).crop((left, top, left + size, top + size))
-            pixels = np.asarray(picture)
+            pixels = np.array(picture)  # a copy of its own: writable, as torch.from_numpy wants it
     except Image.DecompressionBombError as e:
         raise ValueError(f"too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -149,15 +150,22 @@ def decode_pictures(images, paths, size, what):
     if sys.platform == 'linux' and len(paths) > 1000:
         # decoding is CPU-bound Python (threads would queue on the GIL): one process per core. Forked children
         # only run PIL and numpy. Elsewhere (spawn) a child would run train.py again, so one core.
+        pool = ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context('fork'),
+                                   initializer=start_decoder, initargs=(os.getpid(),))
         try:
-            with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context('fork'),
-                                     initializer=start_decoder) as pool:
-                for result in pool.map(decode_chunk, *zip(*chunks)):
-                    failed.update(result)
-                    done = min(done + CHUNK, len(paths))
-                    progress.update(done)
+            for result in pool.map(decode_chunk, *zip(*chunks)):
+                failed.update(result)
+                done = min(done + CHUNK, len(paths))
+                progress.update(done)
         except BrokenProcessPool:
             die(f"a process decoding the {len(paths)} pictures died (killed, or out of memory?); nothing was stored")
+        except BaseException:  # Ctrl-C, SIGTERM: the chunks still queued are not decoded, the ones being decoded not waited for
+            decoders = list((pool._processes or {}).values())  # (ProcessPoolExecutor has no public way to kill them)
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in decoders:
+                process.kill()
+            raise
+        pool.shutdown()
     else:
         for start, end in chunks:
             failed.update(decode_chunk(start, end))
@@ -169,8 +177,14 @@ def decode_pictures(images, paths, size, what):
 decode_job = None  # (images, paths, size) of the decode under way
 
 
-def start_decoder():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to answer
+def start_decoder(parent):
+    """A decoding process dies with the main one, however that ends (kill -9, the out-of-memory killer): orphaned,
+    it would sleep forever, holding the locks it inherited (the out_dir's, the store's)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux): SIGKILL when the parent dies
+    if os.getppid() != parent:  # it died before that took hold
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the main process's to answer
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def decode_chunk(start, end):

@@ -116,15 +116,15 @@ def read_run(init_from):
 def from_source(init_from, config, flags, weights=True):
     """The start of a fine-tuning run: the source's architecture (what the command line asks against it stops the
     run) at the side config's img_size asks for (0: the source's), its pixel normalization, and, unless weights
-    is False (bench.py times the shape alone), its weights with the position embedding resampled to that side."""
-    if is_torchvision_name(init_from) and not weights:
-        source = Source(torchvision_architecture(init_from), None, None, None)
-    else:
-        source = fetch_torchvision(init_from) if is_torchvision_name(init_from) else read_run(init_from)
-    args = architecture_of(source.model_args, config, flags, init_from, f"init_from={init_from!r} has {{}} but this run "
-                           f"asks for {{}}: a fine-tuning run keeps the source's architecture")
+    is False (bench.py times the shape alone), its weights with the position embedding resampled to that side.
+    A torchvision ViT's architecture comes from its name: whatever is wrong with it stops before any fetch."""
+    run = None if is_torchvision_name(init_from) else read_run(init_from)
+    saved = run.model_args if run else torchvision_architecture(init_from)
+    args = architecture_of(saved, config, flags, init_from, f"init_from={init_from!r} has {{}} but this run asks "
+                           f"for {{}}: a fine-tuning run keeps the source's architecture")
     args = dict(args, img_size=config['img_size'] or args['img_size'], n_classes=None)  # the classes are the data's
-    check_model(dict(args, n_classes=1))  # before any data is read
+    check_model(dict(args, n_classes=1))
+    source = run or (fetch_torchvision(init_from) if weights else Source(saved, None, None, None))
     state = source.state_dict
     if state is not None and args['pos_embd'] == 'learned':
         state = dict(state, pos_embd=resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size']))

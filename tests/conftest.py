@@ -1,5 +1,6 @@
 """Shared helpers: synthetic data (MNIST's IDX files, folders of pictures), the runs the tests share (each trained
 once a session, then copied by the tests that change them), and running the scripts as a user would."""
+import contextlib
 import gc
 import json
 import os
@@ -189,10 +190,10 @@ def run_here(monkeypatch, capsys):
     return run
 
 
-def start_script(script, *args, cwd, python_args=()):
+def start_script(script, *args, cwd, python_args=(), env=None):
     """Start one of the repo's scripts and return the Popen, its stdout a text pipe, for tests that
     act on a run while it is going (signals, kills)."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', **(env or {}))
     return subprocess.Popen([sys.executable, *python_args, os.path.join(REPO, script), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -200,11 +201,40 @@ def start_script(script, *args, cwd, python_args=()):
 # train.py run as `python -c HOOK train.py args`, changed by a hook before it runs
 RUN_WITH_HOOK = """
 import io, os, runpy, sys, time, torch
-{hook}
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` would
+{hook}
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
+
+
+@contextlib.contextmanager
+def small_disk(path, megabytes, read_only=False):
+    """A real file system of its own at path: a tmpfs of that size (read_only: remounted read-only once the
+    body's first part is done, see mount_read_only). Skips where mounting is not allowed."""
+    os.makedirs(path, exist_ok=True)
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={megabytes}m', 'tmpfs', str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(['umount', '-l', str(path)], capture_output=True)
+
+
+def remount_read_only(path):
+    result = subprocess.run(['mount', '-o', 'remount,ro', str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def children(pid):
+    """The pids of a process's children (Linux)."""
+    try:
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
 
 
 def wait_for_line(process, prefix):

@@ -185,3 +185,15 @@ def test_a_resume_with_pictures_added_says_so(tmp_path, run_here):
     result = run_here('train.py', *args[:-2], '--max_iters=4', '--eval_interval=4', '--init_from=resume', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'training pictures 24 -> 25 (the batches are drawn anew)' in result.stdout
+
+
+def test_a_linear_probe_resumed_as_a_whole_fine_tune_names_the_way_that_works(trained_run, synthetic_data, tmp_path,
+                                                                              run_here):
+    args = [*trained_run.args, f'--init_from={trained_run.out}', '--linear_probe=True', '--max_iters=4',
+            '--eval_interval=4', '--out_dir=probe']
+    assert run_here('train.py', *args, cwd=tmp_path).returncode == 0
+    result = run_here('train.py', *args[:-4], '--linear_probe=False', '--max_iters=8', '--eval_interval=4',
+                      '--out_dir=probe', '--init_from=resume', cwd=tmp_path)
+    assert_one_line_error(result, "probe/ckpt.pt holds a run with linear_probe=True but this run asks for "
+                                  "linear_probe=False; to train it another way, start a new run from it with "
+                                  "--init_from=probe and another --out_dir", code=2)

@@ -351,3 +351,15 @@ def test_imagenet_s_layout_is_a_folder_dataset(tmp_path, run_here):
     assert 'data: folder, 36 train / 0 val / 9 test images of 3x20x20, 3 classes' in result.stdout
     assert torch.load(tmp_path / 'out-mnist' / 'ckpt.pt', weights_only=True)['classes'] == [
         'n01440764', 'n01443537', 'n15075141']
+
+
+def test_a_validation_folder_left_flat_says_to_sort_it_before_any_decoding(tmp_path, run_here):
+    # ImageNet's val/ comes as 50,000 loose JPEGs with a label file: found before the training split is decoded
+    root = make_picture_folder(str(tmp_path / 'imagenet'), per_class=(30, 0), split_names=('train', 'val'))
+    for i in range(3):
+        Image.new('RGB', (16, 16)).save(tmp_path / 'imagenet' / 'val' / f'ILSVRC2012_val_{i:08d}.JPEG')
+    for c in COLOURS:
+        os.rmdir(tmp_path / 'imagenet' / 'val' / c)
+    result = run_here('train.py', *FOLDER, f'--data_dir={root}', '--patch_size=4', cwd=tmp_path)
+    assert_one_line_error(result, f"{root}/val holds 3 pictures but no class folders: sort them into {root}/val/<class>/")
+    assert 'decod' not in result.stdout

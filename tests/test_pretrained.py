@@ -154,12 +154,25 @@ def test_fine_tuning_torchvision_s_vit_b_16_through_train_py(torch_home, tmp_pat
     ('vit_b_32', [], "no weights at {home}/hub/checkpoints/vit_b_32-d86f8d99.pth, and fetching "
                      "https://download.pytorch.org/models/vit_b_32-d86f8d99.pth failed", 1),
     ('src', ['--patch_size=4'], "init_from='src' has patch_size=7 but this run asks for patch_size=4", 2),
+    ('vit_b_16', ['--img_size=100'], "bad model config: img_size=100 is not divisible by patch_size=16", 2),  # no fetch first
     ('notvit.pt', [], "notvit.pt is not a nanoViT checkpoint", 1),
 ])
 def test_sources_that_cannot_be_used_are_one_line(init_from, flags, message, code, trained_run, synthetic_data,
                                                   tmp_path, run_here):
     shutil.copytree(trained_run.out, tmp_path / 'src')
     torch.save({'weights': torch.zeros(3)}, tmp_path / 'notvit.pt')
-    result = run_here('train.py', *BASE, f'--data_dir={synthetic_data}', f'--init_from={init_from}', *flags,
+    # a torchvision ViT's own architecture, for what is tried after it: no model flags
+    base = [a for a in BASE if not a.startswith(('--n_', '--patch'))] if init_from.startswith('vit_') else BASE
+    result = run_here('train.py', *base, f'--data_dir={synthetic_data}', f'--init_from={init_from}', *flags,
                       cwd=tmp_path, env={'TORCH_HOME': str(tmp_path / 'empty'), **OFFLINE})
     assert_one_line_error(result, message.format(home=tmp_path / 'empty'), code=code)
+
+
+def test_the_log_names_the_fine_tuned_model_s_head_size_not_the_config_s(trained_run, synthetic_data, tmp_path, run_here):
+    (tmp_path / 'narrow.py').write_text("n_layer = 2\nn_head = 4\nn_embd = 32\npatch_size = 7\n")  # heads of 8
+    result = run_here('train.py', str(tmp_path / 'narrow.py'), '--device=cpu', '--compile=False', '--plot=False',
+                      f'--data_dir={synthetic_data}', f'--init_from={trained_run.out}', '--max_iters=2',
+                      '--eval_interval=2', '--out_dir=ft', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "note: the architecture is" in result.stdout and 'n_head 4 -> 2' in result.stdout
+    assert 'head_dim 16 here' in result.stdout  # the source's two heads of 16

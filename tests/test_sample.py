@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, make_picture_folder, png_claiming
+from conftest import TINY, assert_one_line_error, grey_folder, make_picture_folder, png_claiming, run_script
 from model import ViT, ViTConfig
 
 FIGURES = ('predictions', 'mistakes', 'confusion', 'attention')
@@ -250,3 +250,15 @@ def test_attention_rollout(pool, rollout):
     assert maps.shape == (5, 4, 4) and maps.dtype == torch.float32
     assert torch.allclose(maps.sum(dim=(1, 2)), torch.ones(5), atol=1e-5)
     assert (maps >= 0).all() and not torch.allclose(maps, torch.full_like(maps, 1 / 16))
+
+
+def test_a_sixteen_bit_grey_picture_into_a_grey_model_prints_no_warning(tmp_path, run_here):
+    root = grey_folder(tmp_path / 'grey', n=40)
+    assert run_here('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--max_iters=2', '--eval_interval=2',
+                    '--out_dir=out', cwd=tmp_path).returncode == 0
+    ramp = (np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / 'deep.png')
+    # a fresh process: torch says its warning once a process, and this one may have said it already
+    result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "deep.png"}', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == '', result.stderr

@@ -4,8 +4,12 @@ processes, statistics counted from it."""
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,7 +17,8 @@ import torch
 from PIL import Image
 
 import data
-from conftest import COLOURS, REPO, TINY, assert_one_line_error, grey_folder, load_split, make_picture_folder
+from conftest import (COLOURS, REPO, RUN_WITH_HOOK, TINY, assert_one_line_error, children, grey_folder, load_split,
+                      make_picture_folder, remount_read_only, run_script, small_disk, start_script, wait_for_line)
 from support import pictures, store
 from support.store import Progress, channel_stats
 
@@ -174,3 +179,183 @@ def test_ctrl_c_while_building_the_store_is_one_line_and_leaves_nothing(tmp_path
         load_split('folder', root, 'train')
     assert stop.value.code == 130 and 'stopped while building the picture store' in capsys.readouterr().err
     assert [n for n in os.listdir(tmp_path / 'cache' / 'nanovit') if not n.endswith('.lock')] == []
+
+
+# -----------------------------------------------------------------------------
+# faults: kills, a full disk, a damaged or read-only store, a store cut short under a run
+
+# every picture takes 20 ms more to decode: time to act on a run while its decoders work
+SLOW_DECODE = RUN_WITH_HOOK.format(hook="""
+import support.pictures as pictures
+real_read = pictures.read_image
+def slow_read(*args, **kwargs):
+    time.sleep(0.02)
+    return real_read(*args, **kwargs)
+pictures.read_image = slow_read
+""")
+
+
+def many_pictures(root, per_class=600):
+    """Two classes of tiny pictures, more than 1000 in all: a pool of processes decodes them."""
+    for split, n in (('train', per_class), ('test', 10)):
+        for c in ('a', 'b'):
+            os.makedirs(root / split / c, exist_ok=True)
+            for i in range(n):
+                Image.new('L', (8, 8), i % 256).save(root / split / c / f'{i}.png')
+    return root
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().split()[2] != 'Z'  # a zombie has ended
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_killed_while_decoding_leaves_no_decoder_and_no_lock(signum, tmp_path):
+    root = many_pictures(tmp_path / 'many')
+    cache = tmp_path / 'cache'
+    args = [*FOLDER, '--patch_size=4', f'--data_dir={root}', '--out_dir=out']
+    process = start_script('train.py', *args, cwd=tmp_path, python_args=('-c', SLOW_DECODE),
+                           env={'XDG_CACHE_HOME': str(cache)})
+    for _ in range(600):  # the decoders are forked
+        decoders = children(process.pid)
+        if len(decoders) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    for _ in range(100):  # they die with it
+        if not any(alive(pid) for pid in decoders):
+            break
+        time.sleep(0.05)
+    assert decoders and not any(alive(pid) for pid in decoders), decoders
+    left = [name for name in os.listdir(cache / 'nanovit') if name.endswith('.tmp')]
+    if signum == signal.SIGTERM:  # Colab's stop button: the same one line as Ctrl-C, and nothing left
+        assert process.returncode == 128 + signal.SIGTERM
+        assert_one_line_error(subprocess.CompletedProcess([], process.returncode, '', stderr),
+                              'stopped while building the picture store')
+        assert left == []
+    else:
+        assert process.returncode == -signal.SIGKILL and len(left) == 1  # a kill -9 cleans nothing up
+    # no lock outlives the run: the same out_dir, and another, carry on at once, and the next build removes
+    # what the killed one left
+    result = run_script('train.py', *args, cwd=tmp_path, env={'XDG_CACHE_HOME': str(cache)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [name for name in os.listdir(cache / 'nanovit') if name.endswith('.tmp')] == []
+
+
+def test_a_full_disk_is_one_line_that_names_it_not_a_bus_error(tmp_path):
+    # a store written through a map of a sparse file dies of SIGBUS when the disk fills; reserved first, it is ENOSPC
+    root = tmp_path / 'pictures'
+    for c in ('a', 'b'):
+        os.makedirs(root / 'train' / c)
+        os.makedirs(root / 'test' / c)
+        for i in range(450):  # 900 pictures of 3 x 64 x 64: an 11 MB store
+            Image.fromarray(np.full((64, 64, 3), i % 256, dtype=np.uint8)).save(root / 'train' / c / f'{i}.png')
+        Image.new('RGB', (64, 64)).save(root / 'test' / c / '0.png')
+    with small_disk(tmp_path / 'disk', 5) as disk:
+        result = run_script('train.py', *FOLDER, f'--data_dir={root}', '--patch_size=8', '--out_dir=out', cwd=tmp_path,
+                            env={'XDG_CACHE_HOME': str(disk)})
+        assert_one_line_error(result, 'could not write the picture store')
+        assert 'No space left on device' in result.stderr and 'free some space on that disk' in result.stderr
+        assert [name for name in os.listdir(disk / 'nanovit') if not name.endswith('.lock')] == []
+
+
+def test_a_damaged_store_is_built_again_not_trained_on(tmp_path, capsys):
+    root = grey_folder(tmp_path / 'pics', n=40)
+    first = load_split('folder', root, 'train')
+    images = first.images.clone()
+    with open(os.path.join(first.path, 'images.u8'), 'r+b') as f:  # the first half zeroed in place: same size
+        f.write(bytes(images.numel() // 2))
+    capsys.readouterr()
+    again = load_split('folder', root, 'train')
+    assert 'is damaged, of another version or made from other files; building it again' in capsys.readouterr().out
+    assert torch.equal(again.images, images)
+
+
+def test_a_read_only_cache_serves_its_stores_and_refuses_new_ones_in_one_line(tmp_path, run_here):
+    root = grey_folder(tmp_path / 'pics', n=40)
+    with small_disk(tmp_path / 'shared-cache', 20) as cache:
+        env = {'XDG_CACHE_HOME': str(cache)}
+        assert run_here('train.py', *FOLDER, f'--data_dir={root}', '--out_dir=first', cwd=tmp_path, env=env).returncode == 0
+        remount_read_only(cache)  # a cluster's shared cache: the stores are there, nothing can be written
+        result = run_here('train.py', *FOLDER, f'--data_dir={root}', '--out_dir=second', cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert 'decoded' not in result.stdout
+        other = grey_folder(tmp_path / 'other', n=40)
+        result = run_here('train.py', *FOLDER, f'--data_dir={other}', '--out_dir=third', cwd=tmp_path, env=env)
+        assert_one_line_error(result, f"cannot build the picture store in {cache / 'nanovit'}: Read-only file system "
+                                      f"(point XDG_CACHE_HOME at a writable folder)")
+    result = run_here('train.py', *FOLDER, f'--data_dir={root}', '--out_dir=fourth', cwd=tmp_path,
+                      env={'XDG_CACHE_HOME': '', 'HOME': str(tmp_path / 'no-such-home' / 'x')})
+    assert result.returncode == 0, result.stderr  # a HOME that does not exist yet is made
+
+
+def test_what_dead_builds_left_is_removed_by_the_next_build(tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    root = grey_folder(tmp_path / 'pics', n=3)
+    path = load_split('folder', root, 'train').path
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()  # its pid is free now
+    host = socket.gethostname()
+    for pid in (dead.pid, 1):  # pid 1 lives: its build may be under way
+        os.makedirs(f"{path}.{pid}@{host}.tmp")
+    os.makedirs(f"{path}.{dead.pid}@another-host.tmp")  # another machine's, on a shared cache: not ours to judge
+    Image.new('L', (28, 28), 3).save(os.path.join(root, 'train', 'a', 'new.png'))  # a change: a new build
+    load_split('folder', root, 'train')
+    assert sorted(n for n in os.listdir(os.path.dirname(path)) if n.endswith('.tmp')) == sorted(
+        [os.path.basename(f"{path}.1@{host}.tmp"), os.path.basename(f"{path}.{dead.pid}@another-host.tmp")])
+
+
+@pytest.mark.slow
+def test_a_store_cut_short_under_a_running_run_is_one_line_and_the_checkpoint_stays(tmp_path):
+    root = grey_folder(tmp_path / 'pics', n=40)
+    env = {'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+    process = start_script('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--batch_size=8',
+                           '--max_iters=100000', '--eval_interval=5', '--log_interval=5', '--out_dir=out', cwd=tmp_path,
+                           env=env)
+    wait_for_line(process, 'step 5:')
+    store = next(p for p in (tmp_path / 'cache' / 'nanovit').iterdir() if p.name.startswith('pics-train') and p.is_dir())
+    os.truncate(store / 'images.u8', 1000)
+    _, stderr = process.communicate(timeout=60)
+    assert_one_line_error(subprocess.CompletedProcess([], process.returncode, '', stderr),
+                          f"the picture store {store} was cut short while this run read it (1000 of 62720 bytes)")
+    assert torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num'] >= 5
+
+
+def test_a_run_waiting_for_another_s_build_says_whose(tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(40, 4))
+    slow = ("import sys, time; sys.path.insert(0, {repo!r}); import support.pictures as p; real = p.read_image; "
+            "p.read_image = lambda *a, **k: (time.sleep(0.05), real(*a, **k))[1]; from data import find_split; "
+            "find_split('folder', {root!r}, 'train', 0).load()").format(repo=REPO, root=root)
+    first = subprocess.Popen([sys.executable, '-c', slow], stdout=subprocess.PIPE, text=True)
+    cache = tmp_path / 'cache' / 'nanovit'
+    while not (cache.is_dir() and any(n.endswith('.tmp') for n in os.listdir(cache))):  # it builds
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, '-c', f"import sys; sys.path.insert(0, {REPO!r}); from data import "
+                             f"find_split; find_split('folder', {root!r}, 'train', 0).load()"],
+                            capture_output=True, text=True, timeout=120)
+    first.communicate(timeout=120)
+    assert f"note: waiting for pid {first.pid} on {socket.gethostname()}, which is building the picture store" \
+        in second.stdout, second.stdout
+    assert 'decoded' not in second.stdout
+
+
+def test_the_statistics_pass_takes_a_few_mb_whatever_the_pictures(tmp_path):
+    # 200 pictures of 3 x 256 x 256 in a memory map (39 MB): counted without a copy of more than a piece at a time
+    images = np.memmap(tmp_path / 'images.u8', dtype=np.uint8, mode='w+', shape=(200, 3, 256, 256))
+    images[:] = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
+    images.flush()
+    tracemalloc.start()
+    mean, _ = channel_stats(np.memmap(tmp_path / 'images.u8', dtype=np.uint8, mode='r', shape=(200, 3, 256, 256)))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2 ** 20, peak / 2 ** 20
+    assert mean == pytest.approx([127.5 / 255] * 3, abs=1e-3)
