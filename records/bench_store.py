@@ -20,7 +20,7 @@ import numpy as np
 bench_dir = 'bench-store'  # the synthetic folder (bench_dir/pictures) and its store (bench_dir/cache)
 n_pictures = 300_000  # training pictures, in 10 classes; a tenth as many test pictures
 side = 32
-train_iters = 200  # for each of the two training runs (cifar10_cpu.py's model)
+train_iters = 200  # for each of the two training runs (cifar10_cpu.py's model); 0: the decode alone
 bench_out = 'bench_store.json'
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,32 +106,34 @@ results.update(decode_seconds=seconds, decode_rate=n_pictures / seconds, decode_
 print(f"decode: {n_pictures} pictures in {seconds:.1f}s ({n_pictures / seconds:.0f} a second, the whole process with its "
       f"start-up and the files' scan), peak RssAnon {peak:.0f} MiB (an idle process: {idle:.0f} MiB), the decoding "
       f"processes together {tree:.0f} MiB, store {store_bytes / 2 ** 20:.0f} MiB")
-# batches out of the store: random batches of 128, as train.py gathers them
-sys.path.insert(0, REPO)
-import torch  # noqa: E402
-images = torch.from_numpy(np.memmap(os.path.join(store_path, 'images.u8'), dtype=np.uint8, mode='c',
-                                    shape=tuple(json.load(open(os.path.join(store_path, 'meta.json')))['shape'])))
-order = torch.randperm(len(images))
-t0 = time.time()
-for i in range(200):
-    images[order[i * 128:(i + 1) * 128]].float()
-gather_ms = 1000 * (time.time() - t0) / 200
-results['gather_ms_per_batch_of_128'] = gather_ms
-print(f"store: a random batch of 128 in {gather_ms:.2f} ms ({128 / gather_ms * 1000:.0f} pictures a second)")
-# train.py's step, the dataset streamed from the store next to whole in memory, one after the other
-for placement in ('stream', 'device'):
-    run = os.path.join(bench_dir, f'run-{placement}')
-    command = [sys.executable, 'train.py', 'config/cifar10_cpu.py', '--dataset=folder', f'--data_dir={os.path.abspath(folder)}',
-               f'--max_iters={train_iters}', f'--eval_interval={train_iters}', '--log_interval=50', '--tta_shift=0',
-               '--eval_batch_size=1000', f'--data_placement={placement}', f'--out_dir={os.path.abspath(run)}']
-    if os.path.exists(os.path.join(run, 'ckpt.pt')):
-        os.remove(os.path.join(run, 'ckpt.pt'))
-    seconds, peak, _, out = run_and_watch(command)
-    ms = float(out.split(' ms/iter')[0].rsplit(' ', 1)[1])
-    results[f'train_{placement}'] = dict(ms_per_iter=ms, peak_rss_anon_mib=peak, seconds=seconds)
-    print(f"train.py, {placement}: {ms:.1f} ms/iter, peak RssAnon {peak:.0f} MiB, {seconds:.0f}s in all")
-results['stream_over_device_ms'] = results['train_stream']['ms_per_iter'] / results['train_device']['ms_per_iter']
-print(f"streamed / in memory: {results['stream_over_device_ms']:.3f}x the time per step")
+if train_iters:
+    # batches out of the store: random batches of 128, as train.py gathers them
+    sys.path.insert(0, REPO)
+    import torch  # noqa: E402
+    images = torch.from_numpy(np.memmap(os.path.join(store_path, 'images.u8'), dtype=np.uint8, mode='c',
+                                        shape=tuple(json.load(open(os.path.join(store_path, 'meta.json')))['shape'])))
+    order = torch.randperm(len(images))
+    t0 = time.time()
+    for i in range(200):
+        images[order[i * 128:(i + 1) * 128]].float()
+    gather_ms = 1000 * (time.time() - t0) / 200
+    results['gather_ms_per_batch_of_128'] = gather_ms
+    print(f"store: a random batch of 128 in {gather_ms:.2f} ms ({128 / gather_ms * 1000:.0f} pictures a second)")
+    # train.py's step, the dataset streamed from the store next to whole in memory, one after the other
+    for placement in ('stream', 'device'):
+        run = os.path.join(bench_dir, f'run-{placement}')
+        command = [sys.executable, 'train.py', 'config/cifar10_cpu.py', '--dataset=folder',
+                   f'--data_dir={os.path.abspath(folder)}', f'--max_iters={train_iters}', f'--eval_interval={train_iters}',
+                   '--log_interval=50', '--tta_shift=0', '--eval_batch_size=1000', f'--data_placement={placement}',
+                   f'--out_dir={os.path.abspath(run)}']
+        if os.path.exists(os.path.join(run, 'ckpt.pt')):
+            os.remove(os.path.join(run, 'ckpt.pt'))
+        seconds, peak, _, out = run_and_watch(command)
+        ms = float(out.split(' ms/iter')[0].rsplit(' ', 1)[1])
+        results[f'train_{placement}'] = dict(ms_per_iter=ms, peak_rss_anon_mib=peak, seconds=seconds)
+        print(f"train.py, {placement}: {ms:.1f} ms/iter, peak RssAnon {peak:.0f} MiB, {seconds:.0f}s in all")
+    results['stream_over_device_ms'] = results['train_stream']['ms_per_iter'] / results['train_device']['ms_per_iter']
+    print(f"streamed / in memory: {results['stream_over_device_ms']:.3f}x the time per step")
 with open(bench_out, 'w') as f:
     json.dump(dict(n_pictures=n_pictures, side=side, **results), f, indent=2)
 print(f"wrote {bench_out}")
