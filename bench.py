@@ -60,7 +60,7 @@ compile = True
 seed = 1337
 torchvision_vit = True  # also time torchvision's VisionTransformer with the same dims
 bench_warmup = 5  # untimed steps first (compilation, allocator warm-up)
-bench_iters = 20  # timed steps; the median is reported
+bench_iters = 20  # timed steps of each candidate, taken in turn; the median is reported
 bench_out = 'bench.json'
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 _recipe_keys_ignored = True  # a config file's keys that shape no step (out_dir, max_iters) are skipped
@@ -123,28 +123,29 @@ def optimizer_step(optimizers, scaler):
         opt.zero_grad(set_to_none=True)
 
 
-def time_step(model, optimizers, dtype):
-    """Median seconds of a whole training step and of its optimizer part, and peak memory (CUDA)."""
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-    ctx = autocast(device_type, dtype)
-    for step in range(bench_warmup):
-        forward_backward(model, ctx, scaler, step)
-        optimizer_step(optimizers, scaler)
-    synchronize(device_type)
-    if device_type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-    steps, optimizer_parts = [], []
-    for step in range(bench_iters):
+class Candidate:
+    """One way to run the step (ours eager or compiled, torchvision's; a dtype), with its timings so far."""
+
+    def __init__(self, impl, mode, dtype, model, optimizers):
+        self.impl, self.mode, self.dtype, self.model, self.optimizers = impl, mode, dtype, model, optimizers
+        self.scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+        self.ctx = autocast(device_type, dtype)
+        self.steps, self.optimizer_parts, self.memory = [], [], 0.0
+
+    def step(self, step, timed):
+        if device_type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        forward_backward(model, ctx, scaler, step)
+        forward_backward(self.model, self.ctx, self.scaler, step)
         synchronize(device_type)  # only so the optimizer's share can be told apart
         t1 = time.perf_counter()
-        optimizer_step(optimizers, scaler)
+        optimizer_step(self.optimizers, self.scaler)
         synchronize(device_type)
-        steps.append(time.perf_counter() - t0)
-        optimizer_parts.append(time.perf_counter() - t1)
-    memory = torch.cuda.max_memory_allocated() / 2 ** 20 if device_type == 'cuda' else None
-    return statistics.median(steps), statistics.median(optimizer_parts), memory
+        if timed:
+            self.steps.append(time.perf_counter() - t0)
+            self.optimizer_parts.append(time.perf_counter() - t1)
+            if device_type == 'cuda':
+                self.memory = max(self.memory, torch.cuda.max_memory_allocated() / 2 ** 20)
 
 
 def ours(mode, dtype):
@@ -195,27 +196,32 @@ print(f"bench: {name} | torch {torch.__version__} | {dataset} {'x'.join(map(str,
       f"n_layer {vit_config.n_layer}, n_head {vit_config.n_head}, n_embd {vit_config.n_embd}, patch {vit_config.patch_size}"
       f"{f' ({init_from})' if is_torchvision_name(init_from) else ''} | optimizer {optimizer} | "
       f"{flops_per_step / 1e9:.1f} GFLOP per step" + (f" | compile skipped: {blocker}" if blocker else ""))
-rows = []
+# every candidate is built and warmed up, then timed a step at a time in turn, round after round: a machine
+# whose speed drifts (a shared or throttled CPU) slows every candidate alike, and the medians compare fairly
+ceilings = {}
+candidates = []
 for dtype in dtypes:
-    ceiling = peak_flops(name, dtype) if device_type == 'cuda' else None
-    ceiling_kind = 'peak'
-    if ceiling is None and device_type == 'cpu':
-        ceiling, ceiling_kind = matmul_flops(dtype), 'matmul'
-    candidates = [('nanoViT', mode, lambda mode=mode: ours(mode, dtype)) for mode in modes]
+    ceilings[dtype] = (peak_flops(name, dtype), 'peak') if device_type == 'cuda' else \
+        (matmul_flops(dtype), 'matmul') if device_type == 'cpu' else (None, None)
+    candidates += [Candidate('nanoViT', mode, dtype, *ours(mode, dtype)) for mode in modes]
     if torchvision_vit:
-        candidates.append(('torchvision', 'eager', theirs))
-    for impl, mode, build in candidates:
-        seconds, optimizer_seconds, memory = time_step(*build(), dtype)
-        achieved = flops_per_step / seconds
-        rows.append(dict(impl=impl, mode=mode, dtype=dtype, ms_per_iter=1000 * seconds,
-                         optimizer_share=optimizer_seconds / seconds, images_per_s=batch_size / seconds,
-                         tflops=achieved / 1e12, utilization=achieved / ceiling if ceiling else None,
-                         ceiling=ceiling_kind if ceiling else None, peak_memory_mib=memory))
-        r = rows[-1]
-        util = f"{100 * r['utilization']:.1f}% of {ceiling_kind}" if ceiling else "n/a"
-        mem = f"{memory:.0f} MiB" if memory is not None else "-"
-        print(f"{impl:12s} {mode:9s} {dtype:9s} {r['ms_per_iter']:9.2f} ms/iter (optimizer {100 * r['optimizer_share']:4.1f}%) "
-              f"{r['images_per_s']:8.0f} img/s {r['tflops']:7.2f} TFLOP/s  {util:>18s}  {mem}")
+        candidates.append(Candidate('torchvision', 'eager', dtype, *theirs()))
+for step in range(bench_warmup + bench_iters):
+    for candidate in candidates:
+        candidate.step(step, timed=step >= bench_warmup)
+rows = []
+for c in candidates:
+    seconds, ceiling, ceiling_kind = statistics.median(c.steps), *ceilings[c.dtype]
+    achieved = flops_per_step / seconds
+    rows.append(dict(impl=c.impl, mode=c.mode, dtype=c.dtype, ms_per_iter=1000 * seconds,
+                     optimizer_share=statistics.median(c.optimizer_parts) / seconds, images_per_s=batch_size / seconds,
+                     tflops=achieved / 1e12, utilization=achieved / ceiling if ceiling else None,
+                     ceiling=ceiling_kind if ceiling else None, peak_memory_mib=c.memory if device_type == 'cuda' else None))
+    r = rows[-1]
+    util = f"{100 * r['utilization']:.1f}% of {ceiling_kind}" if ceiling else "n/a"
+    mem = f"{r['peak_memory_mib']:.0f} MiB" if r['peak_memory_mib'] is not None else "-"
+    print(f"{c.impl:12s} {c.mode:9s} {c.dtype:9s} {r['ms_per_iter']:9.2f} ms/iter (optimizer {100 * r['optimizer_share']:4.1f}%) "
+          f"{r['images_per_s']:8.0f} img/s {r['tflops']:7.2f} TFLOP/s  {util:>18s}  {mem}")
 
 ratios = {}
 for dtype in dtypes:

@@ -42,9 +42,21 @@ class Split:
         return load_or_build(self.path, self.key, self.classes, (self.n, *self.shape), self.fill, self.stored)
 
 
+TORCHVISION_FOLDERS = {'MNIST': 'MNIST/raw', 'FashionMNIST': 'FashionMNIST/raw', 'CIFAR10': 'cifar-10-batches-py'}
+
+
 def find_torchvision(name, data_dir, split, size):
     """MNIST, FashionMNIST or CIFAR10 through torchvision, downloaded into data_dir once. Their pictures are
     kept at their own size (size is for folders): a model of another side gets each batch resized."""
+    folder = os.path.join(data_dir, TORCHVISION_FOLDERS[name])
+    path = store_path(data_dir, f"{name}-{split}", 0)
+    # a store made from these very files: torchvision is neither imported nor asked to read them (seconds saved)
+    files = [(os.path.join(folder, f), os.stat(os.path.join(folder, f))) for f in sorted(os.listdir(folder))] \
+        if os.path.isdir(folder) else []
+    stored = open_store(path, files_key(folder, files, 0), None) if files else None
+    if stored:
+        return Split(stored.classes, tuple(stored.images.shape[1:]), path, files_key(folder, files, 0),
+                     len(stored.labels), None, stored)
     import torchvision
     cls = getattr(torchvision.datasets, name)
     try:
@@ -54,17 +66,15 @@ def find_torchvision(name, data_dir, split, size):
     images = torch.as_tensor(ds.data)  # already in memory: torchvision reads the files whole
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # MNIST / CIFAR
     labels = torch.as_tensor(ds.targets, dtype=torch.long)
-    folder = ds.raw_folder if hasattr(ds, 'raw_folder') else os.path.join(data_dir, ds.base_folder)
     label_file = os.path.join(folder, f"{'train' if split == 'train' else 't10k'}-labels-idx1-ubyte") \
-        if hasattr(ds, 'raw_folder') else folder
+        if name != 'CIFAR10' else folder
     check_labels(labels, len(ds.classes), label_file)
     files = [(os.path.join(folder, f), os.stat(os.path.join(folder, f))) for f in sorted(os.listdir(folder))]
 
     def fill(store_images):
         store_images[:] = images.numpy()
         return len(images), labels, ''
-    return Split(list(ds.classes), tuple(images.shape[1:]), store_path(data_dir, f"{name}-{split}", 0),
-                 files_key(folder, files, 0, list(ds.classes)), len(images), fill)
+    return Split(list(ds.classes), tuple(images.shape[1:]), path, files_key(folder, files, 0), len(images), fill)
 
 
 # folder datasets: data_dir/train/<class>/* and data_dir/test/<class>/* (or val/)
@@ -272,20 +282,22 @@ class ModelInput:
     def __post_init__(self):
         self.mean, self.std = (torch.as_tensor(s, dtype=torch.float32, device=self.device) for s in (self.mean, self.std))
 
-    def __call__(self, x, centre=True):
+    def __call__(self, x, centre=True, size=None):
         x = match_channels(to_unit(x), self.channels)
         if centre and self.crop < 1:
             x = centre_crop(x, self.crop)
-        return normalize(resize(x, self.size), self.mean, self.std)
+        return normalize(resize(x, size or self.size), self.mean, self.std)
 
 
 def tta_views(images, pixels):
     """What test-time augmentation looks at: images (B, C, H, W) and, for pixels > 0, 8 copies moved by
-    pixels in every direction (the 3 x 3 neighbourhood of shifts), filled with black."""
+    pixels in every direction (the 3 x 3 neighbourhood of shifts), filled with black: windows of the padded
+    pictures (one move for all, where augmentation's shift moves each picture its own way)."""
     if not pixels:
         return [images]
-    moves = [torch.full((images.shape[0],), m, device=images.device) for m in (-pixels, 0, pixels)]
-    return [shift(images, dy, dx, pixels) for dy in moves for dx in moves]
+    H, W = images.shape[-2:]
+    padded = F.pad(images, (pixels, pixels, pixels, pixels))
+    return [padded[..., top:top + H, left:left + W] for top in (2 * pixels, pixels, 0) for left in (2 * pixels, pixels, 0)]
 
 
 def predict(model, images, model_input, tta_shift=0):
@@ -417,12 +429,13 @@ class Batches:
         self.ahead = following, self.prefetch.submit(self.gather, following)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def get(self, it, micro_step):
-        """Batch (it, micro_step) as the model takes it: (pictures, labels)."""
+    def get(self, it, micro_step, size=None):
+        """Batch (it, micro_step) as the model takes it: (pictures, labels); size: their side, if not the model's."""
         x, y = self.pictures(it, micro_step)
         x = to_unit(x)
+        size = size or self.model_input.size
         if any(self.aug_args.values()):
             draw = (it * self.accumulation + micro_step) * self.world_size + self.rank
             self.generator.manual_seed(self.draw_seed(1_000_033, draw))
-            x = augment(x, self.generator, size=self.model_input.size, **self.aug_args)
-        return self.model_input(x, centre=not self.aug_args['rrc_scale']), y  # a random-resized crop is the model's size
+            x = augment(x, self.generator, size=size, **self.aug_args)
+        return self.model_input(x, centre=not self.aug_args['rrc_scale'], size=size), y  # a random-resized crop is sized

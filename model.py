@@ -31,6 +31,9 @@ class ViTConfig:
     pos_std: float = 0.02    # init std of a learned position embedding
     qk_norm: bool = False    # LayerNorm on queries and keys (ViT-22B): bounded attention logits
     norm_eps: float = 1e-5   # LayerNorm's epsilon (torch's default; torchvision's and timm's ViTs use 1e-6)
+    mlp_act: str = 'gelu'    # the MLP's non-linearity: 'gelu', or 'relu2' (ReLU squared, modded-nanogpt)
+    attn_init: str = 'normal'  # 'normal' (timm's), or 'mimetic': attention starts as trained ViTs' does (below)
+    zero_init_proj: bool = False  # the layers that write into the residual stream start at zero (modded-nanogpt)
 
     def __post_init__(self):
         for name in ('img_size', 'patch_size', 'in_chans', 'n_classes', 'n_layer', 'n_head', 'n_embd'):
@@ -54,6 +57,10 @@ class ViTConfig:
             raise ValueError(f"pos_embd={self.pos_embd!r} must be 'learned' or 'sincos'")
         if self.pos_embd == 'sincos' and self.n_embd % 4 != 0:
             raise ValueError(f"pos_embd='sincos' needs n_embd divisible by 4, got n_embd={self.n_embd}")
+        if self.mlp_act not in ('gelu', 'relu2'):
+            raise ValueError(f"mlp_act={self.mlp_act!r} must be 'gelu' or 'relu2'")
+        if self.attn_init not in ('normal', 'mimetic'):
+            raise ValueError(f"attn_init={self.attn_init!r} must be 'normal' or 'mimetic'")
 
     @property
     def grid(self):
@@ -66,6 +73,27 @@ class ViTConfig:
     @property
     def n_tokens(self):
         return POOLS[self.pool].n_prefix + self.n_patches
+
+
+def resample_pos_embd(pos, grid):
+    """A learned position embedding (1, old_grid**2, C) resampled to (1, grid**2, C) on its 2-D grid, bicubic
+    (as timm's resample_abs_pos_embed), for pictures of another size."""
+    old = int(round(pos.shape[1] ** 0.5))
+    if old == grid:
+        return pos
+    image = pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    image = F.interpolate(image, size=(grid, grid), mode='bicubic', align_corners=False, antialias=grid < old)
+    return image.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
+
+
+def mimetic(dim, rank, alpha, beta):
+    """(A (rank, dim), B (rank, dim)) with A^T B = the best rank-`rank` approximation of alpha Z + beta I, Z uniform
+    of variance 1/dim (Trockman & Kolter, "Mimetic initialization of self-attention layers", 2023): the products
+    of trained ViTs' W_q^T W_k lean to +I (a token attends to tokens like itself), of W_o W_v to -I."""
+    z = (torch.rand(dim, dim) * 2 - 1) * math.sqrt(3 / dim)
+    u, s, vh = torch.linalg.svd(alpha * z + beta * torch.eye(dim))
+    root = s[:rank].sqrt()[:, None]
+    return root * u[:, :rank].T, root * vh[:rank]
 
 
 def sincos_pos_embd(grid_size, dim):
@@ -124,12 +152,12 @@ class MLP(nn.Module):
         super().__init__()
         hidden = int(config.mlp_ratio * config.n_embd)
         self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.act = nn.GELU() if config.mlp_act == 'gelu' else lambda x: F.relu(x).square()
         self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.proj(self.gelu(self.fc(x))))
+        return self.dropout(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):
@@ -264,6 +292,17 @@ class ViT(nn.Module):
             # so the stream's variance does not grow with depth
             if name.startswith('blocks.') and name.endswith('proj.weight'):
                 nn.init.trunc_normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+                if c.zero_init_proj:  # each block starts as the identity
+                    nn.init.zeros_(p)
+        if c.attn_init == 'mimetic':
+            head_dim = c.n_embd // c.n_head
+            for block in self.blocks:
+                q, k, v = block.attn.qkv.weight.data.split(c.n_embd)
+                for head in range(c.n_head):  # each head's W_q^T W_k near +I
+                    rows = slice(head * head_dim, (head + 1) * head_dim)
+                    q[rows], k[rows] = mimetic(c.n_embd, head_dim, 0.7, 0.7)
+                proj_t, v[:] = mimetic(c.n_embd, c.n_embd, 0.4, -0.4)  # W_o W_v near -I
+                block.attn.proj.weight.data.copy_(proj_t.T)
         # the patch embedding is a linear map of each flattened patch: a fan-in init keeps
         # the tokens at unit scale whatever the patch size
         nn.init.trunc_normal_(self.patch_embd.weight, std=1 / math.sqrt(c.in_chans * c.patch_size ** 2))
@@ -281,11 +320,17 @@ class ViT(nn.Module):
 
     def embed(self, imgs):
         c = self.config
-        expected = (c.in_chans, c.img_size, c.img_size)
-        if imgs.dim() != 4 or tuple(imgs.shape[1:]) != expected:
-            raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(imgs.shape)}")
+        if imgs.dim() != 4 or imgs.shape[1] != c.in_chans or imgs.shape[2] != imgs.shape[3] or imgs.shape[2] % c.patch_size:
+            raise ValueError(f"expected images of shape (B, {c.in_chans}, {c.img_size}, {c.img_size}) (or of another side "
+                             f"divisible by patch_size={c.patch_size}), got {tuple(imgs.shape)}")
         x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, n_patches, n_embd)
-        x = x + self.pos_embd
+        grid = imgs.shape[2] // c.patch_size  # smaller pictures early in a run (progressive resizing): fewer patches
+        if grid == c.grid:
+            x = x + self.pos_embd
+        elif c.pos_embd == 'learned':
+            x = x + resample_pos_embd(self.pos_embd, grid)
+        else:
+            x = x + sincos_pos_embd(grid, c.n_embd).to(x)[None]
         if self.pool.n_prefix:
             x = torch.cat([self.pool.prefix(x.size(0)), x], dim=1)
         return self.drop(x)
@@ -309,10 +354,12 @@ class ViT(nn.Module):
             return int(name.split('.')[1]) + 1
         return self.config.n_layer + 1
 
-    def flops_per_image(self):
-        """Matmul FLOPs of one forward pass on one image (2 FLOPs per multiply-add),
-        attention scores and weighted sum included; a training step costs 3x this."""
+    def flops_per_image(self, img_size=None):
+        """Matmul FLOPs of one forward pass on one image (2 FLOPs per multiply-add), attention scores and weighted
+        sum included, at the model's side or img_size; a training step costs 3x this."""
         c = self.config
+        patches = (img_size or c.img_size) // c.patch_size
+        c = ViTConfig(**{**c.__dict__, 'img_size': patches * c.patch_size})
         T, C = c.n_tokens, c.n_embd
         hidden = int(c.mlp_ratio * C)
         patch = 2 * c.n_patches * (c.in_chans * c.patch_size ** 2) * C

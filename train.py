@@ -67,6 +67,9 @@ pos_embd = 'learned'  # 'learned' or 'sincos'
 pos_std = 0.02  # init std of a learned position embedding
 qk_norm = False  # LayerNorm on queries and keys
 norm_eps = 1e-5  # LayerNorm's epsilon
+mlp_act = 'gelu'  # 'gelu' or 'relu2'
+attn_init = 'normal'  # 'normal', or 'mimetic' (attention starts as trained ViTs' does)
+zero_init_proj = False  # the layers that write into the residual stream start at zero
 # optimizer
 optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for the rest
 learning_rate = 1e-3  # AdamW's peak learning rate
@@ -80,9 +83,14 @@ grad_clip = 1.0  # clip gradients at this norm, or 0.0 for no clipping
 layer_decay = 1.0  # fine-tuning: block i of n learns at lr * layer_decay ** (n + 1 - i), the head at lr (1.0: off)
 linear_probe = False  # fine-tuning: train the head alone, every other weight frozen
 label_smoothing = 0.0
-# learning rate schedule: linear warmup, then cosine decay to min_lr at max_iters (every lr in proportion)
+# learning rate schedule: linear warmup, then a decay to min_lr at max_iters (every lr in proportion)
 warmup_iters = 100
+lr_schedule = 'cosine'  # 'cosine', 'linear', or 'wsd': constant, then linear over the last cooldown share
+cooldown = 0.5  # the share of the iterations after warmup that 'wsd' decays over
 min_lr = 1e-5
+muon_momentum_warmup = 0  # Muon's momentum rises from 0.85 to muon_momentum over this many iterations
+img_size_start = 0  # progressive resizing: the pictures' side at the start, growing by patch_size to img_size
+resize_until = 0.5  # the share of the iterations that progressive resizing takes
 # system
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16' (autocast; float16 adds a GradScaler)
@@ -181,12 +189,23 @@ if master:
 
 
 def lr_multiplier(it):
-    # linear warmup, then cosine decay to min_lr at max_iters; every group's peak lr (AdamW's, Muon's) scales by it
+    # linear warmup, then a decay to min_lr at max_iters; every group's peak lr (AdamW's, Muon's) scales by it
     if it < warmup_iters:
         return (it + 1) / (warmup_iters + 1)
     progress = (it - warmup_iters) / max(1, max_iters - warmup_iters)
+    if lr_schedule == 'wsd':
+        progress = max(0.0, 1 - (1 - progress) / cooldown)
     floor = min_lr / learning_rate
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1 - floor)
+    return floor + (0.5 * (1.0 + math.cos(math.pi * progress)) if lr_schedule == 'cosine' else 1 - progress) * (1 - floor)
+
+
+def side_at(it):
+    # progressive resizing: the pictures' side grows from img_size_start to the model's by patch_size steps
+    full = model_args['img_size']
+    if not img_size_start or it >= resize_until * max_iters:
+        return full
+    sides = range(img_size_start, full, model_args['patch_size'])
+    return sides[int(it / (resize_until * max_iters) * len(sides))]
 
 
 @torch.no_grad()
@@ -254,12 +273,14 @@ while iter_num < max_iters:
     for opt in optimizers:
         for group in opt.param_groups:
             group['lr'] = group['max_lr'] * lr_multiplier(iter_num)
+            if 'momentum' in group and muon_momentum_warmup:  # Muon's
+                group['momentum'] = 0.85 + min(1.0, iter_num / muon_momentum_warmup) * (muon_momentum - 0.85)
     # forward, backward (gradients summed over the micro-steps), clip, step
     for micro_step in range(gradient_accumulation_steps):
         if ddp:
             # all-reduce the gradients once, on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        x, y = batches.get(iter_num, micro_step)
+        x, y = batches.get(iter_num, micro_step, side_at(iter_num))
         with ctx:
             _, loss = model(x, y, label_smoothing)
         loss = loss / gradient_accumulation_steps
@@ -326,5 +347,6 @@ if master:
     print(f"done: " + ', '.join(f"{name} acc {100 * acc:.2f}%" for name, (_, acc) in scores.items())
           + f" | {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
           + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "")
-          + f", {flops_per_iter * iter_num / 1e12:.3g} TFLOP of training | checkpoint {ckpt_path}")
+          + f", {sum(3 * raw_model.flops_per_image(side_at(it)) * batches.global_batch for it in range(iter_num)) / 1e12:.3g}"
+          f" TFLOP of training | checkpoint {ckpt_path}")
 safety.leave(0, ddp)

@@ -9,12 +9,11 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.nn import functional as F
 
-from model import ViTConfig
+from model import ViTConfig, resample_pos_embd
 from support.checkpoint import Start, architecture_of, load_checkpoint, saved_model_args
-from support.rules import check_model
 from support.errors import die
+from support.rules import check_model
 
 # torchvision's ViT builders: what their weights do not say (the heads)
 TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 16, 'vit_h_14': 16}
@@ -129,12 +128,3 @@ def from_source(init_from, config, flags, weights=True):
     if state is not None and args['pos_embd'] == 'learned':
         state = dict(state, pos_embd=resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size']))
     return Start(args, config['store_size'] or args['img_size'], source.mean, source.std, source.classes, state)
-
-
-def resample_pos_embd(pos, grid):
-    """A learned position embedding (1, old_grid**2, C) resampled to (1, grid**2, C) on its 2-D grid, bicubic
-    (as timm's resample_abs_pos_embed), for pictures of another size."""
-    old = int(round(pos.shape[1] ** 0.5))
-    image = pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-    image = F.interpolate(image, size=(grid, grid), mode='bicubic', align_corners=False, antialias=grid < old)
-    return image.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)

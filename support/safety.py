@@ -149,12 +149,12 @@ def resume_command(ddp, world_size):
 
 
 def leave(code, ddp):
-    """Exit with code; under torchrun every process together."""
+    """Exit with code, everything written; under torchrun every process together. The interpreter's teardown is
+    skipped: torch's takes a second or two, and with gloo it can abort (std::terminate) in torch's C++ threads
+    after all the work is done, so that torchrun would report a failed run."""
     if ddp:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-        # skip interpreter teardown: with gloo it can abort (std::terminate) in torch's C++
-        # threads after all the work is done, and torchrun would report a failed run
-        sys.stdout.flush()
-        os._exit(code)
-    sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

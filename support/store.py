@@ -93,13 +93,14 @@ class Streamed:
 
 
 def open_store(path, key, classes):
-    """The store at path when it is whole, of this version, made from the files key describes, holding what a
-    split can be (uint8 pictures of 1 or 3 channels, one label in range each, every class present) and the very
-    bytes it was written with (its CRC-32, read through at every start); else None."""
+    """The store at path when it is whole, of this version, made from the files key describes, of these classes
+    (None: the store's own), holding what a split can be (uint8 pictures of 1 or 3 channels, one label in range
+    each, every class present) and the very bytes it was written with (its CRC-32, read at every start); else None."""
     try:
         with open(os.path.join(path, 'meta.json')) as f:
             meta = json.load(f)
         n, c, h, w = meta['shape']
+        classes = meta['classes'] if classes is None else classes
         if meta['version'] != STORE_VERSION or meta['key'] != key or meta['classes'] != classes or c not in (1, 3):
             return None
         if os.path.getsize(os.path.join(path, 'images.u8')) != n * c * h * w or checksum(path) != meta['checksum']:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import TINY, assert_one_line_error, losses, make_picture_folder, run_script, start_script, wait_for_line
-from model import ViT, ViTConfig
-from support.pretrained import from_source, resample_pos_embd
+from model import ViT, ViTConfig, resample_pos_embd
+from support.pretrained import from_source
 
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}  # every fetch fails at once
 BASE = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16', '--log_interval=1', '--learning_rate=1e-3']

@@ -1,0 +1,144 @@
+"""
+The levers behind the records: each a few flags on top of a recipe, trained once for every seed on the
+training split less a held-out validation split (val_size), and judged by its final model's accuracy on that
+split alone: this script never reads the test split's figures. Every run is a plain `python train.py` into
+out_dir/<lever>-<seed>, `jobs` at a time on `threads` threads each (two runs of one thread keep both cores of a
+2-core CPU busier than one of two), carried on where it stopped and skipped once finished.
+$ python records/levers.py --suite=cifar10 --data_dir=/path/to/cifar10 --levers=baseline,mimetic
+$ python records/levers.py --suite=mnist --data_dir=/path/to/mnist --steps=468
+Prints a table (validation accuracy: the mean and each seed's) and writes it to out_dir/levers.json.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the repository's modules, as for a script at its root
+from support.errors import die  # noqa: E402
+
+# -----------------------------------------------------------------------------
+suite = 'cifar10'  # a key of SUITES
+data_dir = ''  # the suite's data: a CIFAR-10 folder dataset, or a folder holding MNIST/raw
+out_dir = 'out-levers'
+levers = ''  # the levers of the suite to run, joined by commas ('' = all of them)
+seeds = '1,2'
+steps = 0  # iterations of each run (0: the suite's own)
+jobs = 2  # runs at once
+threads = 1  # torch threads of each run
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+exec(open(os.path.join(REPO, 'configurator.py')).read())
+# -----------------------------------------------------------------------------
+# (recipe and its flags, iterations, held-out pictures, {lever: flags on top})
+SUITES = {
+    'cifar10': (['config/cifar10_cpu.py', '--dataset=folder', '--tta_shift=0'], 800, 5000, {
+        'baseline': [],
+        'mimetic init': ['--attn_init=mimetic'],
+        'ReLU^2': ['--mlp_act=relu2'],
+        'zero-init projections': ['--zero_init_proj=True'],
+        'qk_norm': ['--qk_norm=True'],
+        'mean pooling': ['--pool=mean'],
+        'sin-cos positions': ['--pos_embd=sincos'],
+        'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
+        'warmup-stable-decay, last half': ['--lr_schedule=wsd', '--cooldown=0.5', '--min_lr=0'],
+        'Muon momentum warm-up 0.85 -> 0.95 over 300': ['--muon_momentum_warmup=300'],
+        'label smoothing 0.2': ['--label_smoothing=0.2'],
+        'crops of 2 px (not 4)': ['--aug_crop=2'],
+        'progressive resizing 16 -> 32 px over the first half': ['--img_size_start=16', '--resize_until=0.5'],
+        'batch 256, lr x1.4': ['--batch_size=256', '--muon_lr=0.028', '--learning_rate=2.8e-3'],
+        'batch 64, lr / 1.4': ['--batch_size=64', '--muon_lr=0.014', '--learning_rate=1.4e-3'],
+    }),
+    'mnist': (['config/mnist_speedrun.py'], 468, 5000, {
+        'baseline': [],
+        'mimetic init': ['--attn_init=mimetic'],
+        'ReLU^2': ['--mlp_act=relu2'],
+        'zero-init projections': ['--zero_init_proj=True'],
+        'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
+        'warmup-stable-decay, last half': ['--lr_schedule=wsd', '--cooldown=0.5', '--min_lr=0'],
+        'Muon momentum warm-up 0.85 -> 0.95 over 150': ['--muon_momentum_warmup=150'],
+        'label smoothing 0.1': ['--label_smoothing=0.1'],
+        'mean pooling': ['--pool=mean'],
+        'Muon lr 0.08 (not 0.05)': ['--muon_lr=0.08'],
+        'batch 256, lr x1.4': ['--batch_size=256', '--muon_lr=0.07', '--learning_rate=5.6e-3'],
+        'warmup 50 (not 100)': ['--warmup_iters=50'],
+        'no qk_norm (a step 11% cheaper)': ['--qk_norm=False'],
+        'AdamW lr 8e-3 (not 4e-3)': ['--learning_rate=8e-3'],
+        'shifts of 1 px (not 2)': ['--aug_translate=1.0'],
+        'no augmentation': ['--aug_translate=0.0'],
+        'Muon lr 0.03 (not 0.05)': ['--muon_lr=0.03'],
+    }),
+}
+if suite not in SUITES:
+    die(f"suite={suite!r}: choose from {', '.join(SUITES)}", 2)
+if not data_dir:
+    die("give the suite's data with --data_dir", 2)
+recipe, default_steps, val_size, all_levers = SUITES[suite]
+steps = steps or default_steps
+chosen = [name.strip() for name in levers.split(',')] if levers else list(all_levers)
+unknown = [name for name in chosen if name not in all_levers]
+if unknown:
+    die(f"levers: {', '.join(map(repr, unknown))} not in the {suite} suite ({', '.join(all_levers)})", 2)
+
+
+def run_dir(lever, seed):
+    return os.path.join(out_dir, suite, f"{lever.replace(' ', '_').replace('/', '_')}-{steps}-{seed}")
+
+
+def iterations(lever):
+    """A lever's iterations: the suite's, fewer for a larger batch (the same pictures seen)."""
+    batch = next((int(a.split('=')[1]) for a in all_levers[lever] if a.startswith('--batch_size=')), 128)
+    return steps * 128 // batch
+
+
+def final_record(lever, seed):
+    """The last evaluation of a finished run, or None."""
+    path = os.path.join(run_dir(lever, seed), 'metrics.jsonl')
+    if not os.path.exists(path):
+        return None
+    evals = [json.loads(line) for line in open(path) if '"val_acc"' in line]
+    return evals[-1] if evals and evals[-1]['iter'] == iterations(lever) else None
+
+
+def command(lever, seed):
+    batch_steps = iterations(lever)
+    run = run_dir(lever, seed)
+    return [sys.executable, os.path.join(REPO, 'train.py'), *[os.path.join(REPO, a) if a.endswith('.py') else a
+                                                              for a in recipe],
+            f'--data_dir={data_dir}', f'--val_size={val_size}', f'--max_iters={batch_steps}',
+            f'--eval_interval={batch_steps}', f'--log_interval={max(1, batch_steps // 4)}', '--plot=False',
+            f'--seed={seed}', *all_levers[lever], f'--out_dir={run}',
+            *(['--init_from=resume'] if os.path.exists(os.path.join(run, 'ckpt.pt')) else [])]
+
+
+todo = [(lever, int(seed)) for lever in chosen for seed in seeds.split(',')
+        if final_record(lever, int(seed)) is None]
+env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
+running = []
+while todo or running:
+    while todo and len(running) < jobs:
+        lever, seed = todo.pop(0)
+        os.makedirs(run_dir(lever, seed), exist_ok=True)
+        log = open(os.path.join(run_dir(lever, seed), 'log.txt'), 'a')
+        running.append((lever, seed, subprocess.Popen(command(lever, seed), stdout=log, stderr=subprocess.STDOUT, env=env)))
+        print(f"started {lever}, seed {seed}", flush=True)
+    time.sleep(2)
+    for item in [r for r in running if r[2].poll() is not None]:
+        running.remove(item)
+        lever, seed, process = item
+        if process.returncode:
+            die(f"the run {run_dir(lever, seed)} failed (exit {process.returncode}); its log.txt says why")
+        print(f"done {lever}, seed {seed}: val acc {100 * final_record(lever, seed)['val_acc']:.2f}%", flush=True)
+
+table = {}
+for lever in chosen:
+    accs = [final_record(lever, int(seed))['val_acc'] for seed in seeds.split(',')]
+    table[lever] = dict(flags=all_levers[lever], val_acc=accs, mean=sum(accs) / len(accs))
+print(f"{suite}: {steps} iterations (at batch 128), {val_size} training pictures held out, seeds {seeds}")
+print("| lever | flags | val acc, mean | seeds | spread |")
+print("|---|---|---|---|---|")
+for lever, row in table.items():
+    print(f"| {lever} | `{' '.join(row['flags']) or '(the recipe)'}` | {100 * row['mean']:.2f}% | "
+          f"{' / '.join(f'{100 * a:.2f}' for a in row['val_acc'])} | {100 * (max(row['val_acc']) - min(row['val_acc'])):.2f} |")
+with open(os.path.join(out_dir, f'levers-{suite}-{steps}.json'), 'w') as f:
+    json.dump(dict(suite=suite, steps=steps, val_size=val_size, seeds=seeds, recipe=recipe, levers=table), f, indent=2)
