@@ -1,13 +1,15 @@
 """data.py: the datasets (MNIST's files, folders of pictures as users have them), augmentation geometry,
 test-time views, the model's input, the batches and the held-out split."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import (COLOURS, FAST, TINY, assert_one_line_error, final_eval, grey_folder, load_split,
+from conftest import (COLOURS, FAST, REPO, TINY, assert_one_line_error, final_eval, grey_folder, load_split,
                       make_mnist_dir, make_picture_folder, write_idx)
 from data import Batches, ModelInput, affine, augment, hold_out, normalize, predict, shift, tta_views
 from support.pictures import read_image
@@ -363,3 +365,15 @@ def test_a_validation_folder_left_flat_says_to_sort_it_before_any_decoding(tmp_p
     result = run_here('train.py', *FOLDER, f'--data_dir={root}', '--patch_size=4', cwd=tmp_path)
     assert_one_line_error(result, f"{root}/val holds 3 pictures but no class folders: sort them into {root}/val/<class>/")
     assert 'decod' not in result.stdout
+
+
+def test_a_stored_torchvision_dataset_opens_without_torchvision(synthetic_data, tmp_path):
+    # the speedrun's start: importing torchvision and reading its files would cost seconds, for nothing
+    script = (f"import sys; sys.path.insert(0, {REPO!r}); from data import find_split; "
+              f"split = find_split('mnist', {synthetic_data!r}, 'train', 0); store = split.load(); "
+              f"print(len(store.labels), store.classes[3], 'torchvision' in sys.modules)")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / 'cache'))
+    first, second = (subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env)
+                     for _ in range(2))
+    assert first.stdout.split() == ['2000', '3', '-', 'three', 'True'], first.stderr  # built through torchvision
+    assert second.stdout.split() == ['2000', '3', '-', 'three', 'False'], second.stderr  # opened from the store

@@ -163,3 +163,37 @@ def test_config_file_then_overrides(synthetic_data, tmp_path, run_here):
     config = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['config']
     assert config['max_iters'] == 3 and config['n_embd'] == 32  # the flag came after the file
     assert config['learning_rate'] == pytest.approx(3e-3)
+
+
+@pytest.mark.parametrize('schedule,expected', [
+    ('linear', lambda p: 1 - p),  # decay along a line to min_lr
+    ('wsd', lambda p: 1.0 if p <= 0.6 else (1 - p) / 0.4),  # stable, then a line over the last 40%
+])
+def test_other_decays_of_the_learning_rate(schedule, expected, synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=50', '--eval_interval=50',
+                      '--log_interval=1', '--warmup_iters=10', '--learning_rate=0.01', '--min_lr=0.0',
+                      f'--lr_schedule={schedule}', '--cooldown=0.4', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lr = [r['lr'] for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl') if 'lr' in r]
+    assert all(lr[10 + i] == pytest.approx(0.01 * expected(i / 40), abs=1e-9) for i in range(40))
+
+
+def test_muon_s_momentum_warms_up(synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--optimizer=muon', '--muon_momentum=0.95',
+                      '--muon_momentum_warmup=40', '--max_iters=10', '--eval_interval=10', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    muon = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['optimizer'][1]
+    # the last step was iteration 9: a quarter of the way from 0.85 to 0.95 (9 / 40)
+    assert all(g['momentum'] == pytest.approx(0.85 + 9 / 40 * 0.1) for g in muon['param_groups'])
+
+
+def test_progressive_resizing_trains_on_smaller_pictures_first(synthetic_data, tmp_path, run_here):
+    # MNIST at patch 7: 14 px (4 patches) for the first quarter, 21 px (9) for the second, then 28 px (16)
+    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=80', '--eval_interval=80',
+                      '--img_size_start=14', '--resize_until=0.5', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    model, _ = model_of(tmp_path / 'out')
+    flops = 3 * 32 * 20 * (model.flops_per_image(14) + model.flops_per_image(21) + 2 * model.flops_per_image(28))
+    assert f"{flops / 1e12:.3g} TFLOP of training" in result.stdout
+    assert model.flops_per_image(14) < model.flops_per_image(21) < model.flops_per_image(28)
+    assert final_eval(tmp_path / 'out')['test_acc'] > 0.15  # evaluated at the full side: above chance (0.1)
