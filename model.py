@@ -31,9 +31,6 @@ class ViTConfig:
     pos_std: float = 0.02    # init std of a learned position embedding
     qk_norm: bool = False    # LayerNorm on queries and keys (ViT-22B): bounded attention logits
     norm_eps: float = 1e-5   # LayerNorm's epsilon (torch's default; torchvision's and timm's ViTs use 1e-6)
-    mlp_act: str = 'gelu'    # the MLP's non-linearity: 'gelu', or 'relu2' (ReLU squared, modded-nanogpt)
-    attn_init: str = 'normal'  # 'normal' (timm's), or 'mimetic': attention starts as trained ViTs' does (below)
-    zero_init_proj: bool = False  # the layers that write into the residual stream start at zero (modded-nanogpt)
 
     def __post_init__(self):
         for name in ('img_size', 'patch_size', 'in_chans', 'n_classes', 'n_layer', 'n_head', 'n_embd'):
@@ -57,10 +54,6 @@ class ViTConfig:
             raise ValueError(f"pos_embd={self.pos_embd!r} must be 'learned' or 'sincos'")
         if self.pos_embd == 'sincos' and self.n_embd % 4 != 0:
             raise ValueError(f"pos_embd='sincos' needs n_embd divisible by 4, got n_embd={self.n_embd}")
-        if self.mlp_act not in ('gelu', 'relu2'):
-            raise ValueError(f"mlp_act={self.mlp_act!r} must be 'gelu' or 'relu2'")
-        if self.attn_init not in ('normal', 'mimetic'):
-            raise ValueError(f"attn_init={self.attn_init!r} must be 'normal' or 'mimetic'")
 
     @property
     def grid(self):
@@ -84,16 +77,6 @@ def resample_pos_embd(pos, grid):
     image = pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     image = F.interpolate(image, size=(grid, grid), mode='bicubic', align_corners=False, antialias=grid < old)
     return image.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
-
-
-def mimetic(dim, rank, alpha, beta):
-    """(A (rank, dim), B (rank, dim)) with A^T B = the best rank-`rank` approximation of alpha Z + beta I, Z uniform
-    of variance 1/dim (Trockman & Kolter, "Mimetic initialization of self-attention layers", 2023): the products
-    of trained ViTs' W_q^T W_k lean to +I (a token attends to tokens like itself), of W_o W_v to -I."""
-    z = (torch.rand(dim, dim) * 2 - 1) * math.sqrt(3 / dim)
-    u, s, vh = torch.linalg.svd(alpha * z + beta * torch.eye(dim))
-    root = s[:rank].sqrt()[:, None]
-    return root * u[:, :rank].T, root * vh[:rank]
 
 
 def sincos_pos_embd(grid_size, dim):
@@ -152,7 +135,7 @@ class MLP(nn.Module):
         super().__init__()
         hidden = int(config.mlp_ratio * config.n_embd)
         self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.act = nn.GELU() if config.mlp_act == 'gelu' else lambda x: F.relu(x).square()
+        self.act = nn.GELU()
         self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -292,17 +275,6 @@ class ViT(nn.Module):
             # so the stream's variance does not grow with depth
             if name.startswith('blocks.') and name.endswith('proj.weight'):
                 nn.init.trunc_normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
-                if c.zero_init_proj:  # each block starts as the identity
-                    nn.init.zeros_(p)
-        if c.attn_init == 'mimetic':
-            head_dim = c.n_embd // c.n_head
-            for block in self.blocks:
-                q, k, v = block.attn.qkv.weight.data.split(c.n_embd)
-                for head in range(c.n_head):  # each head's W_q^T W_k near +I
-                    rows = slice(head * head_dim, (head + 1) * head_dim)
-                    q[rows], k[rows] = mimetic(c.n_embd, head_dim, 0.7, 0.7)
-                proj_t, v[:] = mimetic(c.n_embd, c.n_embd, 0.4, -0.4)  # W_o W_v near -I
-                block.attn.proj.weight.data.copy_(proj_t.T)
         # the patch embedding is a linear map of each flattened patch: a fan-in init keeps
         # the tokens at unit scale whatever the patch size
         nn.init.trunc_normal_(self.patch_embd.weight, std=1 / math.sqrt(c.in_chans * c.patch_size ** 2))

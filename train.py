@@ -67,9 +67,6 @@ pos_embd = 'learned'  # 'learned' or 'sincos'
 pos_std = 0.02  # init std of a learned position embedding
 qk_norm = False  # LayerNorm on queries and keys
 norm_eps = 1e-5  # LayerNorm's epsilon
-mlp_act = 'gelu'  # 'gelu' or 'relu2'
-attn_init = 'normal'  # 'normal', or 'mimetic' (attention starts as trained ViTs' does)
-zero_init_proj = False  # the layers that write into the residual stream start at zero
 # optimizer
 optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for the rest
 learning_rate = 1e-3  # AdamW's peak learning rate

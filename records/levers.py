@@ -4,9 +4,10 @@ training split less a held-out validation split (val_size), and judged by its fi
 split alone: this script never reads the test split's figures. Every run is a plain `python train.py` into
 out_dir/<lever>-<seed>, `jobs` at a time on `threads` threads each (two runs of one thread keep both cores of a
 2-core CPU busier than one of two), carried on where it stopped and skipped once finished.
-$ python records/levers.py --suite=cifar10 --data_dir=/path/to/cifar10 --levers=baseline,mimetic
+$ python records/levers.py --suite=cifar10 --data_dir=/path/to/cifar10 --levers=baseline,qk_norm
 $ python records/levers.py --suite=mnist --data_dir=/path/to/mnist --steps=468
-Prints a table (validation accuracy: the mean and each seed's) and writes it to out_dir/levers.json.
+Prints a table (validation accuracy: the mean and each seed's) and writes it to out_dir/levers-<suite>-<steps>.json.
+Levers are named without commas: --levers takes a list joined by them.
 """
 import json
 import os
@@ -34,9 +35,6 @@ exec(open(os.path.join(REPO, 'configurator.py')).read())
 SUITES = {
     'cifar10': (['config/cifar10_cpu.py', '--dataset=folder', '--tta_shift=0'], 800, 5000, {
         'baseline': [],
-        'mimetic init': ['--attn_init=mimetic'],
-        'ReLU^2': ['--mlp_act=relu2'],
-        'zero-init projections': ['--zero_init_proj=True'],
         'qk_norm': ['--qk_norm=True'],
         'mean pooling': ['--pool=mean'],
         'sin-cos positions': ['--pos_embd=sincos'],
@@ -51,9 +49,6 @@ SUITES = {
     }),
     'mnist': (['config/mnist_speedrun.py'], 468, 5000, {
         'baseline': [],
-        'mimetic init': ['--attn_init=mimetic'],
-        'ReLU^2': ['--mlp_act=relu2'],
-        'zero-init projections': ['--zero_init_proj=True'],
         'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
         'warmup-stable-decay (cool-down: the last half)': ['--lr_schedule=wsd', '--cooldown=0.5', '--min_lr=0'],
         'Muon momentum warm-up 0.85 -> 0.95 over 150': ['--muon_momentum_warmup=150'],

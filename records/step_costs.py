@@ -30,7 +30,6 @@ exec(open(os.path.join(REPO, 'configurator.py')).read())
 SUITES = {
     'cifar10': (dict(img_size=32, in_chans=3, n_layer=4, n_head=2, n_embd=128, patch_size=4), 128, (2e-3, 0.02), {
         'the recipe': ({}, 128, 32, 'float32'),
-        'ReLU^2': (dict(mlp_act='relu2'), 128, 32, 'float32'),
         'qk_norm': (dict(qk_norm=True), 128, 32, 'float32'),
         'mean pooling': (dict(pool='mean'), 128, 32, 'float32'),
         'pictures of 16 px': ({}, 128, 16, 'float32'),
@@ -42,7 +41,6 @@ SUITES = {
     'mnist': (dict(img_size=28, in_chans=1, n_layer=4, n_head=2, n_embd=64, patch_size=7, pos_std=1.0, qk_norm=True),
               128, (4e-3, 0.05), {
         'the recipe': ({}, 128, 28, 'float32'),
-        'ReLU^2': (dict(mlp_act='relu2'), 128, 28, 'float32'),
         'no qk_norm': (dict(qk_norm=False), 128, 28, 'float32'),
         'mean pooling': (dict(pool='mean'), 128, 28, 'float32'),
         'batch 256 (per picture)': ({}, 256, 28, 'float32'),
