@@ -62,6 +62,7 @@ SUITES = {
         'shifts of 1 px (not 2)': ['--aug_translate=1.0'],
         'no augmentation': ['--aug_translate=0.0'],
         'Muon lr 0.03 (not 0.05)': ['--muon_lr=0.03'],
+        'sin-cos positions': ['--pos_embd=sincos'],
     }),
 }
 if suite not in SUITES:
