@@ -66,6 +66,7 @@ SUITES = {
         'no augmentation': ['--aug_translate=0.0'],
         'Muon lr 0.03 (not 0.05)': ['--muon_lr=0.03'],
         'sin-cos positions': ['--pos_embd=sincos'],
+        'progressive resizing 14 -> 28 px over the first half': ['--img_size_start=14', '--resize_until=0.5'],
     }),
 }
 if suite not in SUITES:
