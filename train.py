@@ -82,8 +82,7 @@ linear_probe = False  # fine-tuning: train the head alone, every other weight fr
 label_smoothing = 0.0
 # learning rate schedule: linear warmup, then a decay to min_lr at max_iters (every lr in proportion)
 warmup_iters = 100
-lr_schedule = 'cosine'  # 'cosine', 'linear', or 'wsd': constant, then linear over the last cooldown share
-cooldown = 0.5  # the share of the iterations after warmup that 'wsd' decays over
+lr_schedule = 'cosine'  # the decay's shape: 'cosine' or 'linear'
 min_lr = 1e-5
 muon_momentum_warmup = 0  # Muon's momentum rises from 0.85 to muon_momentum over this many iterations
 img_size_start = 0  # progressive resizing: the pictures' side at the start, growing by patch_size to img_size
@@ -190,8 +189,6 @@ def lr_multiplier(it):
     if it < warmup_iters:
         return (it + 1) / (warmup_iters + 1)
     progress = (it - warmup_iters) / max(1, max_iters - warmup_iters)
-    if lr_schedule == 'wsd':
-        progress = max(0.0, 1 - (1 - progress) / cooldown)
     floor = min_lr / learning_rate
     return floor + (0.5 * (1.0 + math.cos(math.pi * progress)) if lr_schedule == 'cosine' else 1 - progress) * (1 - floor)
 

@@ -39,7 +39,6 @@ SUITES = {
         'mean pooling': ['--pool=mean'],
         'sin-cos positions': ['--pos_embd=sincos'],
         'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
-        'warmup-stable-decay (cool-down: the last half)': ['--lr_schedule=wsd', '--cooldown=0.5', '--min_lr=0'],
         'Muon momentum warm-up 0.85 -> 0.95 over 300': ['--muon_momentum_warmup=300'],
         'label smoothing 0.2': ['--label_smoothing=0.2'],
         'crops of 2 px (not 4)': ['--aug_crop=2'],
@@ -53,7 +52,6 @@ SUITES = {
     'mnist': (['config/mnist_speedrun.py'], 468, 5000, {
         'baseline': [],
         'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
-        'warmup-stable-decay (cool-down: the last half)': ['--lr_schedule=wsd', '--cooldown=0.5', '--min_lr=0'],
         'Muon momentum warm-up 0.85 -> 0.95 over 150': ['--muon_momentum_warmup=150'],
         'label smoothing 0.1': ['--label_smoothing=0.1'],
         'mean pooling': ['--pool=mean'],
