@@ -282,11 +282,11 @@ class ModelInput:
     def __post_init__(self):
         self.mean, self.std = (torch.as_tensor(s, dtype=torch.float32, device=self.device) for s in (self.mean, self.std))
 
-    def __call__(self, x, centre=True, size=None):
+    def __call__(self, x, centre=True):
         x = match_channels(to_unit(x), self.channels)
         if centre and self.crop < 1:
             x = centre_crop(x, self.crop)
-        return normalize(resize(x, size or self.size), self.mean, self.std)
+        return normalize(resize(x, self.size), self.mean, self.std)
 
 
 def tta_views(images, pixels):
@@ -429,13 +429,12 @@ class Batches:
         self.ahead = following, self.prefetch.submit(self.gather, following)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def get(self, it, micro_step, size=None):
-        """Batch (it, micro_step) as the model takes it: (pictures, labels); size: their side, if not the model's."""
+    def get(self, it, micro_step):
+        """Batch (it, micro_step) as the model takes it: (pictures, labels)."""
         x, y = self.pictures(it, micro_step)
         x = to_unit(x)
-        size = size or self.model_input.size
         if any(self.aug_args.values()):
             draw = (it * self.accumulation + micro_step) * self.world_size + self.rank
             self.generator.manual_seed(self.draw_seed(1_000_033, draw))
-            x = augment(x, self.generator, size=size, **self.aug_args)
-        return self.model_input(x, centre=not self.aug_args['rrc_scale'], size=size), y  # a random-resized crop is sized
+            x = augment(x, self.generator, size=self.model_input.size, **self.aug_args)
+        return self.model_input(x, centre=not self.aug_args['rrc_scale']), y  # a random-resized crop is the model's size

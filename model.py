@@ -292,17 +292,11 @@ class ViT(nn.Module):
 
     def embed(self, imgs):
         c = self.config
-        if imgs.dim() != 4 or imgs.shape[1] != c.in_chans or imgs.shape[2] != imgs.shape[3] or imgs.shape[2] % c.patch_size:
-            raise ValueError(f"expected images of shape (B, {c.in_chans}, {c.img_size}, {c.img_size}) (or of another side "
-                             f"divisible by patch_size={c.patch_size}), got {tuple(imgs.shape)}")
+        expected = (c.in_chans, c.img_size, c.img_size)
+        if imgs.dim() != 4 or tuple(imgs.shape[1:]) != expected:
+            raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(imgs.shape)}")
         x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, n_patches, n_embd)
-        grid = imgs.shape[2] // c.patch_size  # smaller pictures early in a run (progressive resizing): fewer patches
-        if grid == c.grid:
-            x = x + self.pos_embd
-        elif c.pos_embd == 'learned':
-            x = x + resample_pos_embd(self.pos_embd, grid)
-        else:
-            x = x + sincos_pos_embd(grid, c.n_embd).to(x)[None]
+        x = x + self.pos_embd
         if self.pool.n_prefix:
             x = torch.cat([self.pool.prefix(x.size(0)), x], dim=1)
         return self.drop(x)
@@ -326,12 +320,10 @@ class ViT(nn.Module):
             return int(name.split('.')[1]) + 1
         return self.config.n_layer + 1
 
-    def flops_per_image(self, img_size=None):
-        """Matmul FLOPs of one forward pass on one image (2 FLOPs per multiply-add), attention scores and weighted
-        sum included, at the model's side or img_size; a training step costs 3x this."""
+    def flops_per_image(self):
+        """Matmul FLOPs of one forward pass on one image (2 FLOPs per multiply-add),
+        attention scores and weighted sum included; a training step costs 3x this."""
         c = self.config
-        patches = (img_size or c.img_size) // c.patch_size
-        c = ViTConfig(**{**c.__dict__, 'img_size': patches * c.patch_size})
         T, C = c.n_tokens, c.n_embd
         hidden = int(c.mlp_ratio * C)
         patch = 2 * c.n_patches * (c.in_chans * c.patch_size ** 2) * C

@@ -85,8 +85,6 @@ warmup_iters = 100
 lr_schedule = 'cosine'  # the decay's shape: 'cosine' or 'linear'
 min_lr = 1e-5
 muon_momentum_warmup = 0  # Muon's momentum rises from 0.85 to muon_momentum over this many iterations
-img_size_start = 0  # progressive resizing: the pictures' side at the start, growing by patch_size to img_size
-resize_until = 0.5  # the share of the iterations that progressive resizing takes
 # system
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16' (autocast; float16 adds a GradScaler)
@@ -193,15 +191,6 @@ def lr_multiplier(it):
     return floor + (0.5 * (1.0 + math.cos(math.pi * progress)) if lr_schedule == 'cosine' else 1 - progress) * (1 - floor)
 
 
-def side_at(it):
-    # progressive resizing: the pictures' side grows from img_size_start to the model's by patch_size steps
-    full = model_args['img_size']
-    if not img_size_start or it >= resize_until * max_iters:
-        return full
-    sides = range(img_size_start, full, model_args['patch_size'])
-    return sides[int(it / (resize_until * max_iters) * len(sides))]
-
-
 @torch.no_grad()
 def evaluate(images, labels):
     """Loss and accuracy on a whole split; each process takes a slice, the sums add up."""
@@ -274,7 +263,7 @@ while iter_num < max_iters:
         if ddp:
             # all-reduce the gradients once, on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        x, y = batches.get(iter_num, micro_step, side_at(iter_num))
+        x, y = batches.get(iter_num, micro_step)
         with ctx:
             _, loss = model(x, y, label_smoothing)
         loss = loss / gradient_accumulation_steps
@@ -341,6 +330,5 @@ if master:
     print(f"done: " + ', '.join(f"{name} acc {100 * acc:.2f}%" for name, (_, acc) in scores.items())
           + f" | {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
           + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "")
-          + f", {sum(3 * raw_model.flops_per_image(side_at(it)) * batches.global_batch for it in range(iter_num)) / 1e12:.3g}"
-          f" TFLOP of training | checkpoint {ckpt_path}")
+          + f", {flops_per_iter * iter_num / 1e12:.3g} TFLOP of training | checkpoint {ckpt_path}")
 safety.leave(0, ddp)

@@ -42,7 +42,6 @@ SUITES = {
         'Muon momentum warm-up 0.85 -> 0.95 over 300': ['--muon_momentum_warmup=300'],
         'label smoothing 0.2': ['--label_smoothing=0.2'],
         'crops of 2 px (not 4)': ['--aug_crop=2'],
-        'progressive resizing 16 -> 32 px over the first half': ['--img_size_start=16', '--resize_until=0.5'],
         'the three that gained together (mean pooling + sin-cos + linear decay)': [
             '--pool=mean', '--pos_embd=sincos', '--lr_schedule=linear', '--min_lr=0'],
         'batch 256 (lr x1.4)': ['--batch_size=256', '--muon_lr=0.028', '--learning_rate=2.8e-3'],
@@ -63,7 +62,6 @@ SUITES = {
         'no augmentation': ['--aug_translate=0.0'],
         'Muon lr 0.03 (not 0.05)': ['--muon_lr=0.03'],
         'sin-cos positions': ['--pos_embd=sincos'],
-        'progressive resizing 14 -> 28 px over the first half': ['--img_size_start=14', '--resize_until=0.5'],
     }),
 }
 if suite not in SUITES:

@@ -32,8 +32,6 @@ SUITES = {
         'the recipe': ({}, 128, 32, 'float32'),
         'qk_norm': (dict(qk_norm=True), 128, 32, 'float32'),
         'mean pooling': (dict(pool='mean'), 128, 32, 'float32'),
-        'pictures of 16 px': ({}, 128, 16, 'float32'),
-        'pictures of 24 px': ({}, 128, 24, 'float32'),
         'batch 256 (per picture)': ({}, 256, 32, 'float32'),
         'batch 64 (per picture)': ({}, 64, 32, 'float32'),
         'bfloat16 autocast': ({}, 128, 32, 'bfloat16'),

@@ -39,10 +39,7 @@ def check_config(c, data_shape, digits):
             ('aug_rrc_scale', 0 <= c['aug_rrc_scale'] < 1, 'in [0, 1)'),
             ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'"),
             ('lr_schedule', c['lr_schedule'] in ('cosine', 'linear'), "'cosine' or 'linear'"),
-            ('resize_until', 0 < c['resize_until'] <= 1, 'in (0, 1]'),
-            ('muon_momentum_warmup', c['muon_momentum_warmup'] >= 0, '0 (off) or more'),
-            ('img_size_start', c['img_size_start'] == 0 or c['img_size_start'] % c['patch_size'] == 0 and
-             0 < c['img_size_start'] < (c['img_size'] or 10 ** 9), 'a multiple of patch_size below img_size (0: off)')]:
+            ('muon_momentum_warmup', c['muon_momentum_warmup'] >= 0, '0 (off) or more')]:
         if not valid:
             die(f"{key}={c[key]!r} must be {rule}", 2)
     if c['aug_flip'] and digits:

@@ -181,15 +181,3 @@ def test_muon_s_momentum_warms_up(synthetic_data, tmp_path, run_here):
     muon = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['optimizer'][1]
     # the last step was iteration 9: a quarter of the way from 0.85 to 0.95 (9 / 40)
     assert all(g['momentum'] == pytest.approx(0.85 + 9 / 40 * 0.1) for g in muon['param_groups'])
-
-
-def test_progressive_resizing_trains_on_smaller_pictures_first(synthetic_data, tmp_path, run_here):
-    # MNIST at patch 7: 14 px (4 patches) for the first quarter, 21 px (9) for the second, then 28 px (16)
-    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=80', '--eval_interval=80',
-                      '--img_size_start=14', '--resize_until=0.5', '--out_dir=out', cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    model, _ = model_of(tmp_path / 'out')
-    flops = 3 * 32 * 20 * (model.flops_per_image(14) + model.flops_per_image(21) + 2 * model.flops_per_image(28))
-    assert f"{flops / 1e12:.3g} TFLOP of training" in result.stdout
-    assert model.flops_per_image(14) < model.flops_per_image(21) < model.flops_per_image(28)
-    assert final_eval(tmp_path / 'out')['test_acc'] > 0.15  # evaluated at the full side: above chance (0.1)
