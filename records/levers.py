@@ -42,8 +42,8 @@ SUITES = {
         'Muon momentum warm-up 0.85 -> 0.95 over 300': ['--muon_momentum_warmup=300'],
         'label smoothing 0.2': ['--label_smoothing=0.2'],
         'crops of 2 px (not 4)': ['--aug_crop=2'],
-        'the three that gained together (mean pooling + sin-cos + linear decay)': [
-            '--pool=mean', '--pos_embd=sincos', '--lr_schedule=linear', '--min_lr=0'],
+        'the four that gained together (mean pooling + sin-cos + linear decay + momentum warm-up)': [
+            '--pool=mean', '--pos_embd=sincos', '--lr_schedule=linear', '--min_lr=0', '--muon_momentum_warmup=300'],
         'batch 256 (lr x1.4)': ['--batch_size=256', '--muon_lr=0.028', '--learning_rate=2.8e-3'],
         'batch 64 (lr / 1.4)': ['--batch_size=64', '--muon_lr=0.014', '--learning_rate=1.4e-3'],
     }),
