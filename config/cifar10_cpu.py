@@ -6,10 +6,14 @@
 # On the JPEG copy of CIFAR-10 that this machine has (a folder dataset):
 # $ python train.py config/cifar10_cpu.py --dataset=folder --data_dir=../shared/cifar10
 # Online, `python train.py config/cifar10_cpu.py` downloads the official files instead.
-# MEASURED
+# Measured on a 2-core AMD EPYC (lscpu: "AMD EPYC", with avx512_bf16: dtype 'auto' picked bfloat16), on that
+# JPEG folder, its picture store already built (building it decodes the 60,000 JPEGs in about 5 s), seed
+# 1337, 2026-12-02: 80.45% test accuracy in 25m36s of wall time for the whole process, 400 ms a step,
+# 152 TFLOP of training. The record before (2026-11-28, an AVX2 EPYC, float32, 3000 steps, cls token,
+# learned positions, cosine): 77.36% in 33m10s, 130 TFLOP.
 out_dir = 'out-cifar10-cpu'
 dataset = 'cifar10'
-eval_interval = 3600  # evaluate once, at the end: 9 views of the 10,000 test pictures cost ~3 min here
+eval_interval = 3600  # evaluate once, at the end: 9 views of the 10,000 test pictures (most of the 97 s outside the steps)
 log_interval = 100
 plot = False
 eval_batch_size = 1000
