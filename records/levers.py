@@ -6,6 +6,7 @@ out_dir/<lever>-<seed>, `jobs` at a time on `threads` threads each (two runs of 
 2-core CPU busier than one of two), carried on where it stopped and skipped once finished.
 $ python records/levers.py --suite=cifar10 --data_dir=/path/to/cifar10 --levers=baseline,qk_norm
 $ python records/levers.py --suite=mnist --data_dir=/path/to/mnist --steps=468
+$ python records/levers.py --suite=mnist_prototype --data_dir=/path/to/mnist
 Prints a table (validation accuracy: the mean and each seed's) and writes it to out_dir/levers-<suite>-<steps>.json.
 Levers are named without commas: --levers takes a list joined by them.
 """
@@ -31,9 +32,9 @@ threads = 1  # torch threads of each run
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(REPO, 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-# (recipe and its flags, iterations, held-out pictures, {lever: flags on top})
+# (recipe and its flags, iterations, its batch, held-out pictures, {lever: flags on top})
 SUITES = {
-    'cifar10': (['config/cifar10_cpu.py', '--dataset=folder', '--tta_shift=0'], 800, 5000, {
+    'cifar10': (['config/cifar10_cpu.py', '--dataset=folder', '--tta_shift=0'], 800, 128, 5000, {
         'baseline': [],
         'qk_norm': ['--qk_norm=True'],
         'mean pooling': ['--pool=mean'],
@@ -47,7 +48,7 @@ SUITES = {
         'batch 256 (lr x1.4)': ['--batch_size=256', '--muon_lr=0.028', '--learning_rate=2.8e-3'],
         'batch 64 (lr / 1.4)': ['--batch_size=64', '--muon_lr=0.014', '--learning_rate=1.4e-3'],
     }),
-    'mnist': (['config/mnist_speedrun.py'], 468, 5000, {
+    'mnist': (['config/mnist_speedrun.py'], 468, 128, 5000, {
         'baseline': [],
         'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
         'Muon momentum warm-up 0.85 -> 0.95 over 150': ['--muon_momentum_warmup=150'],
@@ -63,12 +64,16 @@ SUITES = {
         'Muon lr 0.03 (not 0.05)': ['--muon_lr=0.03'],
         'sin-cos positions': ['--pos_embd=sincos'],
     }),
+    'mnist_prototype': (['config/mnist.py'], 1000, 32, 5000, {
+        'baseline': [],
+        'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
+    }),
 }
 if suite not in SUITES:
     die(f"suite={suite!r}: choose from {', '.join(SUITES)}", 2)
 if not data_dir:
     die("give the suite's data with --data_dir", 2)
-recipe, default_steps, val_size, all_levers = SUITES[suite]
+recipe, default_steps, recipe_batch, val_size, all_levers = SUITES[suite]
 steps = steps or default_steps
 chosen = [name.strip() for name in levers.split(',')] if levers else list(all_levers)
 unknown = [name for name in chosen if name not in all_levers]
@@ -82,8 +87,8 @@ def run_dir(lever, seed):
 
 def iterations(lever):
     """A lever's iterations: the suite's, fewer for a larger batch (the same pictures seen)."""
-    batch = next((int(a.split('=')[1]) for a in all_levers[lever] if a.startswith('--batch_size=')), 128)
-    return steps * 128 // batch
+    batch = next((int(a.split('=')[1]) for a in all_levers[lever] if a.startswith('--batch_size=')), recipe_batch)
+    return steps * recipe_batch // batch
 
 
 def final_record(lever, seed):
@@ -129,7 +134,7 @@ table = {}
 for lever in chosen:
     accs = [final_record(lever, int(seed))['val_acc'] for seed in seeds.split(',')]
     table[lever] = dict(flags=all_levers[lever], val_acc=accs, mean=sum(accs) / len(accs))
-print(f"{suite}: {steps} iterations (at batch 128), {val_size} training pictures held out, seeds {seeds}")
+print(f"{suite}: {steps} iterations (at batch {recipe_batch}), {val_size} training pictures held out, seeds {seeds}")
 print("| lever | flags | val acc, mean | seeds | spread |")
 print("|---|---|---|---|---|")
 for lever, row in table.items():
