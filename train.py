@@ -171,7 +171,7 @@ if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
 flops_per_iter = 3 * raw_model.flops_per_image() * batches.global_batch  # forward and backward, every process
-peak = peak_flops(device_name(device), dtype) * world_size if peak_flops(device_name(device), dtype) else None
+peak = (peak_flops(device_name(device), dtype) or 0) * world_size  # 0: not known for this device
 if master:
     print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note} | "
           + attention_kernel(device, dtype, model_args['n_embd'] // model_args['n_head']))
@@ -243,25 +243,22 @@ if master:
     safety.restart_metrics(metrics_path, iter_num)
 stop = safety.StopSignals(verbose=master, group=dist.new_group(backend='gloo') if ddp else None)
 
-# training loop. Timing as in nanoGPT, with the clock stopped around evaluations: t0 restarts at every log
-# line and after every evaluation; the first log interval (warm-up: allocators, a first compile) counts in
-# no average
+# training loop. Timing as in nanoGPT but for evaluations: t0 restarts at every log line and after every evaluation;
+# the first log interval (warm-up: allocators, a first compile) counts in no average
 start_iter = iter_num
 losses = []  # training losses since the last evaluation, unread tensors: reading one waits for the device
 logged_iter = iter_num  # the iteration of the last log line
 interval_ms = []  # ms/iter of each log interval after the first
 t0 = time.time()
 while iter_num < max_iters:
-    # the learning rate for this iteration
-    for opt in optimizers:
+    for opt in optimizers:  # this iteration's learning rates, and Muon's momentum
         for group in opt.param_groups:
             group['lr'] = group['max_lr'] * lr_multiplier(iter_num)
             if 'momentum' in group and muon_momentum_warmup:  # Muon's
                 group['momentum'] = 0.85 + min(1.0, iter_num / muon_momentum_warmup) * (muon_momentum - 0.85)
     # forward, backward (gradients summed over the micro-steps), clip, step
     for micro_step in range(gradient_accumulation_steps):
-        if ddp:
-            # all-reduce the gradients once, on the last micro-step
+        if ddp:  # all-reduce the gradients once, on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         x, y = batches.get(iter_num, micro_step)
         with ctx:
@@ -272,11 +269,10 @@ while iter_num < max_iters:
         for opt in optimizers:
             scaler.unscale_(opt)  # clip the true gradients, not the fp16 loss-scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    for opt in optimizers:
+    for opt in optimizers:  # each owns its own parameters
         scaler.step(opt)  # skips the step if fp16 gradients overflowed
-    scaler.update()
-    for opt in optimizers:
         opt.zero_grad(set_to_none=True)
+    scaler.update()
     losses.append(loss.detach() * gradient_accumulation_steps)
     iter_num += 1
     last = iter_num == max_iters
