@@ -1,126 +1,84 @@
 """
-Time the training step of a config, the step train.py's loop runs (forward, backward, clip, optimizer
-step, on a batch made by data.Batches), for every dtype this device runs well, eager and compiled, next
-to torchvision's VisionTransformer with the same dims. Its keys are train.py's that shape a step, with
-train.py's defaults, so configs and overrides mean what they mean there (a config's other keys are
-skipped); random pictures of the dataset's shape stand in for the data, which is never loaded:
+Time the training step of a config, the step train.py's loop runs (a batch augmented and normalized on the device,
+forward, backward, clip, optimizer step), for every dtype this device runs well, eager and compiled, next to
+torchvision's VisionTransformer with the same dims. Its keys are train.py's, with train.py's defaults (read from
+train.py's source), so configs and overrides mean what they mean there; random pictures of the dataset's shape stand
+in for the data, which is never read:
 $ python bench.py config/mnist.py
 $ python bench.py config/cifar10.py --batch_size=512 --device=cuda --optimizer=muon
 $ python bench.py --init_from=vit_b_16 --batch_size=64 --device=cuda   # a pretrained ViT's shape, no weights needed
 Prints a table and writes it as JSON to bench_out.
 """
+import ast
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from dataclasses import fields
 
 import torch
 from torch.nn import functional as F
 
-from data import Batches, ModelInput, augment_args, get_dataset
-from model import ViT, ViTConfig
+import prepare
+from data import augment, model_input
+from model import ViT
 from support.checkpoint import from_scratch
-from support.device import (autocast, compile_blocker, device_name, native_dtypes, peak_flops, pick_device, pick_dtype,
-                            synchronize)
+from support.device import autocast, compile_blocker, native_dtypes, peak_flops, pick_device, pick_dtype, synchronize
 from support.errors import die
 from support.optimizer import configure_optimizers
-from support.pretrained import from_source, is_torchvision_name
+from support.pretrained import from_source
+from support.runlog import hardware
 
 # -----------------------------------------------------------------------------
-# what to time: the keys of train.py that shape its step, with its defaults (the model's are ViTConfig's), and the
-# benchmark's own
-dataset = 'mnist'
-img_size = 0
-store_size = 0
-init_from = 'scratch'  # or a torchvision ViT: its shape at its side, no weights needed
-batch_size = 32
-globals().update({f.name: f.default for f in fields(ViTConfig) if f.name not in ('img_size', 'in_chans', 'n_classes')})
-optimizer = 'adamw'
-learning_rate = 1e-3
-muon_lr = 0.02
-muon_momentum = 0.95
-weight_decay = 0.05
-beta1 = 0.9
-beta2 = 0.99
-grad_clip = 1.0
-layer_decay = 1.0
-label_smoothing = 0.0
-aug_translate = 0.0
-aug_rotate = 0.0
-aug_scale = 0.0
-aug_crop = 0
-aug_flip = False
-aug_rrc_scale = 0.0
-device = 'auto'
+# train.py's keys with its defaults, read from its source (a script is never imported), then the benchmark's own
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')) as _f:
+    _defaults = ast.parse(_f.read()).body
+_defaults = _defaults[:next(i for i, node in enumerate(_defaults) if ast.unparse(node).startswith('config_keys ='))]
+globals().update({node.targets[0].id: ast.literal_eval(node.value) for node in _defaults
+                  if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)})
 dtype = 'auto'  # 'auto' here: every dtype this device runs well
-compile = True
-seed = 1337
 torchvision_vit = True  # also time torchvision's VisionTransformer with the same dims
 bench_warmup = 5  # untimed steps first (compilation, allocator warm-up)
 bench_iters = 20  # timed steps of each candidate, taken in turn; the median is reported
 bench_out = 'bench.json'
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
-_recipe_keys_ignored = True  # a config file's keys that shape no step (out_dir, max_iters) are skipped
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}
 flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}
 # -----------------------------------------------------------------------------
 if bench_iters < 1 or bench_warmup < 0:
     die(f"bench_iters={bench_iters} must be at least 1 and bench_warmup={bench_warmup} 0 or more", 2)
-if os.path.isdir(bench_out):
-    die(f"bench_out={bench_out!r} is a folder; give a file name for the JSON report", 2)
+if os.path.isdir(bench_out) or not os.path.isdir(os.path.dirname(os.path.abspath(bench_out))):
+    die(f"bench_out={bench_out!r} is a folder or in none; give a file name in an existing folder for the JSON report", 2)
 
 torch.manual_seed(seed)
 torch.set_float32_matmul_precision('high')
 device, _ = pick_device(device)
 device_type = device.split(':')[0]
 dtypes = [d for d, _ in native_dtypes(device_type)] if dtype == 'auto' else [pick_dtype(dtype, device_type)[0]]
-if not compile:
-    blocker = "compile=False"
-elif device_type == 'cpu':
-    blocker = None  # train.py skips compiling on a CPU; these timings are what that rests on
-else:
-    blocker = compile_blocker(device_type)
+# on a CPU train.py compiles only where it pays; these timings are what that rests on
+blocker = 'compile=False' if not compile else None if device_type == 'cpu' else compile_blocker(device_type)
 modes = ['eager'] + (['compiled'] if not blocker else [])
 
 # the model as train.py would build it; random pictures of the data's shape stand in for the data
-start = from_source(init_from, config, flags, weights=False) if is_torchvision_name(init_from) else from_scratch(config)
-shape = (3, start.model_args['img_size'], start.model_args['img_size']) if is_torchvision_name(init_from) \
-    else get_dataset(dataset).shape
+start = from_scratch(config) if init_from == 'scratch' else from_source(init_from, config, flags, weights=False)
+shape = prepare.get_dataset(dataset).shape if init_from == 'scratch' else (3, *[start.model_args['img_size']] * 2)
 if shape is None:  # a folder dataset: its channels and size are in its files, which the bench does not read
     if not start.store_size:
         die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
     shape = (3, start.store_size, start.store_size)
 n_classes = 10  # the head's size barely moves the step's cost
-vit_config = ViTConfig(**start.model_for(shape[0], shape[-1], list(range(n_classes))))
+vit_config = start.settle(shape, [str(c) for c in range(n_classes)])
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
-model_input = ModelInput(shape[0], vit_config.img_size, [0.5] * shape[0], [0.25] * shape[0], start.test_crop, device)
-batches = Batches(images, labels, torch.arange(batch_size), batch_size, 1, 0, 1, seed, augment_args(config), model_input,
-                  device)
+aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
+generator = torch.Generator(device=device)
 
 
-def forward_backward(model, ctx, scaler, step):
-    x, y = batches.get(step, 0)
-    with ctx:
-        _, loss = model(x, y, label_smoothing)
-    scaler.scale(loss).backward()
-
-
-def optimizer_step(optimizers, scaler):
-    # as train.py's loop: clip the unscaled gradients, step, clear
-    if grad_clip > 0:
-        for opt in optimizers:
-            scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_([p for opt in optimizers for g in opt.param_groups for p in g['params']], grad_clip)
-    for opt in optimizers:
-        scaler.step(opt)
-    scaler.update()
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
+def get_batch(step):
+    # as train.py's get_batch, from pictures already on the device: augmented, then as the model takes them
+    x = augment(images.float() / 255, generator.manual_seed(step), size=vit_config.img_size, **aug)
+    return model_input(x, vit_config, [0.5] * shape[0], [0.25] * shape[0], start.test_crop if not aug_rrc_scale else 1.0)
 
 
 class Candidate:
@@ -133,13 +91,23 @@ class Candidate:
         self.steps, self.optimizer_parts, self.memory = [], [], 0.0
 
     def step(self, step, timed):
+        """train.py's iteration: forward, backward, clip the unscaled gradients, step, clear."""
         if device_type == 'cuda':
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        forward_backward(self.model, self.ctx, self.scaler, step)
+        with self.ctx:
+            _, loss = self.model(get_batch(step), labels, label_smoothing)
+        self.scaler.scale(loss).backward()
         synchronize(device_type)  # only so the optimizer's share can be told apart
         t1 = time.perf_counter()
-        optimizer_step(self.optimizers, self.scaler)
+        if grad_clip > 0:
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        for opt in self.optimizers:
+            self.scaler.step(opt)
+            opt.zero_grad(set_to_none=True)
+        self.scaler.update()
         synchronize(device_type)
         if timed:
             self.steps.append(time.perf_counter() - t0)
@@ -152,7 +120,7 @@ def ours(mode, dtype):
     model = ViT(vit_config).to(device)
     optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
                                       muon_momentum, device_type, dtype, layer_decay)
-    return (torch.compile(model) if mode == 'compiled' else model), optimizers
+    return (torch.compile(model) if mode == 'compiled' else model), list(optimizers.values())
 
 
 class TorchvisionViT(torch.nn.Module):
@@ -191,17 +159,18 @@ def matmul_flops(dtype, n=2048):
 
 
 flops_per_step = 3 * ViT(vit_config).flops_per_image() * batch_size
-name = device_name(device) if device_type != 'cpu' else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+machine = hardware(device)
+name = machine['gpu']['name'] if 'gpu' in machine else f"{machine['cpu']['model']} CPU, {torch.get_num_threads()} threads"
 print(f"bench: {name} | torch {torch.__version__} | {dataset} {'x'.join(map(str, shape))}, batch {batch_size} | "
       f"n_layer {vit_config.n_layer}, n_head {vit_config.n_head}, n_embd {vit_config.n_embd}, patch {vit_config.patch_size}"
-      f"{f' ({init_from})' if is_torchvision_name(init_from) else ''} | optimizer {optimizer} | "
+      f"{f' ({init_from})' if init_from != 'scratch' else ''} | optimizer {optimizer} | "
       f"{flops_per_step / 1e9:.1f} GFLOP per step" + (f" | compile skipped: {blocker}" if blocker else ""))
 # every candidate is built and warmed up, then timed a step at a time in turn, round after round: a machine
 # whose speed drifts (a shared or throttled CPU) slows every candidate alike, and the medians compare fairly
 ceilings = {}
 candidates = []
 for dtype in dtypes:
-    ceilings[dtype] = (peak_flops(name, dtype), 'peak') if device_type == 'cuda' else \
+    ceilings[dtype] = (peak_flops(device, dtype), 'peak') if device_type == 'cuda' else \
         (matmul_flops(dtype), 'matmul') if device_type == 'cpu' else (None, None)
     candidates += [Candidate('nanoViT', mode, dtype, *ours(mode, dtype)) for mode in modes]
     if torchvision_vit:
@@ -230,7 +199,11 @@ for dtype in dtypes:
     if reference:
         ratios[dtype] = best['ms_per_iter'] / reference[0]['ms_per_iter']
         print(f"{dtype}: nanoViT ({best['mode']}) takes {ratios[dtype]:.2f}x the time of torchvision's ViT (eager)")
-with open(bench_out, 'w') as f:
-    json.dump(dict(device=name, torch=torch.__version__, dataset=dataset, image_shape=shape, batch_size=batch_size,
-                   flops_per_step=flops_per_step, config=config, rows=rows, time_ratio_vs_torchvision=ratios), f, indent=2)
+try:
+    with open(bench_out, 'w') as f:
+        json.dump(dict(device=name, hardware=machine, torch=torch.__version__, dataset=dataset, image_shape=shape,
+                       batch_size=batch_size, flops_per_step=flops_per_step, config=config, rows=rows,
+                       time_ratio_vs_torchvision=ratios), f, indent=2)
+except OSError as e:
+    die(f"could not write {bench_out}: {e.strerror or e} (the table above has the figures)")
 print(f"wrote {bench_out}")

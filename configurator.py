@@ -1,12 +1,11 @@
 """
-Poor Man's Configurator, after nanoGPT's. It is exec'd by train.py (and bench.py, sample.py), which first
+Poor Man's Configurator, after nanoGPT's. It is exec'd by train.py (and bench.py, sample.py, prepare.py), which first
 list their settings' names in config_keys:
     python train.py config/mnist.py --batch_size=64 --compile=False
 Bare arguments are config files, executed in order; --key=value arguments override single keys.
 A key must be one of config_keys, and a value must have the type of its default (an int is fine for a
 float). Anything else stops the script with one line and exit code 2. Config files are Python: they may
-import and compute, and names starting with _ are their own. They are train.py's recipes: a script that
-times them (bench.py) sets _recipe_keys_ignored = True, and the keys it has no use for are skipped.
+import and compute, and names starting with _ are their own.
 """
 import builtins
 import os
@@ -71,8 +70,6 @@ for _arg in sys.argv[1:]:
             _config_error(f"config file not found: {_arg}")
         print(f"Overriding config with {_arg}")
         for _key, _value in _run_config_file(_arg).items():
-            if _key not in config_keys and globals().get('_recipe_keys_ignored'):
-                continue
             if _key not in config_keys:
                 _unknown_key(_key, _arg)
             globals()[_key] = _checked(_key, _value, _arg)

@@ -202,44 +202,7 @@ class MeanPool(nn.Module):
         return 0
 
 
-class MAPPool(nn.Module):
-    """Multihead attention pooling (big_vision's MAP head): one learned query attends over the patch
-    tokens, then a residual MLP refines what it gathered."""
-    n_prefix = 0
-
-    def __init__(self, config):
-        super().__init__()
-        self.n_head = config.n_head
-        self.probe = nn.Parameter(torch.zeros(1, 1, config.n_embd))
-        self.q = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.kv = nn.Linear(config.n_embd, 2 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.ln = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
-        self.mlp = MLP(config)
-
-    def heads(self, x):
-        """The probe's query and the tokens' keys and values, (B, n_head, T, head_dim) each."""
-        B, T, C = x.shape
-        k, v = self.kv(x).split(C, dim=2)
-        q = self.q(self.probe).expand(B, -1, -1)
-        return [t.view(B, -1, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
-
-    def forward(self, x):
-        q, k, v = self.heads(x)
-        y = self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))  # (B, 1, C)
-        return (y + self.mlp(self.ln(y)))[:, 0]
-
-    def token_weights(self, x):
-        q, k, _ = self.heads(x)
-        return attention_probs(q, k).mean(dim=1)[:, 0]  # averaged over heads, as rollout does
-
-    def flops(self, config):
-        """The matmuls: the query, the tokens' keys and values, one row of attention, the output and the MLP."""
-        C, P, hidden = config.n_embd, config.n_patches, int(config.mlp_ratio * config.n_embd)
-        return 2 * (C * C + P * 2 * C * C + 2 * P * C + C * C + 2 * C * hidden)
-
-
-POOLS = {'cls': ClsPool, 'mean': MeanPool, 'map': MAPPool}
+POOLS = {'cls': ClsPool, 'mean': MeanPool}
 
 # -----------------------------------------------------------------------------
 
@@ -282,7 +245,7 @@ class ViT(nn.Module):
             # cut at 2 std: torch's default cut, at +-2 whatever the std, would shrink a std above 1
             nn.init.trunc_normal_(self.pos_embd, std=c.pos_std, a=-2 * c.pos_std, b=2 * c.pos_std)
         for p in self.pool.parameters():
-            if p.dim() == 3:  # a pooling's learned token (the cls token, the MAP probe)
+            if p.dim() == 3:  # a pooling's learned token (the cls token)
                 nn.init.trunc_normal_(p, std=0.02)
         # a zero head starts every class at equal odds, loss = ln(n_classes) (big_vision)
         nn.init.zeros_(self.head.weight)

@@ -13,7 +13,7 @@ matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from support.errors import die, note  # noqa: E402
-from support.safety import read_metrics  # noqa: E402
+from support.runlog import read_metrics  # noqa: E402
 
 
 def plot_runs(out_dirs, path, labels=None):

@@ -7,19 +7,20 @@ $ python sample.py --out_dir=out-cifar10 --image=my_cat.jpg        # also: a.png
 import os
 
 import matplotlib
-matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
 
-from data import ModelInput, find_split, get_dataset, predict  # noqa: E402
-from model import ViT, ViTConfig  # noqa: E402
-from support.checkpoint import from_checkpoint  # noqa: E402
-from support.device import autocast, pick_device, pick_dtype  # noqa: E402
-from support.errors import die  # noqa: E402
-from support.pictures import GREY_WEIGHTS, IMAGE_EXTENSIONS, read_image  # noqa: E402
+import prepare
+from data import grey, model_input, predict
+from model import ViT
+from support.checkpoint import from_checkpoint
+from support.device import autocast, pick_device, pick_dtype
+from support.errors import die
+from support.pictures import IMAGE_EXTENSIONS, read_image
+from support.runlog import machine
 
 # -----------------------------------------------------------------------------
 out_dir = 'out-mnist'  # the training run to load, out_dir/ckpt.pt; the figures are written there too
@@ -66,10 +67,9 @@ def border_pixels(grey):
 
 
 def grey_of(pixels):
-    """(H, W, C) uint8 -> (H, W) float luminance (ITU-R 601, as PIL's convert('L'))."""
-    if pixels.shape[2] == 1:
-        return pixels[:, :, 0].astype(np.float32)
-    return pixels.astype(np.float32) @ np.array(GREY_WEIGHTS, dtype=np.float32)
+    """(H, W, C) uint8 -> (H, W) float luminance (data.grey: ITU-R 601, as PIL's convert('L'))."""
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
+    return (x if x.shape[1] == 1 else grey(x))[0, 0].numpy()
 
 
 def image_paths(spec):
@@ -98,12 +98,11 @@ def as_the_model_sees(path):
     if digits:
         original = read_image(path)
         return to_mnist(grey_of(original))[None], original, ''
-    pixels = read_image(path, size=start.store_size or c.img_size)
-    note = ''
-    if pixels.shape[2] != c.in_chans:
-        pixels = np.repeat(pixels, 3, axis=2) if c.in_chans == 3 else grey_of(pixels).round().astype(np.uint8)[:, :, None]
-        note = f" (made {'colour' if c.in_chans == 3 else 'grey'}: the model takes {c.in_chans}-channel pictures)"
-    return pixels.transpose(2, 0, 1), read_image(path), note  # the user's picture as it is, beside what the model sees
+    original = read_image(path)
+    pixels = read_image(path, size=start.store_size or c.img_size, channels=c.in_chans)
+    note = f" (made {'colour' if c.in_chans == 3 else 'grey'}: the model takes {c.in_chans}-channel pictures)" \
+        if original.shape[2] != c.in_chans else ''
+    return pixels.transpose(2, 0, 1), original, note  # the user's picture as it is, beside what the model sees
 
 
 def save_figure(fig, name):
@@ -141,7 +140,7 @@ def classify(images_uint8):
     probs = []
     for batch in images_uint8.split(500):
         with ctx:
-            logits = predict(model, batch.to(device), model_input, tta_shift)
+            logits = predict(model, batch.to(device), start.mean, start.std, start.test_crop, tta_shift)
         probs.append(F.softmax(logits, dim=1))
     return torch.cat(probs)
 
@@ -186,15 +185,15 @@ def report_test_split():
     folder = data_dir or run.get('data_dir')
     if folder is None:
         die(f"{ckpt_path} does not say where its data is: give --data_dir")
-    split = find_split(run['dataset'], folder, 'test', start.store_size)
-    if split.classes != start.classes:  # before a picture is decoded
-        die(f"the classes in {folder} ({', '.join(split.classes[:5])}{', ...' if len(split.classes) > 5 else ''}) are "
+    found = prepare.find(run['dataset'], folder, start.store_size)
+    if found.classes != start.classes:  # before a picture is decoded
+        die(f"the classes in {folder} ({', '.join(found.classes[:5])}{', ...' if len(found.classes) > 5 else ''}) are "
             f"not the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
-    if split.shape[-1] != split.shape[-2]:
-        die(f"the pictures in {folder} are {split.shape[-1]}x{split.shape[-2]}, not square: give --data_dir a folder "
+    if found.shape[-1] != found.shape[-2]:
+        die(f"the pictures in {folder} are {found.shape[-1]}x{found.shape[-2]}, not square: give --data_dir a folder "
             f"like the run's")
-    test = split.load()
-    test_x, test_y = test.images, test.labels.to(device)  # the pictures stay in their store
+    test_x, test_y = prepare.load(found).test  # the pictures stay on disk, mapped
+    test_y = test_y.to(device)
     probs = classify(test_x)
     confidence, predicted = probs.max(dim=1)
     correct = predicted == test_y
@@ -261,7 +260,8 @@ def attention_rollout(model, x):
 def draw_attention(images_uint8, pictures, pred):
     """Where, through all the layers, the classification draws its information from."""
     with ctx:
-        maps = attention_rollout(model, model_input(images_uint8.to(device))).cpu().numpy()
+        maps = attention_rollout(model, model_input(images_uint8.to(device), model.config, start.mean, start.std,
+                                                    start.test_crop)).cpu().numpy()
     size = pictures.shape[1]
     fig, axes = plt.subplots(2, len(pictures), figsize=(1.8 * len(pictures), 3.8), squeeze=False)
     for i, pixels in enumerate(pictures):
@@ -275,6 +275,7 @@ def draw_attention(images_uint8, pictures, pred):
 
 
 # -----------------------------------------------------------------------------
+matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
 if n_attention < 0:
     die(f"n_attention={n_attention} must be 0 or more", 2)
 device, _ = pick_device(device)
@@ -284,14 +285,12 @@ run = start.config
 device_type = device.split(':')[0]
 dtype = dtype or ('auto' if run['dtype'] == 'float16' and device_type == 'cpu' else run['dtype'])  # fp16 is for GPUs
 ctx = autocast(device_type, pick_dtype(dtype, device_type)[0])
-model = ViT(ViTConfig(**start.model_args))
-start.load_weights(model, start.classes, ckpt_path)
-model.to(device).eval()
-# the training split's statistics and class names travel in the checkpoint: no training data needed here
-model_input = ModelInput(model.config.in_chans, model.config.img_size, start.mean, start.std, start.test_crop, device)
+model = ViT(start.settle())
+start.load_weights(model, start.classes)
+model.to(device).eval()  # the training split's statistics and class names travel in the checkpoint: no training data
 # shown in figures and lines: a class folder's name that is not UTF-8 appears escaped (\udce9)
 classes = [c.encode('utf-8', 'backslashreplace').decode() for c in start.classes]
-digits = get_dataset(run['dataset']).digits
+digits = prepare.get_dataset(run['dataset']).digits
 tta_shift = run['tta_shift']  # evaluated as the run was
 if image:
     classify_pictures(image_paths(image))

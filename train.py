@@ -8,12 +8,12 @@ $ python train.py config/mnist.py --init_from=resume
 Several GPUs (or CPU processes) with DDP, on one node:
 $ torchrun --standalone --nproc_per_node=4 train.py config/mnist.py
 """
+import functools
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict
 _started = time.time()  # the wall time counts from here, torch's import included (_: not a config key)
 
 import torch
@@ -21,48 +21,53 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import Batches, ModelInput, augment_args, find_splits, fits_on_device, get_dataset, hold_out, predict
-from model import ViT, ViTConfig
+import prepare
+from data import augment, model_input, predict
+from model import ViT
 from support import checkpoint, pretrained, rules, safety
-from support.device import (attention_kernel, autocast, device_name, peak_flops, pick_device, pick_dtype, rng_states,
-                            synchronize, try_compile)
+from support.device import (autocast, fits_on_device, global_mean, peak_flops, pick_device, pick_dtype, rng_states,
+                           synchronize, try_compile)
 from support.errors import quiet_when_a_peer_stops
+from support.runlog import RunLog, duration
 from support.optimizer import configure_optimizers
 
 # -----------------------------------------------------------------------------
 # default config values: config/*.py files and --key=value flags override them
 # I/O
-out_dir = 'out-mnist'  # the run's folder: ckpt.pt, metrics.jsonl, curves.png
+out_dir = 'out-mnist'  # the run's folder: ckpt.pt, metrics.jsonl, curves.png, run.json, log.txt
 eval_interval = 250  # evaluate on the whole validation and test splits, then checkpoint, every this many iterations
-log_interval = 10
+log_interval = 10  # print the training loss every this many iterations
 always_save_checkpoint = True  # checkpoint at every evaluation; if False only at the end (and on Ctrl-C)
-init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), a torchvision ViT ('vit_b_16', 'vit_b_16:IMAGENET1K_SWAG_E2E_V1') or a run's out_dir
+init_from = 'scratch'  # 'scratch', 'resume' (out_dir/ckpt.pt), pretrained ('vit_b_16', 'timm:NAME'), a run's out_dir
 plot = True  # redraw out_dir/curves.png at every evaluation
+wandb_log = False  # also log to Weights & Biases (pip install wandb)
+wandb_project = 'nanovit'
+wandb_run_name = 'run'
 # data
-dataset = 'mnist'  # 'mnist', 'fashion_mnist', 'cifar10' or 'folder' (data.py)
+dataset = 'mnist'  # 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'folder' or 'torchvision:NAME' (prepare.py)
 data_dir = 'data'  # where torchvision datasets are (or get downloaded); for 'folder', the folder of pictures
-img_size = 0  # the side the model takes; 0: the pictures' own. A folder's pictures are resized (shorter side) and cut to it
-store_size = 0  # folder datasets: keep the pictures at this side in the store, larger than img_size (0 = img_size)
+img_size = 0  # the side the model takes; 0: the pictures' own. A folder's are resized (shorter side) and cut to it
+store_size = 0  # keep the prepared pictures at this side, larger than img_size (0 = img_size, or their own)
 val_size = 0  # hold out this many training pictures (a fixed choice) as the validation split, to choose settings on
 batch_size = 32  # images per process per micro-step
-gradient_accumulation_steps = 1
-eval_batch_size = 500
+gradient_accumulation_steps = 1  # micro-steps per update: the batch of an update is their sum
+eval_batch_size = 500  # pictures per forward pass in an evaluation
 tta_shift = 0  # test-time augmentation: evaluate on the mean logits of each picture and its 8 shifts by N pixels
 aug_translate = 0.0  # random shift of up to this many pixels (0 = no augmentation)
 aug_rotate = 0.0  # random rotation of up to this many degrees
 aug_scale = 0.0  # random zoom by up to this fraction
-aug_crop = 0  # random crop of the image padded by this many pixels (a shift by whole pixels)
+aug_crop = 0  # random shift by up to this many whole pixels (a random crop of the picture padded by that many)
 aug_flip = False  # mirror half of the images left to right (never digits)
 aug_rrc_scale = 0.0  # random-resized crops of at least this share of the area, to img_size (with store_size; 0 = off)
 # model
-n_layer = 4
-n_head = 4
-n_embd = 768
-patch_size = 4
-mlp_ratio = 4.0
-dropout = 0.0
-bias = True
-pool = 'cls'  # what the head reads: the 'cls' token, the 'mean' patch token, or 'map' (attention pooling)
+n_layer = 4  # transformer blocks
+n_head = 4  # attention heads a block
+n_embd = 768  # the width of every token
+patch_size = 4  # the side of the square patches a picture is cut into
+mlp_ratio = 4.0  # the MLP's hidden width, as a multiple of n_embd
+dropout = 0.0  # on the embeddings, attention and the MLP
+bias = True  # biases in the linear layers and LayerNorms
+pool = 'cls'  # what the head reads: the 'cls' token or the 'mean' patch token
 pos_embd = 'learned'  # 'learned' or 'sincos'
 pos_std = 0.02  # init std of a learned position embedding
 qk_norm = False  # LayerNorm on queries and keys
@@ -71,33 +76,34 @@ norm_eps = 1e-5  # LayerNorm's epsilon
 optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for the rest
 learning_rate = 1e-3  # AdamW's peak learning rate
 muon_lr = 0.02  # Muon's peak learning rate
-muon_momentum = 0.95
-max_iters = 1000
-weight_decay = 0.05
-beta1 = 0.9
+muon_momentum = 0.95  # Muon's momentum (after its warm-up)
+max_iters = 1000  # the number of updates
+weight_decay = 0.05  # decoupled, on the weight matrices alone
+beta1 = 0.9  # AdamW's betas
 beta2 = 0.99
 grad_clip = 1.0  # clip gradients at this norm, or 0.0 for no clipping
 layer_decay = 1.0  # fine-tuning: block i of n learns at lr * layer_decay ** (n + 1 - i), the head at lr (1.0: off)
 linear_probe = False  # fine-tuning: train the head alone, every other weight frozen
-label_smoothing = 0.0
+label_smoothing = 0.0  # the share of the target spread over every class
 # learning rate schedule: linear warmup, then a decay to min_lr at max_iters (every lr in proportion)
-warmup_iters = 100
+warmup_iters = 100  # iterations of the linear warmup
 lr_schedule = 'cosine'  # the decay's shape: 'cosine' or 'linear'
-min_lr = 1e-5
-muon_momentum_warmup = 0  # Muon's momentum rises from 0.85 to muon_momentum over this many iterations
+min_lr = 1e-5  # AdamW's lr at the end (Muon's in proportion)
+muon_momentum_warmup = 0  # Muon's momentum rises from muon_momentum_min to muon_momentum over this many iterations
+muon_momentum_min = 0.85  # where Muon's momentum warm-up starts
 # system
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto', 'float32', 'bfloat16' or 'float16' (autocast; float16 adds a GradScaler)
-compile = True  # torch.compile the model where it can work
-seed = 1337
-data_placement = 'auto'  # 'device': the whole dataset on the device; 'stream': each batch read from the store; 'auto'
+compile = True  # torch.compile the model where it can work and pays
+seed = 1337  # the batches, the augmentation, the init and dropout draw from it
+data_placement = 'auto'  # 'device': the whole dataset on the device; 'stream': each batch read from disk; 'auto'
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}  # plain types only, saved in the checkpoint
 flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}  # the keys the command line sets by name
 # -----------------------------------------------------------------------------
-rules.check_config(config, get_dataset(dataset).shape, get_dataset(dataset).digits)
+rules.check_config(config, prepare.get_dataset(dataset).digits)  # every value a rule can judge alone (support/rules.py)
 out_dir = os.path.expanduser(out_dir)
 
 # processes: torchrun sets RANK for each one it starts; a plain `python train.py` is one process
@@ -116,195 +122,192 @@ torch.manual_seed(seed + rank)
 torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
 
 # the run's folder: one run at a time, and never a finished or interrupted run overwritten unasked
-ckpt_path, metrics_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'metrics.jsonl')
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if master:
     out_dir_lock = safety.claim_out_dir(out_dir, init_from, ckpt_path)
 
-# where the run starts, and all that decides: the model's arguments, the side the store keeps and the side the
-# model takes, the pixel normalization, the weights and the saved states (support/checkpoint.py)
+# where the run starts: from scratch, its checkpoint or a pretrained source (support/checkpoint.py, pretrained.py)
 if ddp and not master:
-    dist.barrier()  # rank 0 fetches the weights and builds the picture stores first; the others then read them
+    dist.barrier()  # process 0 fetches the weights and prepares the dataset first; the others then read them
 if init_from == 'scratch':
     start = checkpoint.from_scratch(config)
 elif init_from == 'resume':
     start = checkpoint.from_checkpoint(ckpt_path, config, flags, world_size)
 else:
     start = pretrained.from_source(init_from, config, flags)
-
-# the data: each split found from its files' names and headers, every check that needs no pixel made, then its
-# pictures decoded once into a store on disk (data.py), on the device whole when it fits, else each batch read
-train_split, test_split = find_splits(dataset, data_dir, start.store_size)
-model_args = start.model_for(train_split.shape[0], train_split.shape[-1], train_split.classes)
-rules.check_against_pictures(config, train_split.shape[-1])
-train, test = train_split.load(), test_split.load()
+if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
+    run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
+# the data: found from its files' names and headers, checked, then prepared once (prepare.py: uint8 arrays on disk)
+found = prepare.find(dataset, data_dir, start.store_size)
+model_config = start.settle(found.shape, found.classes)  # the model's arguments, settled once
+rules.check_against_data(config, found, world_size)
+data = prepare.load(found)
 if ddp and master:
     dist.barrier()
-train_idx, val_idx = hold_out(len(train.labels), val_size)
+train_idx, val_idx = prepare.held_out(len(data.train[1]), val_size)
 start.note_training_pictures(len(train_idx))
-on_device = fits_on_device(train.images.nbytes, device, data_placement)
-(train_x, train_y), (test_x, test_y) = (split.on(device) if on_device else split.streamed() for split in (train, test))
-splits = ({'val': (train_x[val_idx.to(train_x.device)], train_y[val_idx.to(train_y.device)])} if val_size else {}) | \
-    {'test': (test_x, test_y)}  # evaluated whole: the validation split (held out, to choose settings on), the test split
+on_device = fits_on_device(data.train[0].nbytes, device, data_placement)  # else each batch is read from the map
+(train_x, train_y), (test_x, test_y) = (tuple(t.to(device) for t in split) if on_device else split
+                                        for split in (data.train, data.test))
 # pixels as the weights expect them: the training split's statistics from scratch, the checkpoint's or the source's
-data_mean, data_std = (start.mean, start.std) if start.mean else (train.mean, train.std)
-model_input = ModelInput(model_args['in_chans'], model_args['img_size'], data_mean, data_std, start.test_crop, device)
-batches = Batches(train_x, train_y, train_idx, batch_size, gradient_accumulation_steps, rank, world_size, seed,
-                  augment_args(config), model_input, device)
+data_mean, data_std = (start.mean, start.std) if start.mean else (data.mean, data.std)
+mean, std = (torch.tensor(s, device=device).view(-1, 1, 1) for s in (data_mean, data_std))
+aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
+global_batch = batch_size * gradient_accumulation_steps * world_size
+steps_per_epoch = len(train_idx) // global_batch
+
+# each stream of draws (batch order, augmentation) is seeded by seed * its prime + the draw's index: no seed twice
+@functools.lru_cache(maxsize=1)
+def epoch_order(epoch):
+    # one shuffle of the training pictures an epoch, the same on every process: a function of (seed, epoch) alone
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2 ** 64)
+    return train_idx[torch.randperm(len(train_idx), generator=generator)]
+
+def get_batch(it, micro_step):
+    """Batch (it, micro_step), on the device as the model takes it: a function of (seed, it, micro_step) alone, so a
+    resumed run draws exactly what it would have, with nothing saved; N processes the slices of one N times larger."""
+    epoch, step = divmod(it, steps_per_epoch)
+    first = step * global_batch + (micro_step * world_size + rank) * batch_size  # this process's slice of the batch
+    idx = epoch_order(epoch)[first:first + batch_size]
+    x, y = train_x[idx].to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)  # uint8 pictures
+    draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
+    generator = torch.Generator(device=device).manual_seed((seed * 1_000_033 + draw) % 2 ** 64)
+    x = augment(x.float() / 255, generator, size=model_config.img_size, **aug)  # data.py: shifts, crops, mirrors
+    return model_input(x, model_config, mean, std, start.test_crop if not aug_rrc_scale else 1.0), y
 
 # the model, and its optimizers
-model = ViT(ViTConfig(**model_args))
-start.load_weights(model, train.classes, ckpt_path if init_from == 'resume' else init_from)
+model = ViT(model_config)
+start.load_weights(model, data.classes)
 model.to(device)
 raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
 if linear_probe:  # the pretrained features stay as they are; only the new head learns
-    for name, p in model.named_parameters():
-        p.requires_grad = name.startswith('head.')
+    model.requires_grad_(False).head.requires_grad_(True)
 optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
-                                  device_type, dtype, layer_decay)
+                                  device_type, dtype, layer_decay)  # {'adamw': ..., 'muon': ...}
+peak_lrs = [[group['lr'] for group in opt.param_groups] for opt in optimizers.values()]  # layer_decay scales them
 # fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-start.load_states(optimizers, scaler, rank, world_size)  # a resumed run's moments, loss scale and RNG
-iter_num, checkpoint_loss = start.iter_num, start.checkpoint_loss  # a diverged run must not replace that checkpoint
-model, compile_note = try_compile(model, compile, ctx, *batches.get(iter_num, 0))
+start.load_states(optimizers.values(), scaler, rank, world_size)  # a resumed run's moments, loss scale and RNG
+iter_num, checkpoint_loss = start.iter_num, start.train_loss  # a diverged run must not replace that checkpoint
+x, y = get_batch(iter_num, 0)
+model, compile_note = try_compile(model, compile, ctx, x, y, max_iters - iter_num)
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
-
-flops_per_iter = 3 * raw_model.flops_per_image() * batches.global_batch  # forward and backward, every process
-peak = (peak_flops(device_name(device), dtype) or 0) * world_size  # 0: not known for this device
+flops_per_iter = 3 * raw_model.flops_per_image() * global_batch  # forward and backward, every process
+peak = (peak_flops(device, dtype) or 0) * world_size  # 0: not known for this device
 if master:
-    print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note} | "
-          + attention_kernel(device, dtype, model_args['n_embd'] // model_args['n_head']))
+    print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note}")
     print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {raw_model.flops_per_image() / 1e9:.3f} GFLOPs "
-          f"per image forward | data: {dataset}, {len(train_idx)} train / {len(val_idx)} val / {len(test_x)} test images of "
-          f"{'x'.join(map(str, train_x.shape[1:]))}, {len(train.classes)} classes "
-          f"({'on the device' if on_device else 'streamed from ' + train.path}) | {world_size} process(es), "
-          f"{batches.global_batch} images per iteration | optimizer {optimizer}")
-
+          f"per image forward | data: {dataset}, {len(train_idx)} train / {len(val_idx)} val / {len(test_y)} test "
+          f"images of {'x'.join(map(str, found.shape))}, {len(data.classes)} classes "
+          f"({'on the device' if on_device else 'read from ' + data.path}) | {world_size} process(es), "
+          f"{global_batch} images per iteration | optimizer {optimizer}")
 
 def lr_multiplier(it):
     # linear warmup, then a decay to min_lr at max_iters; every group's peak lr (AdamW's, Muon's) scales by it
     if it < warmup_iters:
         return (it + 1) / (warmup_iters + 1)
     progress = (it - warmup_iters) / max(1, max_iters - warmup_iters)
-    floor = min_lr / learning_rate
-    return floor + (0.5 * (1.0 + math.cos(math.pi * progress)) if lr_schedule == 'cosine' else 1 - progress) * (1 - floor)
-
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if lr_schedule == 'cosine' else 1 - progress
+    return min_lr / learning_rate + decay * (1 - min_lr / learning_rate)
 
 @torch.no_grad()
-def evaluate(images, labels):
-    """Loss and accuracy on a whole split; each process takes a slice, the sums add up."""
+def evaluate(images, labels, indices):
+    """Loss and accuracy on a whole split, the pictures images[indices]; each process takes a slice, the sums add up."""
     eval_model.eval()
-    lo, hi = len(images) * rank // world_size, len(images) * (rank + 1) // world_size
     sums = torch.zeros(2, device=device)  # loss, correct
-    for start in range(lo, hi, eval_batch_size):
-        x, y = images[start:min(start + eval_batch_size, hi)].to(device), labels[start:min(start + eval_batch_size, hi)].to(device)
+    for idx in indices[rank::world_size].split(eval_batch_size):  # this process's share
+        x, y = images[idx].to(device), labels[idx].to(device)
         with ctx:
-            logits = predict(eval_model, x, model_input, tta_shift)
-        sums[0] += F.cross_entropy(logits, y, reduction='sum')
-        sums[1] += (logits.argmax(dim=1) == y).sum()
+            logits = predict(eval_model, x, mean, std, start.test_crop, tta_shift)
+        sums += torch.stack([F.cross_entropy(logits, y, reduction='sum'), (logits.argmax(dim=1) == y).sum()])
     if ddp:
         dist.all_reduce(sums)
     eval_model.train()
-    loss, correct = sums.tolist()
-    return loss / len(images), correct / len(images)
-
+    return (sums / len(indices)).tolist()
 
 def save_checkpoint():
     rngs = rng_states(world_size)  # every process's dropout draws
     if master:
-        checkpoint.save({'model': raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
-                         'scaler': scaler.state_dict(), 'model_args': asdict(raw_model.config), 'iter_num': iter_num,
-                         'val_loss': checkpoint_loss, 'config': config, 'classes': train.classes, 'data_mean': data_mean,
-                         'data_std': data_std, 'n_train': len(train_idx), 'store_size': start.store_size, 'rng': rngs},
-                        ckpt_path)
+        checkpoint.save(checkpoint.checkpoint_of(raw_model, optimizers.values(), scaler, iter_num, checkpoint_loss,
+                        config, data.classes, data_mean, data_std, len(train_idx), start.store_size, rngs), ckpt_path)
 
+def stop_if_diverged(loss):  # before a diverged model can replace a good checkpoint
+    safety.stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
 
-def global_mean(losses):
-    """The mean of per-iteration losses (device tensors: reading it waits) over all processes, which each saw a part."""
-    mean = torch.stack(losses).mean()
-    if ddp:
-        dist.all_reduce(mean)
-        mean /= world_size
-    return mean.item()
-
-
-def stop_if_diverged(loss, what, checkpoint_loss=None):  # before a diverged model can replace a good checkpoint
-    safety.stop_if_diverged(loss, what, iter_num, ckpt_path, learning_rate, dtype, scaler, checkpoint_loss)
-
-
-def duration(seconds):
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-if master:
-    safety.restart_metrics(metrics_path, iter_num)
+splits = {'val': (train_x, train_y, val_idx)} if val_size else {}  # evaluated whole: the held-out split, to choose on
+splits['test'] = (test_x, test_y, torch.arange(len(test_y)))  # and the test split, for the final figure alone
 stop = safety.StopSignals(verbose=master, group=dist.new_group(backend='gloo') if ddp else None)
 
 # training loop. Timing as in nanoGPT but for evaluations: t0 restarts at every log line and after every evaluation;
 # the first log interval (warm-up: allocators, a first compile) counts in no average
-start_iter = iter_num
 losses = []  # training losses since the last evaluation, unread tensors: reading one waits for the device
 logged_iter = iter_num  # the iteration of the last log line
 interval_ms = []  # ms/iter of each log interval after the first
 t0 = time.time()
 while iter_num < max_iters:
-    for opt in optimizers:  # this iteration's learning rates, and Muon's momentum
-        for group in opt.param_groups:
-            group['lr'] = group['max_lr'] * lr_multiplier(iter_num)
-            if 'momentum' in group and muon_momentum_warmup:  # Muon's
-                group['momentum'] = 0.85 + min(1.0, iter_num / muon_momentum_warmup) * (muon_momentum - 0.85)
+    for opt, peaks in zip(optimizers.values(), peak_lrs):  # this iteration's learning rates
+        for group, peak_lr in zip(opt.param_groups, peaks):
+            group['lr'] = peak_lr * lr_multiplier(iter_num)
+    if 'muon' in optimizers and muon_momentum_warmup:  # Muon's momentum rises from muon_momentum_min as it warms up
+        for group in optimizers['muon'].param_groups:
+            rise = min(1, iter_num / muon_momentum_warmup)
+            group['momentum'] = muon_momentum_min + rise * (muon_momentum - muon_momentum_min)
     # forward, backward (gradients summed over the micro-steps), clip, step
+    step_loss = 0.0
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # all-reduce the gradients once, on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        x, y = batches.get(iter_num, micro_step)
         with ctx:
             _, loss = model(x, y, label_smoothing)
         loss = loss / gradient_accumulation_steps
+        step_loss += loss.detach()  # the mean over the micro-steps: the loss of the whole batch
+        # the next batch, drawn while the device works on this one
+        last_micro_step = micro_step + 1 == gradient_accumulation_steps
+        x, y = get_batch(iter_num + 1, 0) if last_micro_step else get_batch(iter_num, micro_step + 1)
         scaler.scale(loss).backward()
     if grad_clip > 0:
-        for opt in optimizers:
+        for opt in optimizers.values():
             scaler.unscale_(opt)  # clip the true gradients, not the fp16 loss-scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    for opt in optimizers:  # each owns its own parameters
+    for opt in optimizers.values():  # each owns its own parameters
         scaler.step(opt)  # skips the step if fp16 gradients overflowed
         opt.zero_grad(set_to_none=True)
     scaler.update()
-    losses.append(loss.detach() * gradient_accumulation_steps)
+    losses.append(step_loss)
     iter_num += 1
     last = iter_num == max_iters
 
     if iter_num % log_interval == 0 or last:
-        mean_loss = global_mean(losses[logged_iter - iter_num:])
+        mean_loss = global_mean(losses[logged_iter - iter_num:], ddp)
         synchronize(device_type)
         ms = 1000 * (time.time() - t0) / (iter_num - logged_iter)
-        warm = logged_iter > start_iter
-        if warm:
-            interval_ms.append(ms)
-        stop_if_diverged(mean_loss, "the training loss")
-        lr = learning_rate * lr_multiplier(iter_num - 1)
+        warm = logged_iter > start.iter_num
+        interval_ms += [ms] if warm else []
+        stop_if_diverged(mean_loss)
+        lrs = {name: max(group['lr'] for group in opt.param_groups) for name, opt in optimizers.items()}  # as stepped
         if master:
-            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr {lr:.1e}, time {ms:.2f}ms"
+            print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr "
+                  + ', '.join(f"{v:.1e} ({k})" for k, v in lrs.items()) + f", time {ms:.2f}ms"
                   + (f", eta {duration((max_iters - iter_num) * ms / 1000)}" if warm else " (warm-up)")
                   + (f", mfu {100 * flops_per_iter / (ms / 1000) / peak:.1f}%" if peak else ""))
-            safety.write_metrics(metrics_path, [dict(iter=iter_num, loss=mean_loss, lr=lr, ms=ms)], 'a')
+            run_log.write(dict(iter=iter_num, loss=mean_loss, ms=ms, lr=lrs['adamw'],
+                               **({'muon_lr': lrs['muon']} if 'muon' in lrs else {})))
         logged_iter, t0 = iter_num, time.time()
 
     if iter_num % eval_interval == 0 or last:
         scores = {name: evaluate(*split) for name, split in splits.items()}  # {split: (loss, accuracy)}
-        train_loss = global_mean(losses)
+        train_loss = global_mean(losses, ddp)
         losses = []
-        stop_if_diverged(scores['test'][0], "the test loss", checkpoint_loss)
+        stop_if_diverged(train_loss)
         if master:
-            print(f"step {iter_num}: train loss {train_loss:.4f}, "
-                  + ', '.join(f"{name} loss {loss:.4f}, {name} acc {100 * acc:.2f}%" for name, (loss, acc) in scores.items()))
-            safety.write_metrics(metrics_path, [dict(iter=iter_num, train_loss=train_loss, **{
-                f"{name}_{what}": value for name, s in scores.items() for what, value in zip(('loss', 'acc'), s)})], 'a')
+            print(f"step {iter_num}: train loss {train_loss:.4f}, " + ', '.join(
+                f"{name} loss {loss:.4f}, {name} acc {100 * acc:.2f}%" for name, (loss, acc) in scores.items()))
+            run_log.write(dict(iter=iter_num, train_loss=train_loss, **{
+                f"{name}_{what}": value for name, s in scores.items() for what, value in zip(('loss', 'acc'), s)}))
         if always_save_checkpoint or last:
-            checkpoint_loss = scores['test'][0]
+            checkpoint_loss = train_loss
             save_checkpoint()
         if plot and master:
             from plot import redraw  # matplotlib loads only when it is needed
@@ -314,7 +317,7 @@ while iter_num < max_iters:
     signum = stop.requested()
     if signum and not last:
         if losses[logged_iter - iter_num:]:  # a model that diverged since the last log line is never saved
-            stop_if_diverged(global_mean(losses[logged_iter - iter_num:]), "the training loss")
+            stop_if_diverged(global_mean(losses[logged_iter - iter_num:], ddp))
         save_checkpoint()
         if master:
             print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
@@ -324,7 +327,7 @@ while iter_num < max_iters:
 if master:
     mean_ms = sum(interval_ms) / len(interval_ms) if interval_ms else ms
     print(f"done: " + ', '.join(f"{name} acc {100 * acc:.2f}%" for name, (_, acc) in scores.items())
-          + f" | {iter_num - start_iter} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
+          + f" | {iter_num - start.iter_num} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
           + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "")
           + f", {flops_per_iter * iter_num / 1e12:.3g} TFLOP of training | checkpoint {ckpt_path}")
 safety.leave(0, ddp)

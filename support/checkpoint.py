@@ -1,34 +1,35 @@
 """
 What a run saves, and where a run starts.
-A checkpoint (out_dir/ckpt.pt) holds tensors and plain types only, so torch.load(path, weights_only=True)
-reads it anywhere: the model's weights and arguments, the optimizers', GradScaler's and RNG states, the
-iteration, the run's config, its classes, its pixel statistics and the side its store kept the pictures at.
+A checkpoint (out_dir/ckpt.pt) holds tensors and plain types only, so torch.load(path, weights_only=True) reads it
+anywhere: the model's weights and arguments, the optimizers', GradScaler's and RNG states, the iteration, the run's
+config, its classes, its pixel statistics and the side its dataset was prepared at.
 A run starts from scratch, from its own checkpoint (resume) or from a pretrained source (support/pretrained.py).
-Each way yields a Start, which train.py, sample.py and bench.py read alike: nothing after it asks the
-checkpoint or the source again.
+Each way yields a Start, which settles the model once the dataset is found, and which train.py, sample.py and
+bench.py read alike: nothing after it asks the checkpoint or the source again.
 """
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from model import ViTConfig
 from support.device import set_rng_state
 from support.errors import die, note
-from support.rules import check_model
 
 # what a fine-tuned or resumed model keeps of its source: everything but the data's (in_chans, img_size,
 # n_classes), the init (pos_std) and dropout
-ARCHITECTURE = ('patch_size', 'n_layer', 'n_head', 'n_embd', 'mlp_ratio', 'bias', 'pool', 'pos_embd', 'qk_norm', 'norm_eps')
-RUN_KEYS = ('dataset', 'optimizer', 'linear_probe')  # a resume on other data, or with other optimizer moments, is another run
+ARCHITECTURE = ('patch_size', 'n_layer', 'n_head', 'n_embd', 'mlp_ratio', 'bias', 'pool', 'pos_embd', 'qk_norm',
+                'norm_eps', 'layer_scale', 'n_registers')
+# a resume on other data, with other optimizer moments or with another held-out split is another run
+RUN_KEYS = ('dataset', 'optimizer', 'linear_probe', 'val_size')
 
 
 @dataclass
 class Start:
-    """What a run's start decides. model_args: ViTConfig's fields, with in_chans, img_size (the model's side) and
-    n_classes None where the data decides them; store_size: the side folder pictures are kept at in the store
-    (0: their own); mean, std: the pixel normalization (None: the training split's statistics)."""
+    """What a run's start decides: the model's arguments (in_chans, img_size and n_classes None where the data decides
+    them), the side the dataset is prepared at (store_size, 0: the pictures' own), the pixel normalization (None: the
+    training split's statistics), the classes of the weights' head, the weights and a resumed run's states."""
     model_args: dict
     store_size: int
     mean: list = None
@@ -36,27 +37,30 @@ class Start:
     classes: list = None  # the classes of the weights' head: other classes get a new zero head, or stop a resume
     weights: dict = None  # the model's state, under model.py's names
     iter_num: int = 0
-    checkpoint_loss: float = math.inf  # the test loss of the checkpoint in out_dir, which a diverged run must not replace
+    train_loss: float = math.inf  # the training loss when the checkpoint in out_dir was saved (the divergence guard's)
     states: dict = field(default_factory=dict)  # a resumed run's optimizer, scaler and RNG states
     config: dict = None  # a checkpoint's run config
     n_train: int = None  # a checkpoint's count of training pictures
-    path: str = None  # the checkpoint's file, resumed
+    path: str = None  # the checkpoint's file, or the source's name
     resumed: bool = False
 
     @property
     def test_crop(self):
-        # a store kept larger than the model's side, for random-resized crops, is tested on its centre (ImageNet's)
+        # a dataset kept larger than the model's side, for random-resized crops, is tested on its centre (ImageNet's)
         return 0.875 if self.store_size > (self.model_args['img_size'] or self.store_size) else 1.0
 
-    def model_for(self, channels, side, classes):
-        """The model's arguments for the data: its channels, its side (store pictures of side `side`) and its
-        classes; a resume on other classes stops here."""
-        if self.resumed and classes != self.classes:
-            die(f"the checkpoint holds a run with classes {self.classes!r} but the data has {classes!r}; resume with "
-                f"the run's own data", 2)
-        args = dict(self.model_args, in_chans=self.model_args['in_chans'] or channels,
-                    img_size=self.model_args['img_size'] or side, n_classes=self.model_args['n_classes'] or len(classes))
-        return check_model(args)
+    def settle(self, shape=None, classes=None):
+        """The model's ViTConfig for pictures of shape (C, H, W) in classes (None: the saved model's own); a resume on
+        other classes, or a model these pictures cannot make, stops here with one line."""
+        if self.resumed and classes is not None and classes != self.classes:
+            die(f"{self.path} holds a run with classes {self.classes!r} but the data has {classes!r}; resume with the "
+                f"run's own data", 2)
+        args = dict(self.model_args)
+        if shape:
+            args.update(in_chans=args['in_chans'] or shape[0], img_size=args['img_size'] or shape[-1])
+        if classes:
+            args['n_classes'] = args['n_classes'] or len(classes)
+        return model_config(args)
 
     def note_training_pictures(self, n_train):
         if self.resumed and self.n_train != n_train:
@@ -72,7 +76,7 @@ class Start:
                 set_rng_state(self.states['rng'][rank])
         self.weights = self.states = None
 
-    def load_weights(self, model, classes, what):
+    def load_weights(self, model, classes):
         """Load the start's weights into model (nothing from scratch); a head trained for other classes is left out:
         model's own zero head starts every class at equal odds."""
         if self.weights is None:
@@ -80,17 +84,21 @@ class Start:
         state = dict(self.weights)
         if self.classes != classes:
             state['head.weight'], state['head.bias'] = model.head.weight.detach(), model.head.bias.detach()
-        load_model_state(model, state, what)
+        load_model_state(model, state, self.path)
 
 
-def model_fields(config):
-    """The ViTConfig fields a run's config sets (all but the data's)."""
-    return {f.name: config[f.name] for f in fields(ViTConfig) if f.name in config}
+def model_config(args):
+    """ViTConfig(**args), or one line saying what is impossible about them."""
+    try:
+        return ViTConfig(**args)
+    except (TypeError, ValueError) as e:
+        die(f"bad model config: {e}", 2)
 
 
 def from_scratch(config):
-    """The start of a run from random weights: the config's model (support/rules.py has checked it)."""
-    args = dict(model_fields(config), in_chans=None, img_size=config['img_size'] or None, n_classes=None)
+    """The start of a run from random weights: the config's model."""
+    args = dict({f.name: config[f.name] for f in fields(ViTConfig) if f.name in config},
+                in_chans=None, img_size=config['img_size'] or None, n_classes=None)
     return Start(args, store_size=config['store_size'] or config['img_size'])
 
 
@@ -98,50 +106,50 @@ def architecture_of(saved, config, flags, owner, clash):
     """The model arguments of a run that keeps a saved model's architecture (a checkpoint's, a source's). What the
     command line asks for against it (--n_layer=3 for a 2-layer checkpoint) stops the run with clash.format(then,
     now); what a config file says against it (a recipe written for another model) yields to it, with a note."""
-    differ = [(k, saved[k], config[k]) for k in ARCHITECTURE if saved[k] != config[k]]
+    differ = [(k, saved[k], config[k]) for k in ARCHITECTURE if k in config and saved[k] != config[k]]
     clashes = [d for d in differ if d[0] in flags]
     if clashes:
         die(clash.format(', '.join(f'{k}={v!r}' for k, v, _ in clashes), ', '.join(f'{k}={v!r}' for k, _, v in clashes)), 2)
     if differ:
         note(f"the architecture is {owner}'s, not the config's: "
-              + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in differ))
+             + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in differ))
     return dict(saved, dropout=config['dropout'])
 
 
 def from_checkpoint(path, config=None, flags=(), world_size=1):
-    """The start of a resumed run (config: this run's; flags: the keys its command line sets), or, without a
-    config, the checkpoint's run as it was (sample.py)."""
-    checkpoint = load_checkpoint(path, 'cpu', keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num', 'val_loss',
-                                                     'config', 'classes', 'rng', 'data_mean', 'data_std', 'store_size',
-                                                     'n_train'))
+    """The start of a resumed run (config: this run's; flags: the keys its command line sets), or, without a config,
+    the checkpoint's run as it was (sample.py)."""
+    checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num', 'config',
+                                             'classes', 'rng', 'data_mean', 'data_std', 'store_size', 'n_train'))
     args = saved_model_args(checkpoint, path)
     if config:
         if checkpoint['iter_num'] >= config['max_iters']:
             die(f"{path} is at iter {checkpoint['iter_num']}, already at max_iters={config['max_iters']}; raise "
                 f"max_iters to train on", 2)
+        saved = dict(config, **checkpoint['config'])  # a key this version added: as this run has it
         for key in RUN_KEYS:
-            if checkpoint['config'][key] != config[key]:
-                die(f"{path} holds a run with {key}={checkpoint['config'][key]!r} but this run asks for {key}="
-                    f"{config[key]!r}; " + ("to train it another way, start a new run from it with "
-                    f"--init_from={os.path.dirname(path) or '.'} and another --out_dir" if key == 'linear_probe'
-                    else "resume with the run's own config"), 2)
+            if saved[key] != config[key]:
+                die(f"{path} holds a run with {key}={saved[key]!r} but this run asks for {key}={config[key]!r}; "
+                    + ("to train it another way, start a new run from it with "
+                       f"--init_from={os.path.dirname(path) or '.'} and another --out_dir" if key == 'linear_probe'
+                       else "resume with the run's own config"), 2)
         args = architecture_of(args, config, flags, 'the checkpoint', f"{path} holds a run with {{}} but this run "
                                f"asks for {{}}; resume with the run's own config")
-        changes = resume_changes(checkpoint, config, world_size)
+        changes = resume_changes(saved, len(checkpoint['rng']), config, world_size)
         if changes:
             note(f"resuming with changes: {', '.join(changes)}")
+    # 'val_loss': what checkpoints written before 2026-12-06 called the loss the guard compares (a test loss then)
+    train_loss = checkpoint.get('train_loss', checkpoint.get('val_loss', math.inf))
     return Start(args, checkpoint['store_size'], checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'],
-                 checkpoint['model'], checkpoint['iter_num'], checkpoint['val_loss'],
+                 checkpoint['model'], checkpoint['iter_num'], train_loss,
                  {k: checkpoint[k] for k in ('optimizer', 'scaler', 'rng')}, checkpoint['config'], checkpoint['n_train'],
                  path, resumed=True)
 
 
-def resume_changes(checkpoint, config, world_size):
-    """The notes a resume prints: every config key that changed, and how many processes and images per iteration,
-    if those changed."""
-    saved = checkpoint['config']
+def resume_changes(saved, processes, config, world_size):
+    """The notes a resume prints: every config key that changed, and how many processes and images per iteration, if
+    those changed."""
     notes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved[k] != v]
-    processes = len(checkpoint['rng'])
     if processes != world_size:
         notes.append(f"processes {processes} -> {world_size} (dropout draws new numbers)")
     images = saved['batch_size'] * saved['gradient_accumulation_steps'] * processes
@@ -155,8 +163,8 @@ def resume_changes(checkpoint, config, world_size):
 
 
 def save(checkpoint, path):
-    """Write path so that a kill at any instant leaves the old file or the new one, never half of one;
-    if the disk refuses (full, gone), say so in one line, leaving the old file and no temporary one."""
+    """Write path so that a kill at any instant leaves the old file or the new one, never half of one; if the disk
+    refuses (full, gone), say so in one line, leaving the old file and no temporary one."""
     tmp_path = path + '.tmp'
     try:
         with open(tmp_path, 'wb') as f:
@@ -172,13 +180,21 @@ def save(checkpoint, path):
         die(f"could not write the checkpoint {tmp_path}: {reason}; {kept}")
 
 
-def load_checkpoint(path, device, keys=('model', 'model_args')):
+def checkpoint_of(model, optimizers, scaler, iter_num, train_loss, config, classes, mean, std, n_train, store_size, rngs):
+    """What a checkpoint holds: plain types and tensors only."""
+    return {'model': model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
+            'scaler': scaler.state_dict(), 'model_args': asdict(model.config), 'iter_num': iter_num,
+            'train_loss': train_loss, 'config': config, 'classes': classes, 'data_mean': mean, 'data_std': std,
+            'n_train': n_train, 'store_size': store_size, 'rng': rngs}
+
+
+def load_checkpoint(path, keys=('model', 'model_args')):
     """The checkpoint dict at path, holding at least keys, or one line saying why there is none to use."""
     if not os.path.isfile(path):
         die(f"no checkpoint at {path} (train one first, or point out_dir at the run's folder)")
     try:
         # weights_only: a checkpoint is tensors and plain types, nothing that runs code on load
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         die(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"[:300])
@@ -191,28 +207,25 @@ def load_checkpoint(path, device, keys=('model', 'model_args')):
 
 
 def saved_model_args(checkpoint, path):
-    """The ViTConfig fields a checkpoint's model_args hold, or one line: a key this version does not know, one it
-    lacks, or values no model can have."""
-    args = checkpoint['model_args']
-    known = [f.name for f in fields(ViTConfig)]
+    """The ViTConfig fields a checkpoint's model_args hold (the fields this version added: their defaults), or one
+    line: a key this version does not know, or one it lacks."""
+    args, known = checkpoint['model_args'], {f.name: f.default for f in fields(ViTConfig)}
     if not isinstance(args, dict):
         die(f"{path}: model_args is not a dict")
-    unknown, missing = sorted(set(args) - set(known)), [k for k in known if k not in args]
+    unknown = sorted(set(args) - set(known))
+    missing = [k for k in known if k not in args and k not in ADDED_LATER]
     if unknown:
         die(f"{path}: model_args hold {', '.join(unknown)}, which this version of nanoViT does not know")
     if missing:
         die(f"{path}: model_args lack {', '.join(missing)}: saved by another version of nanoViT, or edited")
-    try:
-        ViTConfig(**args)
-    except (TypeError, ValueError) as e:
-        die(f"{path}: model_args describe no model this version can build: {e}")
-    return dict(args)
+    return {k: args.get(k, known[k]) for k in known}
+
+
+ADDED_LATER = ('layer_scale', 'n_registers')  # ViTConfig fields older checkpoints lack: their defaults are those models
 
 
 def load_model_state(model, state_dict, path):
     """Load weights into model, naming every key that does not fit."""
-    # a compiled model's state_dict has its keys under _orig_mod.
-    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in state_dict.items()}
     own = model.state_dict()
     problems = [f"missing {k}" for k in own.keys() - state_dict.keys()]
     problems += [f"unexpected {k}" for k in state_dict.keys() - own.keys()]
@@ -225,9 +238,9 @@ def load_model_state(model, state_dict, path):
 
 
 def load_optimizer_states(optimizers, states, path):
-    """Load the optimizers' saved moments, after checking that every saved tensor has its parameter's shape
-    (a fused kernel given a wrong shape crashes the process instead of raising). The hyperparameters (lr,
-    betas, weight decay) stay this run's: a resume may change them."""
+    """Load the optimizers' saved moments, after checking that every saved tensor has its parameter's shape (a fused
+    kernel given a wrong shape crashes the process instead of raising). The hyperparameters (lr, betas, weight decay)
+    stay this run's: a resume may change them."""
     if not isinstance(states, list) or len(states) != len(optimizers):
         die(f"{path} holds the state of {len(states) if isinstance(states, list) else 'an unknown number of'} "
             f"optimizer(s), this run has {len(optimizers)}")

@@ -1,7 +1,7 @@
 """
-The hardware a run uses, each choice made with its reason said out loud: the device, the dtype,
-whether to torch.compile, which SDPA kernel attention gets, the GPU's peak FLOP/s (for MFU), and the
-random state of this process (dropout draws) that a checkpoint carries.
+The hardware a run uses, each choice made with its reason said out loud: the device, the dtype, whether to
+torch.compile, whether a dataset goes to the device whole, the GPU's peak FLOP/s (for MFU); and what the processes of
+a run share: the random state (dropout draws) a checkpoint carries, and means over all of them.
 """
 import sys
 from contextlib import nullcontext
@@ -71,8 +71,8 @@ def pick_dtype(requested, device_type, capability=None, native_cpu_bf16=None):
     """(dtype name, reason): the requested one, or for 'auto' the first of native_dtypes."""
     if requested not in ('auto', 'float32', 'bfloat16', 'float16'):
         die(f"dtype={requested!r}: use 'auto', 'float32', 'bfloat16' or 'float16'", 2)
-    if requested == 'float16' and device_type == 'cpu':
-        die("dtype='float16' is for GPUs; on CPU use 'bfloat16' or 'float32'", 2)
+    if requested == 'float16' and device_type == 'cpu':  # the T4's precision path, runnable where the tests run
+        return requested, "as requested; slow on a CPU, which has no fp16 arithmetic: for testing a GPU's path"
     if requested != 'auto':
         return requested, "as requested"
     return native_dtypes(device_type, capability, native_cpu_bf16)[0]
@@ -105,7 +105,7 @@ def compile_blocker(device_type):
     return None
 
 
-def try_compile(model, compile, ctx, x, y):
+def try_compile(model, compile, ctx, x, y, iterations):
     """(torch.compile(model), 'on') when compile asks for it, or (model, 'off (why)') where it does not, or
     where compiling cannot or did not work. It compiles now, on one forward and backward of the batch (x, y) whose
     gradients and dropout draws are then thrown away, so that a compiler that fails here says so before
@@ -130,27 +130,6 @@ def try_compile(model, compile, ctx, x, y):
         set_rng_state(rng)
 
 
-def sdpa_backend(device, dtype, head_dim):
-    """The fastest kernel F.scaled_dot_product_attention has here for this dtype and head size,
-    found by asking the dispatcher for each in turn on a tiny input."""
-    import warnings
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    q = torch.zeros(1, 1, 8, head_dim, device=device, dtype=getattr(torch, dtype))
-    for backend, name in [(SDPBackend.FLASH_ATTENTION, 'flash'), (SDPBackend.EFFICIENT_ATTENTION, 'memory-efficient'),
-                          (SDPBackend.CUDNN_ATTENTION, 'cudnn')]:
-        try:
-            with warnings.catch_warnings(), sdpa_kernel(backend):
-                warnings.simplefilter('ignore')
-                F.scaled_dot_product_attention(q, q, q)
-            return name
-        except RuntimeError:
-            continue
-    return 'math'
-
-def attention_kernel(device, dtype, head_dim):
-    """What the log says of attention: the kernel SDPA runs here."""
-    return f"attention: sdpa {sdpa_backend(device, dtype, head_dim)} kernel (fastest for {dtype}, head_dim {head_dim} here)"
-
 # dense tensor-core peak FLOP/s by GPU name, first match wins (so specific names come first).
 # float32 runs as TF32 where the GPU has it (train.py allows TF32 matmuls).
 PEAK_FLOPS = [
@@ -171,18 +150,26 @@ PEAK_FLOPS = [
 ]
 
 
-def peak_flops(device_name, dtype):
-    """The GPU's peak FLOP/s for dtype, or None when we do not know it (then MFU is n/a)."""
-    for fragment, peaks in PEAK_FLOPS:
-        if fragment in device_name:
-            return peaks.get(dtype)
-    return None
+def peak_flops(device, dtype):
+    """The GPU's peak FLOP/s for dtype, or None when we do not know it (then MFU is not shown)."""
+    name = torch.cuda.get_device_name(device) if device.startswith('cuda') else device
+    return next((peaks.get(dtype) for fragment, peaks in PEAK_FLOPS if fragment in name), None)
 
 
-def device_name(device):
-    if device.startswith('cuda'):
-        return torch.cuda.get_device_name(device)
-    return device
+DEVICE_SHARE = 0.25  # a dataset goes to the GPU whole when it takes at most this share of the GPU's memory
+
+
+def fits_on_device(nbytes, device, data_placement):
+    """Whether a training split of nbytes goes to the device whole ('device') or stays on disk, each batch gathered
+    from its memory map ('stream'). 'auto': whole on a GPU when it takes at most DEVICE_SHARE of its memory; on a
+    CPU, streamed, which is no slower: the operating system keeps what fits of the file in memory, shared by every
+    process that maps it, and nothing is copied into the process."""
+    if data_placement != 'auto':
+        return data_placement == 'device'
+    kind = device.split(':')[0]
+    memory = (torch.cuda.get_device_properties(device).total_memory if kind == 'cuda' else
+              torch.mps.recommended_max_memory() if kind == 'mps' else 0)
+    return nbytes <= DEVICE_SHARE * memory
 
 
 def synchronize(device_type):
@@ -195,6 +182,15 @@ def synchronize(device_type):
 def rng_state():
     """This process's random state (dropout draws): the CPU's, and the current GPU's where there is one."""
     return {'cpu': torch.get_rng_state()} | ({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
+
+
+def global_mean(values, ddp):
+    """The mean of a list of device scalars (reading it waits for the device) over all processes, which each saw a part."""
+    mean = torch.stack(values).mean()
+    if ddp:
+        torch.distributed.all_reduce(mean)
+        mean /= torch.distributed.get_world_size()
+    return mean.item()
 
 
 def rng_states(world_size):

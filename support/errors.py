@@ -32,3 +32,12 @@ def note(message):
     """Say something worth knowing that does not stop the run, once (process 0 under torchrun)."""
     if os.environ.get('RANK', '0') == '0':
         print(f"note: {message}")
+
+
+def import_or_die(package, asked_by):
+    """An optional package (timm, wandb), imported when a run asks for it; one line when it is not installed."""
+    import importlib
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        die(f"{asked_by} needs {package}, which is not installed ({e}): pip install {package}", 2)

@@ -8,8 +8,8 @@ from torch import nn
 
 def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, betas, muon_momentum, device_type,
                          dtype, layer_decay=1.0):
-    """A list of optimizers that together own every parameter of model that trains (requires_grad); each group
-    keeps its peak lr in 'max_lr' for the schedule to scale. 'adamw': AdamW for all. 'muon': Muon for the blocks'
+    """{'adamw': AdamW, 'muon': Muon}, optimizers that together own every parameter of model that trains
+    (requires_grad), each group at its peak lr (the schedule scales them). 'adamw': AdamW for all. 'muon': Muon for the blocks'
     weight matrices (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding, positions,
     the pooling, norms, biases and the head, as Muon is meant to be used. layer_decay < 1: each layer nearer the
     input learns slower (BEiT's and MAE's fine-tuning)."""
@@ -29,16 +29,16 @@ def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay,
         groups.setdefault((kind, scale), []).append(p)
     kinds = ['decay', 'no_decay', 'qkv', 'muon']
     groups = sorted(groups.items(), key=lambda group: (kinds.index(group[0][0]), -group[0][1]))  # a fixed order
-    adamw = [{'params': params, 'weight_decay': weight_decay if kind == 'decay' else 0.0, 'max_lr': learning_rate * scale}
+    adamw = [{'params': params, 'weight_decay': weight_decay if kind == 'decay' else 0.0, 'lr': learning_rate * scale}
              for (kind, scale), params in groups if kind in ('decay', 'no_decay')]
-    muon = [{'params': params, 'max_lr': muon_lr * scale} | ({'blocks': 3} if kind == 'qkv' else {})
+    muon = [{'params': params, 'lr': muon_lr * scale} | ({'blocks': 3} if kind == 'qkv' else {})
             for (kind, scale), params in groups if kind in ('qkv', 'muon')]
     # the fused kernel does the whole update in one pass over the parameters (CUDA and CPU)
-    optimizers = [torch.optim.AdamW(adamw, lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))]
+    optimizers = {'adamw': torch.optim.AdamW(adamw, lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))}
     if muon:
         # bf16 only where the run's dtype says the hardware has it: emulated, it is ~9x slower than fp32
         ns_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
-        optimizers.append(Muon(muon, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay, ns_dtype=ns_dtype))
+        optimizers['muon'] = Muon(muon, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay, ns_dtype=ns_dtype)
     return optimizers
 
 

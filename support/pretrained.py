@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from model import ViTConfig, resample_pos_embd
-from support.checkpoint import Start, architecture_of, load_checkpoint, saved_model_args
+from support.checkpoint import Start, architecture_of, load_checkpoint, model_config, saved_model_args
 from support.errors import die
-from support.rules import check_model
 
 # torchvision's ViT builders: what their weights do not say (the heads)
 TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 16, 'vit_h_14': 16}
@@ -28,6 +27,7 @@ class Source:
     mean: list
     std: list
     classes: list = None
+    config: dict = None  # a nanoViT run's config
 
 
 def is_torchvision_name(init_from):
@@ -106,10 +106,20 @@ def read_run(init_from):
     if not os.path.isfile(path):
         die(f"init_from={init_from!r} is neither 'scratch', 'resume', a torchvision ViT "
             f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS) nor a nanoViT run's out_dir or ckpt.pt", 2)
-    checkpoint = load_checkpoint(path, 'cpu', keys=('model', 'model_args', 'data_mean', 'data_std', 'classes'))
-    state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}
-    return Source(saved_model_args(checkpoint, path), state, checkpoint['data_mean'], checkpoint['data_std'],
-                  checkpoint['classes'])
+    checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'data_mean', 'data_std', 'classes', 'config'))
+    return Source(saved_model_args(checkpoint, path), checkpoint['model'], checkpoint['data_mean'], checkpoint['data_std'],
+                  checkpoint['classes'], checkpoint['config'])
+
+
+def check_held_out(init_from, source, config):
+    """A run fine-tuned on the data its source trained on holds out no more pictures than the source did: the same
+    fixed shuffle puts the source's held-out pictures first, and any beyond them the source has trained on."""
+    same = source['dataset'] == config['dataset'] and os.path.abspath(os.path.expanduser(source['data_dir'])) == \
+        os.path.abspath(os.path.expanduser(config['data_dir']))
+    if same and config['val_size'] > source.get('val_size', 0):
+        die(f"init_from={init_from!r} trained on {config['dataset']} in {source['data_dir']} holding out "
+            f"val_size={source.get('val_size', 0)}; with val_size={config['val_size']}, pictures it trained on would be "
+            f"in this run's validation split: use val_size={source.get('val_size', 0)} or less", 2)
 
 
 def from_source(init_from, config, flags, weights=True):
@@ -122,9 +132,12 @@ def from_source(init_from, config, flags, weights=True):
     args = architecture_of(saved, config, flags, init_from, f"init_from={init_from!r} has {{}} but this run asks "
                            f"for {{}}: a fine-tuning run keeps the source's architecture")
     args = dict(args, img_size=config['img_size'] or args['img_size'], n_classes=None)  # the classes are the data's
-    check_model(dict(args, n_classes=1))
+    model_config(dict(args, n_classes=1))
+    if run:
+        check_held_out(init_from, run.config, config)
     source = run or (fetch_torchvision(init_from) if weights else Source(saved, None, None, None))
     state = source.state_dict
     if state is not None and args['pos_embd'] == 'learned':
         state = dict(state, pos_embd=resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size']))
-    return Start(args, config['store_size'] or args['img_size'], source.mean, source.std, source.classes, state)
+    return Start(args, config['store_size'] or args['img_size'], source.mean, source.std, source.classes, state,
+                 path=init_from)

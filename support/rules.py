@@ -1,17 +1,17 @@
 """
-The rules a value of train.py's config must meet, checked before anything runs: one line naming the key, the
-value and the rule, and exit code 2. The model's own values are ViTConfig's to check (model.py).
+The rules a value of train.py's config must meet, all of them here: one line naming the key, the value and the rule,
+and exit code 2, before anything is decoded or trained. check_config judges what a value can be alone; once the
+dataset is found (its files' names and headers), check_against_data what it can be for those pictures. The model's
+own values are ViTConfig's to check (model.py), when a run's start settles the model (support/checkpoint.py).
 """
 import math
-from dataclasses import fields
 
-from model import ViTConfig
-from support.errors import die
+from support.errors import die, note
 
 
-def check_config(c, data_shape, digits):
-    """One line and exit 2 for a value of train.py's config that cannot work. data_shape: (C, H, W) of the dataset's
-    pictures where it is known without reading them; digits: handwritten digits, which a mirror makes other digits."""
+def check_config(c, digits):
+    """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. digits: the
+    dataset is handwritten digits, which a mirror makes other digits."""
     for key, value in c.items():
         if isinstance(value, float) and not math.isfinite(value):
             die(f"{key}={value!r} must be a finite number", 2)
@@ -21,10 +21,16 @@ def check_config(c, data_shape, digits):
             ('log_interval', c['log_interval'] >= 1, 'at least 1'), ('eval_interval', c['eval_interval'] >= 1, 'at least 1'),
             ('gradient_accumulation_steps', c['gradient_accumulation_steps'] >= 1, 'at least 1'),
             ('learning_rate', c['learning_rate'] > 0, 'positive'), ('muon_lr', c['muon_lr'] > 0, 'positive'),
-            ('min_lr', 0 <= c['min_lr'] <= c['learning_rate'], 'between 0 and learning_rate'),
+            ('min_lr', c['min_lr'] >= 0, '0 or more'),
+            ('min_lr', c['min_lr'] <= c['learning_rate'], f"at most learning_rate={c['learning_rate']!r} (lower min_lr "
+             f"with learning_rate: the decay ends at it)"),
             ('warmup_iters', c['warmup_iters'] >= 0, '0 or more'), ('weight_decay', c['weight_decay'] >= 0, '0 or more'),
             ('beta1', 0 <= c['beta1'] < 1, 'in [0, 1)'), ('beta2', 0 <= c['beta2'] < 1, 'in [0, 1)'),
             ('muon_momentum', 0 <= c['muon_momentum'] < 1, 'in [0, 1)'),
+            ('muon_momentum_min', 0 <= c['muon_momentum_min'] < 1, 'in [0, 1)'),
+            ('muon_momentum', not c['muon_momentum_warmup'] or c['muon_momentum'] >= c['muon_momentum_min'],
+             f"at least muon_momentum_min={c['muon_momentum_min']!r}, where muon_momentum_warmup starts it (a warm-up "
+             f"that falls is none)"),
             ('grad_clip', c['grad_clip'] >= 0, '0 (off) or more'),
             ('label_smoothing', 0 <= c['label_smoothing'] < 1, 'in [0, 1)'),
             ('seed', 0 <= c['seed'] < 2 ** 63, 'in [0, 2**63)'), ('img_size', c['img_size'] >= 0, '0 (keep the size) or more'),
@@ -33,8 +39,6 @@ def check_config(c, data_shape, digits):
             ('tta_shift', c['tta_shift'] >= 0, '0 (off) or more'), ('layer_decay', 0 < c['layer_decay'] <= 1, 'in (0, 1]'),
             ('data_placement', c['data_placement'] in ('auto', 'device', 'stream'), "'auto', 'device' or 'stream'"),
             ('store_size', c['store_size'] == 0 or c['store_size'] >= c['img_size'] > 0, "0, or img_size or more (set img_size)"),
-            ('store_size', c['store_size'] == 0 or c['dataset'] == 'folder',
-             "0 for a torchvision dataset, whose pictures are kept at their own size"),
             ('val_size', c['val_size'] >= 0, "0 (no validation split) or more"),
             ('aug_rrc_scale', 0 <= c['aug_rrc_scale'] < 1, 'in [0, 1)'),
             ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'"),
@@ -44,24 +48,24 @@ def check_config(c, data_shape, digits):
             die(f"{key}={c[key]!r} must be {rule}", 2)
     if c['aug_flip'] and digits:
         die(f"aug_flip=True on {c['dataset']}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
-    if c['init_from'] == 'scratch':  # the model is the config's: its values fail now, not after minutes of decoding
-        side = c['img_size'] or (data_shape or [max(1, c['patch_size'])])[-1]  # the data's are stand-ins until it is read
-        check_model({f.name: c[f.name] for f in fields(ViTConfig) if f.name in c} | dict(in_chans=1, img_size=side, n_classes=1))
+    if c['warmup_iters'] >= c['max_iters']:
+        note(f"warmup_iters={c['warmup_iters']} is not below max_iters={c['max_iters']}: the learning rate never reaches "
+             f"its peak and never decays")
+    if c['muon_momentum_warmup'] and c['optimizer'] != 'muon':
+        note(f"muon_momentum_warmup={c['muon_momentum_warmup']} does nothing with optimizer={c['optimizer']!r}")
 
 
-def check_model(args):
-    """args when they make a ViTConfig, or one line saying what is impossible about them."""
-    try:
-        ViTConfig(**args)
-    except (TypeError, ValueError) as e:
-        die(f"bad model config: {e}", 2)
-    return args
-
-
-def check_against_pictures(c, side):
-    """Shifts as large as the picture leave nothing of it: the augmentation trains on black and the
-    test-time views are meaningless. Bound them by the picture's side, at start."""
-    limit = side // 2
+def check_against_data(c, found, world_size):
+    """One line and exit 2 for a value that cannot work with the dataset found (prepare.find), before it is prepared."""
+    n, side = found.sizes['train'], found.shape[-1]
+    if c['val_size'] >= n:
+        die(f"val_size={c['val_size']} holds out every training picture: the training split of {found.name} has {n}", 2)
+    batch = c['batch_size'] * c['gradient_accumulation_steps'] * world_size
+    if batch > n - c['val_size']:
+        die(f"batch_size={c['batch_size']} x gradient_accumulation_steps={c['gradient_accumulation_steps']} x "
+            f"{world_size} process(es) = {batch} pictures an iteration, more than the {n - c['val_size']} training "
+            f"pictures" + (f" that val_size={c['val_size']} leaves" if c['val_size'] else ""), 2)
+    # shifts as large as the picture leave nothing of it: the augmentation trains on black, the test views are void
     for key in ('aug_crop', 'aug_translate', 'tta_shift'):
-        if c[key] >= limit:
-            die(f"{key}={c[key]!r} shifts the {side}x{side} pictures by half their side or more; keep it below {limit}", 2)
+        if c[key] >= side // 2:
+            die(f"{key}={c[key]!r} shifts the {side}x{side} pictures by half their side or more; keep it below {side // 2}", 2)

@@ -1,12 +1,10 @@
 """
 Never lose a run: the run's folder and how a run stops.
 - claim_out_dir: one run per out_dir at a time, and a finished or stopped run never overwritten unasked
-- read_metrics, write_metrics, restart_metrics: metrics.jsonl holds each iteration once, across any number of resumes
 - stop_if_diverged: a diverged model never replaces the last good checkpoint
 - StopSignals: Ctrl-C and SIGTERM checkpoint and exit within one iteration, and say how to resume
 (support/checkpoint.py writes the checkpoints themselves, atomically.)
 """
-import json
 import math
 import os
 import shlex
@@ -50,60 +48,17 @@ def claim_out_dir(out_dir, init_from, ckpt_path):
     return lock
 
 # -----------------------------------------------------------------------------
-# metrics.jsonl: one JSON record a line
-
-
-def read_metrics(path):
-    """The records of a metrics.jsonl. A run killed while writing (a full disk, a power cut) can leave
-    its last line half written: that line is dropped, with a note."""
-    try:
-        with open(path, encoding='utf-8', errors='replace') as f:
-            lines = [line for line in f if line.strip()]
-    except OSError as e:
-        die(f"could not read {path}: {e.strerror}")
-    records = []
-    for n, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            whole = isinstance(record, dict) and isinstance(record.get('iter'), int)
-        except json.JSONDecodeError:
-            whole = False
-        if whole:
-            records.append(record)
-        elif n < len(lines):
-            die(f"{path}, line {n}: not a metrics record; the file was edited or is not a metrics.jsonl")
-        else:
-            print(f"note: {path} ends in a half-written line (the run was killed while writing it); dropped")
-    return records
-
-
-def write_metrics(path, records, mode):
-    """Append records to metrics.jsonl (mode 'a'), or write it anew ('w'); a full disk is one line, not a traceback."""
-    try:
-        with open(path, mode) as f:
-            f.writelines(json.dumps(r) + '\n' for r in records)
-    except OSError as e:
-        die(f"could not write {path}: {e.strerror or e}; the last checkpoint is kept, resume when there is room")
-
-
-def restart_metrics(path, iter_num):
-    """Start metrics.jsonl for a run at iter_num: a resumed run logs again the steps after its checkpoint, so
-    what the interrupted run logged of them goes; a fresh run starts an empty file."""
-    kept = [r for r in read_metrics(path) if r['iter'] <= iter_num] if iter_num and os.path.exists(path) else []
-    write_metrics(path, kept, 'w')
-
-# -----------------------------------------------------------------------------
 # guards and signals
 
 
-def stop_if_diverged(loss, what, iter_num, ckpt_path, learning_rate, dtype, scaler, checkpoint_loss=None):
-    """Stop before a diverged model can overwrite the last good checkpoint: a loss that overflowed, a val loss more
+def stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler):
+    """Stop before a diverged model can overwrite the last good checkpoint: a training loss that overflowed, or more
     than twice the checkpoint's plus 0.5 (a resume at learning_rate=100 took one from 0.5 to 880, finite: no honest
-    stretch of training makes such a jump), or fp16 gradients that overflow at every step."""
-    limit = math.inf if checkpoint_loss is None else 2 * checkpoint_loss + 0.5
-    if not math.isfinite(loss) or loss > limit:
-        than = f", the checkpoint's {checkpoint_loss:.4g}" if limit < math.inf else ""
-        die(f"{what} is {loss:.4g} at iter {iter_num}{than}: training diverged. Lower learning_rate (now "
+    stretch of training makes such a jump), or fp16 gradients that overflow at every step. The test split decides
+    nothing: it is for the final figure."""
+    if not math.isfinite(loss) or loss > 2 * checkpoint_loss + 0.5:
+        than = f", the checkpoint's {checkpoint_loss:.4g}" if math.isfinite(checkpoint_loss) else ""
+        die(f"the training loss is {loss:.4g} at iter {iter_num}{than}: training diverged. Lower learning_rate (now "
             f"{learning_rate:g}){' or use dtype=float32' if dtype != 'float32' else ''}. {ckpt_path} is left as it was.")
     if scaler.is_enabled() and scaler.get_scale() < 1.0:
         die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "

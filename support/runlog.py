@@ -1,0 +1,177 @@
+"""
+What a run writes beside its checkpoint, so that a stranger can read, rerun and compare it:
+    metrics.jsonl  one JSON record a line: each iteration once, across any number of resumes
+    run.json       each start of the run: the command, the resolved config, the commit (and whether the tree had
+                   changes), the versions of Python, torch and torchvision, the hardware
+    log.txt        everything the run printed, every start appended
+and, when the run asks for it (wandb_log), the same records in Weights & Biases.
+"""
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import torch
+
+from support.errors import die, import_or_die, note
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class RunLog:
+
+    def __init__(self, out_dir, config, iter_num, device, dtype):
+        """Open the run's records for a run that starts at iter_num (a resume: what the interrupted run logged after
+        its checkpoint goes)."""
+        self.metrics = os.path.join(out_dir, 'metrics.jsonl')
+        kept = [r for r in read_metrics(self.metrics) if r['iter'] <= iter_num] \
+            if iter_num and os.path.exists(self.metrics) else []
+        write(self.metrics, ''.join(json.dumps(r) + '\n' for r in kept), 'w')
+        path = os.path.join(out_dir, 'run.json')
+        starts = read_json(path).get('starts', []) if iter_num else []
+        starts.append(dict(iter=iter_num, **provenance(config, device, dtype)))
+        write(path, json.dumps(dict(starts=starts), indent=1), 'w')
+        self.log = open(os.path.join(out_dir, 'log.txt'), 'a' if iter_num else 'w', encoding='utf-8', errors='replace')
+        sys.stdout, sys.stderr = Tee(sys.stdout, self.log), Tee(sys.stderr, self.log)
+        self.wandb = None
+        if config['wandb_log']:  # optional: imported only when a run asks for it, as nanoGPT does
+            self.wandb = import_or_die('wandb', "wandb_log=True")
+            self.wandb.init(project=config['wandb_project'], name=config['wandb_run_name'], config=config)
+
+    def write(self, record):
+        write(self.metrics, json.dumps(record) + '\n', 'a')
+        if self.wandb:
+            self.wandb.log(record, step=record['iter'])
+
+
+class Tee:
+    """A stream that writes to a terminal (or notebook) stream and to the run's log.txt."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text):
+        self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.log.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def write(path, text, mode):
+    """Write text into path (mode 'w' or 'a'); a full disk is one line, not a traceback."""
+    try:
+        with open(path, mode, encoding='utf-8') as f:
+            f.write(text)
+    except OSError as e:
+        die(f"could not write {path}: {e.strerror or e}; the last checkpoint is kept, resume when there is room")
+
+
+def read_json(path):
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl. A run killed while writing (a full disk, a power cut) can leave its last line
+    half written: that line is dropped, with a note."""
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            lines = [line for line in f if line.strip()]
+    except OSError as e:
+        die(f"could not read {path}: {e.strerror}")
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            whole = isinstance(record, dict) and isinstance(record.get('iter'), int)
+        except json.JSONDecodeError:
+            whole = False
+        if whole:
+            records.append(record)
+        elif n < len(lines):
+            die(f"{path}, line {n}: not a metrics record; the file was edited or is not a metrics.jsonl")
+        else:
+            note(f"{path} ends in a half-written line (the run was killed while writing it); dropped")
+    return records
+
+# -----------------------------------------------------------------------------
+# where a run came from
+
+
+def provenance(config, device, dtype):
+    """The command, config, code, versions and hardware of this start of a run."""
+    return dict(started=time.strftime('%Y-%m-%d %H:%M:%S %z'), cwd=os.getcwd(),
+                command=shlex.join(['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]]), config=config,
+                commit=commit(), versions=versions(), hardware=hardware(device), dtype=dtype)
+
+
+def commit():
+    """The repository's commit, and whether its tracked files differ from it; None outside a git checkout."""
+    try:
+        head = subprocess.run(['git', '-C', REPO, 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10)
+        changes = subprocess.run(['git', '-C', REPO, 'status', '--porcelain', '--untracked-files=no'],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return dict(id=head.stdout.strip(), changed=bool(changes.stdout.strip())) if head.returncode == 0 else None
+
+
+def versions():
+    found = {'python': platform.python_version(), 'torch': torch.__version__}
+    for package in ('torchvision', 'numpy', 'timm'):  # read from their metadata: importing torchvision costs a second
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def hardware(device):
+    """The machine a run's speed depends on: the CPU (its model, cores, and the flags that decide precision: native
+    bf16 by AVX-512 BF16 or AMX), and the GPU (name, compute capability, memory)."""
+    cpu = dict(model=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads())
+    try:
+        with open('/proc/cpuinfo') as f:
+            info = f.read()
+        cpu['model'] = next(line.split(':', 1)[1].strip() for line in info.splitlines() if line.startswith('model name'))
+        flags = next(line.split(':', 1)[1].split() for line in info.splitlines() if line.startswith('flags'))
+        cpu['flags'] = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
+    except (OSError, StopIteration):
+        pass
+    found = dict(cpu=cpu)
+    if device.startswith('cuda'):
+        gpu = torch.cuda.get_device_properties(device)
+        found['gpu'] = dict(name=gpu.name, capability=f"{gpu.major}.{gpu.minor}", memory_gib=round(gpu.total_memory / 2 ** 30, 1),
+                            count=torch.cuda.device_count())
+    return found
+
+
+def machine(run_json):
+    """A run's machine in a few words, from its run.json (its last start): 'AMD EPYC (avx512_bf16), bfloat16'."""
+    starts = read_json(run_json).get('starts')
+    if not starts:
+        return ''
+    last = starts[-1]
+    hw = last.get('hardware', {})
+    cpu = hw.get('cpu', {})
+    name = hw['gpu']['name'] if 'gpu' in hw else cpu.get('model', '?') + \
+        (f" ({', '.join(f for f in cpu.get('flags', []) if 'bf16' in f)})" if any('bf16' in f for f in cpu.get('flags', [])) else '')
+    return f"{name}, {last.get('dtype', '?')}"
+
+
+def duration(seconds):
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
