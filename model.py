@@ -26,11 +26,13 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     bias: bool = True
-    pool: str = 'cls'        # how the head sees the whole image: a key of POOLS (below)
+    pool: str = 'cls'        # what the head reads: a learned 'cls' token before the patches, or the 'mean' patch token
     pos_embd: str = 'learned'  # 'learned' or 'sincos' (fixed 2-D sin-cos)
     pos_std: float = 0.02    # init std of a learned position embedding
     qk_norm: bool = False    # LayerNorm on queries and keys (ViT-22B): bounded attention logits
     norm_eps: float = 1e-5   # LayerNorm's epsilon (torch's default; torchvision's and timm's ViTs use 1e-6)
+    layer_scale: float = 0.0  # a learned per-channel scale on each residual branch, starting here (DeiT III); 0: none
+    n_registers: int = 0     # learned tokens beside the patches that the head does not read (DINOv2's registers)
 
     def __post_init__(self):
         for name in ('img_size', 'patch_size', 'in_chans', 'n_classes', 'n_layer', 'n_head', 'n_embd'):
@@ -48,8 +50,10 @@ class ViTConfig:
             raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.pool not in POOLS:
-            raise ValueError(f"pool={self.pool!r} must be one of {', '.join(map(repr, POOLS))}")
+        if self.pool not in ('cls', 'mean'):
+            raise ValueError(f"pool={self.pool!r} must be 'cls' or 'mean'")
+        if self.n_registers < 0:
+            raise ValueError(f"n_registers={self.n_registers} must be 0 or more")
         if self.pos_embd not in ('learned', 'sincos'):
             raise ValueError(f"pos_embd={self.pos_embd!r} must be 'learned' or 'sincos'")
         if self.pos_embd == 'sincos' and self.n_embd % 4 != 0:
@@ -64,8 +68,13 @@ class ViTConfig:
         return self.grid ** 2
 
     @property
+    def n_prefix(self):
+        # the learned tokens before the patches: the cls token, then the registers
+        return (self.pool == 'cls') + self.n_registers
+
+    @property
     def n_tokens(self):
-        return POOLS[self.pool].n_prefix + self.n_patches
+        return self.n_prefix + self.n_patches
 
 
 def resample_pos_embd(pos, grid):
@@ -143,66 +152,33 @@ class MLP(nn.Module):
         return self.dropout(self.proj(self.act(self.fc(x))))
 
 
+class LayerScale(nn.Module):
+    """A learned scale per channel (CaiT, DeiT III): a residual branch that starts small lets deep models train."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((config.n_embd,), config.layer_scale))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
 class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.attn = Attention(config)
+        self.ls_1 = LayerScale(config) if config.layer_scale else nn.Identity()
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.mlp = MLP(config)
+        self.ls_2 = LayerScale(config) if config.layer_scale else nn.Identity()
 
     def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
+        x = x + self.ls_1(self.attn(self.ln_1(x)))
+        x = x + self.ls_2(self.mlp(self.ln_2(x)))
         return x
 
-
-# -----------------------------------------------------------------------------
-# poolings: how the head sees the whole image. Each may put learned tokens before the patches
-# (n_prefix, prefix), pools the final tokens (forward), says how much each token counts in what it
-# pooled (token_weights, which attention rollout follows back through the layers) and what its matmuls
-# cost (flops). A new one is a class here and an entry in POOLS.
-
-class ClsPool(nn.Module):
-    """The original ViT's: a learned cls token goes before the patches, and the head reads it alone."""
-    n_prefix = 1
-
-    def __init__(self, config):
-        super().__init__()
-        self.token = nn.Parameter(torch.zeros(1, 1, config.n_embd))
-
-    def prefix(self, batch_size):
-        return self.token.expand(batch_size, -1, -1)
-
-    def forward(self, x):
-        return x[:, 0]
-
-    def token_weights(self, x):
-        return F.one_hot(torch.zeros(x.size(0), dtype=torch.long, device=x.device), x.size(1)).to(x.dtype)
-
-    def flops(self, config):
-        return 0
-
-
-class MeanPool(nn.Module):
-    """The mean of the patch tokens (big_vision's plain ViT baselines): no extra token."""
-    n_prefix = 0
-
-    def __init__(self, config):
-        super().__init__()
-
-    def forward(self, x):
-        return x.mean(dim=1)
-
-    def token_weights(self, x):
-        return torch.full(x.shape[:2], 1 / x.size(1), dtype=x.dtype, device=x.device)
-
-    def flops(self, config):
-        return 0
-
-
-POOLS = {'cls': ClsPool, 'mean': MeanPool}
 
 # -----------------------------------------------------------------------------
 
@@ -219,10 +195,12 @@ class ViT(nn.Module):
             self.pos_embd = nn.Parameter(torch.zeros(1, config.n_patches, config.n_embd))
         else:
             self.register_buffer('pos_embd', sincos_pos_embd(config.grid, config.n_embd)[None], persistent=False)
+        # learned tokens before the patches: the cls token the head reads, the registers it does not
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.n_embd)) if config.pool == 'cls' else None
+        self.registers = nn.Parameter(torch.zeros(1, config.n_registers, config.n_embd)) if config.n_registers else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
-        self.pool = POOLS[config.pool](config)
         self.head = nn.Linear(config.n_embd, config.n_classes)
         self.init_weights()
 
@@ -244,9 +222,9 @@ class ViT(nn.Module):
         if c.pos_embd == 'learned':
             # cut at 2 std: torch's default cut, at +-2 whatever the std, would shrink a std above 1
             nn.init.trunc_normal_(self.pos_embd, std=c.pos_std, a=-2 * c.pos_std, b=2 * c.pos_std)
-        for p in self.pool.parameters():
-            if p.dim() == 3:  # a pooling's learned token (the cls token)
-                nn.init.trunc_normal_(p, std=0.02)
+        for token in (self.cls_token, self.registers):
+            if token is not None:
+                nn.init.trunc_normal_(token, std=0.02)
         # a zero head starts every class at equal odds, loss = ln(n_classes) (big_vision)
         nn.init.zeros_(self.head.weight)
 
@@ -260,9 +238,12 @@ class ViT(nn.Module):
             raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(imgs.shape)}")
         x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, n_patches, n_embd)
         x = x + self.pos_embd
-        if self.pool.n_prefix:
-            x = torch.cat([self.pool.prefix(x.size(0)), x], dim=1)
-        return self.drop(x)
+        prefix = [token.expand(x.size(0), -1, -1) for token in (self.cls_token, self.registers) if token is not None]
+        return self.drop(torch.cat([*prefix, x], dim=1))
+
+    def pool(self, x):
+        """What the head reads of the final tokens (B, T, C): the cls token, or the mean of the patch tokens."""
+        return x[:, 0] if self.config.pool == 'cls' else x[:, self.config.n_prefix:].mean(dim=1)
 
     def forward(self, imgs, targets=None, label_smoothing=0.0):
         x = self.embed(imgs)
@@ -276,8 +257,8 @@ class ViT(nn.Module):
 
     def layer_id(self, name):
         """How far from the input a parameter sits, for layer-wise lr decay: 0 for the patch embedding, the
-        positions and the cls token, i + 1 for block i, n_layer + 1 for the final norm, the pooling and the head."""
-        if name.startswith(('patch_embd.', 'pos_embd', 'pool.token')):
+        positions and the learned tokens, i + 1 for block i, n_layer + 1 for the final norm and the head."""
+        if name.startswith(('patch_embd.', 'pos_embd', 'cls_token', 'registers')):
             return 0
         if name.startswith('blocks.'):
             return int(name.split('.')[1]) + 1
@@ -294,4 +275,4 @@ class ViT(nn.Module):
         attention = 2 * 2 * T * C  # QK^T and att @ V, per token, summed over heads
         blocks = c.n_layer * T * (per_token + attention)
         head = 2 * C * c.n_classes
-        return patch + blocks + self.pool.flops(c) + head
+        return patch + blocks + head

@@ -2,28 +2,32 @@
 Training curves from the metrics.jsonl that train.py writes to each out_dir.
 One run (train.py calls this at every evaluation), drawn into out-mnist/curves.png:
 $ python plot.py out-mnist
-Several runs overlaid on one figure, for comparisons:
-$ python plot.py out-a out-b out-c --out=compare.png --labels="lr 1e-3,lr 3e-4,lr 1e-4"
+Several runs overlaid on one figure, for comparisons: yours over a record's (records/*/ hold their runs' metrics)
+$ python plot.py out-cifar10-cpu records/cifar10_cpu --out=compare.png --labels="mine,the record"
 """
 import os
 import sys
 
 import matplotlib
-matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from support.errors import die, note  # noqa: E402
-from support.runlog import read_metrics  # noqa: E402
+from support.errors import die, note
+from support.runlog import machine, read_metrics
 
 
 def plot_runs(out_dirs, path, labels=None):
     """Train loss, then the loss and accuracy of every evaluated split (val, when a run holds one out, and test)
     against iteration, one colour per run, one line style per split."""
+    matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    titles = []
     for i, out_dir in enumerate(out_dirs):
         records = read_metrics(os.path.join(out_dir, 'metrics.jsonl'))
         logs = [r for r in records if 'loss' in r]
         label = labels[i] if labels else os.path.basename(os.path.normpath(out_dir))
+        where = machine(os.path.join(out_dir, 'run.json'))  # the run's hardware, from the record it keeps
+        label += f" ({where})" if where and len(out_dirs) > 1 else ''
+        titles.append(f"{os.path.basename(os.path.normpath(out_dir))}: {where}" if where else '')
         color = f"C{i}"
         ax_loss.plot([r['iter'] for r in logs], [r['loss'] for r in logs], color=color, alpha=0.5,
                      label=f"{label} train")
@@ -39,6 +43,8 @@ def plot_runs(out_dirs, path, labels=None):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if len(out_dirs) == 1 and titles[0]:
+        fig.suptitle(titles[0], fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -195,8 +195,9 @@ def open_torchvision(kind, data_dir, split, folder):
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
             break
     where = os.path.join(data_dir, folder) if folder else data_dir
-    die(f"could not load the {split} split of {kind.__name__} from {where}: {reason} (offline, point --data_dir at a "
-        f"copy of its files; or delete them to download them again)")
+    holds = f"it holds {', '.join(sorted(os.listdir(where))) or 'nothing'}" if os.path.isdir(where) else "it does not exist"
+    die(f"could not load the {split} split of {kind.__name__} from {where} ({holds}): {reason}; offline, point "
+        f"--data_dir at a copy of its files, or delete them to download them again")
 
 
 def torchvision_classes(ds, name):
@@ -340,8 +341,10 @@ DATASETS = {  # a torchvision dataset: its class in torchvision.datasets, and th
 
 
 def find(name, data_dir, size):
-    """Dataset name as its files describe it, its pictures to be kept at side size (0: their own), nothing decoded."""
-    return get_dataset(name).find(os.path.expanduser(data_dir), size)
+    """Dataset name as its files describe it, its pictures to be kept at side size (0: their own; a dataset of one known
+    size keeps it: a model of another side gets each batch resized), nothing decoded."""
+    dataset = get_dataset(name)
+    return dataset.find(os.path.expanduser(data_dir), 0 if dataset.shape else size)
 
 # -----------------------------------------------------------------------------
 # preparing it: decode every picture once, write the arrays, rename them into place
@@ -462,7 +465,8 @@ def write_split(folder, split, found, crc):
     # elsewhere than Linux a worker is spawned, which would run the script that imported this module anew
     workers = os.cpu_count() if sys.platform == 'linux' and pictures.n > 1000 else 0
     loader = torch.utils.data.DataLoader(Decode(pictures, found.shape), batch_size=batch, num_workers=workers,
-                                         multiprocessing_context='fork' if workers else None)
+                                         multiprocessing_context='fork' if workers else None,
+                                         generator=torch.Generator())  # its seed draw leaves the run's random state be
     progress = Progress(f"preparing {found.name} {split}", pictures.n)
     counts, labels, broken = np.zeros((found.shape[0], 256), dtype=np.int64), [], []
     try:
@@ -527,23 +531,11 @@ def mean_std(counts):
 
 def remove_abandoned(path):
     """Remove what preparations of this dataset by processes of this machine that died (kill -9, a crash) left: each
-    its folder <path>.<pid>@<host>.tmp, as large as the dataset."""
+    its folder <path>.<pid>@<host>.tmp, as large as the dataset. Any other would hold the lock this process holds."""
     folder, name = os.path.split(path)
     for entry in os.listdir(folder):
-        pid, at, host = entry.removeprefix(name + '.').removesuffix('.tmp').partition('@')
-        if entry.startswith(name + '.') and entry.endswith('.tmp') and at and host == socket.gethostname() \
-                and pid.isdigit() and not alive(int(pid)):
+        if entry.startswith(name + '.') and entry.endswith(f"@{socket.gethostname()}.tmp"):
             shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 class Progress:

@@ -251,8 +251,13 @@ def attention_rollout(model, x):
             rollout = ((attention + torch.eye(x.size(1), device=x.device)) / 2) @ rollout
             x = block(x)
         # row t of rollout is what token t gathered from each token: weigh the rows as the pooling weighs the
-        # tokens, then keep the patches' shares
-        weights = (model.pool.token_weights(model.ln_f(x)).float()[:, None] @ rollout)[:, 0, model.pool.n_prefix:]
+        # tokens (the cls token alone, or the patches alike), then keep the patches' shares
+        pooled = torch.zeros(rollout.shape[:2], device=x.device)
+        if model.config.pool == 'cls':
+            pooled[:, 0] = 1
+        else:
+            pooled[:, model.config.n_prefix:] = 1
+        weights = (pooled[:, None] @ rollout)[:, 0, model.config.n_prefix:]
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights.view(-1, model.config.grid, model.config.grid)
 

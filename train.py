@@ -103,7 +103,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}  # plain types only, saved in the checkpoint
 flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}  # the keys the command line sets by name
 # -----------------------------------------------------------------------------
-rules.check_config(config, prepare.get_dataset(dataset).digits)  # every value a rule can judge alone (support/rules.py)
+rules.check_config(config, prepare.get_dataset(dataset).shape, prepare.get_dataset(dataset).digits)  # support/rules.py
 out_dir = os.path.expanduser(out_dir)
 
 # processes: torchrun sets RANK for each one it starts; a plain `python train.py` is one process
@@ -135,8 +135,6 @@ elif init_from == 'resume':
     start = checkpoint.from_checkpoint(ckpt_path, config, flags, world_size)
 else:
     start = pretrained.from_source(init_from, config, flags)
-if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
-    run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
 # the data: found from its files' names and headers, checked, then prepared once (prepare.py: uint8 arrays on disk)
 found = prepare.find(dataset, data_dir, start.store_size)
 model_config = start.settle(found.shape, found.classes)  # the model's arguments, settled once
@@ -144,6 +142,8 @@ rules.check_against_data(config, found, world_size)
 data = prepare.load(found)
 if ddp and master:
     dist.barrier()
+if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
+    run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
 train_idx, val_idx = prepare.held_out(len(data.train[1]), val_size)
 start.note_training_pictures(len(train_idx))
 on_device = fits_on_device(data.train[0].nbytes, device, data_placement)  # else each batch is read from the map
@@ -326,7 +326,7 @@ while iter_num < max_iters:
 
 if master:
     mean_ms = sum(interval_ms) / len(interval_ms) if interval_ms else ms
-    print(f"done: " + ', '.join(f"{name} acc {100 * acc:.2f}%" for name, (_, acc) in scores.items())
+    print("done: " + ', '.join(f"{name} acc {100 * acc:.2f}%" for name, (_, acc) in scores.items())
           + f" | {iter_num - start.iter_num} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
           + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "")
           + f", {flops_per_iter * iter_num / 1e12:.3g} TFLOP of training | checkpoint {ckpt_path}")

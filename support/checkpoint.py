@@ -226,6 +226,8 @@ ADDED_LATER = ('layer_scale', 'n_registers')  # ViTConfig fields older checkpoin
 
 def load_model_state(model, state_dict, path):
     """Load weights into model, naming every key that does not fit."""
+    # before 2026-12-06 the cls token was the pooling's: pool.token
+    state_dict = {('cls_token' if k == 'pool.token' else k): v for k, v in state_dict.items()}
     own = model.state_dict()
     problems = [f"missing {k}" for k in own.keys() - state_dict.keys()]
     problems += [f"unexpected {k}" for k in state_dict.keys() - own.keys()]

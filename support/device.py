@@ -7,7 +7,6 @@ import sys
 from contextlib import nullcontext
 
 import torch
-from torch.nn import functional as F
 
 from support.errors import die
 

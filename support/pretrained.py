@@ -82,7 +82,7 @@ def from_torchvision(state, args, path):
         die(f"{path} is not a torchvision VisionTransformer's weights (no conv_proj.weight, encoder.pos_embedding)")
     pos = state['encoder.pos_embedding']
     ours = {'patch_embd.weight': state['conv_proj.weight'], 'patch_embd.bias': state['conv_proj.bias'],
-            'pos_embd': pos[:, 1:], 'pool.token': state['class_token'] + pos[:, :1],
+            'pos_embd': pos[:, 1:], 'cls_token': state['class_token'] + pos[:, :1],
             'ln_f.weight': state['encoder.ln.weight'], 'ln_f.bias': state['encoder.ln.bias'],
             'head.weight': state['heads.head.weight'], 'head.bias': state['heads.head.bias']}
     names = {'ln_1': 'ln_1', 'self_attention.in_proj_': 'attn.qkv.', 'self_attention.out_proj.': 'attn.proj.',

@@ -5,13 +5,16 @@ dataset is found (its files' names and headers), check_against_data what it can 
 own values are ViTConfig's to check (model.py), when a run's start settles the model (support/checkpoint.py).
 """
 import math
+from dataclasses import fields
 
+from model import ViTConfig
+from support.checkpoint import model_config
 from support.errors import die, note
 
 
-def check_config(c, digits):
-    """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. digits: the
-    dataset is handwritten digits, which a mirror makes other digits."""
+def check_config(c, shape, digits):
+    """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. shape: the
+    dataset's (C, H, W) when it is known without its files; digits: handwritten digits, which a mirror makes others."""
     for key, value in c.items():
         if isinstance(value, float) and not math.isfinite(value):
             die(f"{key}={value!r} must be a finite number", 2)
@@ -39,6 +42,8 @@ def check_config(c, digits):
             ('tta_shift', c['tta_shift'] >= 0, '0 (off) or more'), ('layer_decay', 0 < c['layer_decay'] <= 1, 'in (0, 1]'),
             ('data_placement', c['data_placement'] in ('auto', 'device', 'stream'), "'auto', 'device' or 'stream'"),
             ('store_size', c['store_size'] == 0 or c['store_size'] >= c['img_size'] > 0, "0, or img_size or more (set img_size)"),
+            ('store_size', c['store_size'] == 0 or not shape, f"0 for {c['dataset']}, whose pictures are kept at their own "
+             f"size (a model of another img_size gets each batch resized)"),
             ('val_size', c['val_size'] >= 0, "0 (no validation split) or more"),
             ('aug_rrc_scale', 0 <= c['aug_rrc_scale'] < 1, 'in [0, 1)'),
             ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'"),
@@ -46,6 +51,9 @@ def check_config(c, digits):
             ('muon_momentum_warmup', c['muon_momentum_warmup'] >= 0, '0 (off) or more')]:
         if not valid:
             die(f"{key}={c[key]!r} must be {rule}", 2)
+    if c['init_from'] == 'scratch':  # the model is the config's: its values fail now, before any download or decode
+        side = c['img_size'] or (shape or [c['patch_size']])[-1]  # the data's values stand in until it is found
+        model_config({f.name: c[f.name] for f in fields(ViTConfig) if f.name in c} | dict(in_chans=1, img_size=side, n_classes=1))
     if c['aug_flip'] and digits:
         die(f"aug_flip=True on {c['dataset']}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
     if c['warmup_iters'] >= c['max_iters']:

@@ -5,6 +5,7 @@ Never lose a run: the run's folder and how a run stops.
 - StopSignals: Ctrl-C and SIGTERM checkpoint and exit within one iteration, and say how to resume
 (support/checkpoint.py writes the checkpoints themselves, atomically.)
 """
+import atexit
 import math
 import os
 import shlex
@@ -23,9 +24,13 @@ from support.locks import hold
 
 
 def claim_out_dir(out_dir, init_from, ckpt_path):
-    """Create out_dir and hold its lock for as long as this process lives; refuse a second run in it, and a
-    fresh start over a checkpoint. The operating system drops the lock when the process ends, however it
-    ends, so a killed run never leaves it stuck. Returns the open lock file: the lock lasts while it is open."""
+    """Create out_dir and hold its lock for as long as this process lives; refuse a second run in it, a fresh start
+    over a checkpoint, and a resume without one. The operating system drops the lock when the process ends, however it
+    ends, so a killed run never leaves it stuck. A run that stops before its first checkpoint (bad input found at
+    start) leaves nothing behind. Returns the open lock file: the lock lasts while it is open."""
+    if init_from == 'resume' and not os.path.isfile(ckpt_path):
+        die(f"no checkpoint at {ckpt_path} to resume (train one first, or point out_dir at the run's folder)")
+    atexit.register(forget_a_failed_start, out_dir, ckpt_path, os.path.isdir(out_dir))
     try:
         os.makedirs(out_dir, exist_ok=True)
         lock = open(os.path.join(out_dir, 'lock'), 'a+')
@@ -46,6 +51,16 @@ def claim_out_dir(out_dir, init_from, ckpt_path):
     except OSError as e:
         die(f"out_dir={out_dir!r} is not writable: {e.strerror}")
     return lock
+
+def forget_a_failed_start(out_dir, ckpt_path, existed):
+    """What a run that ends without a checkpoint wrote into out_dir (a run that ends well leaves by os._exit)."""
+    if os.path.exists(ckpt_path):
+        return
+    for name in ('lock', 'metrics.jsonl', 'run.json', 'log.txt', 'curves.png'):
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)
 
 # -----------------------------------------------------------------------------
 # guards and signals

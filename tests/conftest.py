@@ -4,7 +4,6 @@ import contextlib
 import gc
 import json
 import os
-import runpy
 import shutil
 import signal
 import struct
@@ -160,13 +159,14 @@ def run_script(script, *args, cwd, timeout=300, env=None):
 @pytest.fixture
 def run_here(monkeypatch, capsys):
     """Run one of the repo's scripts in this process, as `python script args` in cwd would, and return what
-    run_script returns (with keep_globals, the script's globals as .globals, when it ran to its end). For runs that stop early
+    run_script returns (with keep_globals, the script's globals as .globals, however it ended). For runs that stop early
     or train for seconds: a fresh interpreter (torch's import) costs more than they do. What the script changes
     of this process (cwd, argv, signal handlers) is put back."""
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def run(script, *args, cwd, env=None, keep_globals=False):
         path = os.path.join(REPO, script)
+        streams = sys.stdout, sys.stderr  # train.py copies what it prints into its log.txt: put back after it
         with monkeypatch.context() as m:
             m.chdir(cwd)
             m.setattr(sys, 'argv', [path, *args])
@@ -174,15 +174,17 @@ def run_here(monkeypatch, capsys):
             m.setattr('support.safety.leave', lambda code, ddp: sys.exit(code))
             for key, value in (env or {}).items():
                 m.setenv(key, value)
-            finished = None
+            finished = {'__name__': '__main__', '__file__': path}
             try:
-                finished = runpy.run_path(path, run_name='__main__')
+                with open(path) as f:
+                    exec(compile(f.read(), path, 'exec'), finished)
                 code = 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
             finally:
                 for s, handler in handlers.items():
                     signal.signal(s, handler)
+                sys.stdout, sys.stderr = streams
         finished = finished if keep_globals else None
         gc.collect()  # the script's globals hold its out_dir lock: free them now, as a process's end would
         out, err = capsys.readouterr()
@@ -249,10 +251,14 @@ def wait_for_line(process, prefix):
     raise AssertionError(f"the run ended without printing {prefix!r}:\n{''.join(lines)}{process.stderr.read()}")
 
 
+Split = namedtuple('Split', 'images labels classes path')
+
+
 def load_split(name, data_dir, split, size=0):
-    """A split's store, as train.py finds and loads it."""
-    from data import find_split
-    return find_split(name, data_dir, split, size).load()
+    """A split of a dataset as train.py finds and prepares it: its pictures, labels, classes and where it is prepared."""
+    import prepare
+    data = prepare.load(prepare.find(name, data_dir, size))
+    return Split(*getattr(data, split), data.classes, data.path)
 
 
 def final_eval(out_dir):

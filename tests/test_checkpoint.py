@@ -150,16 +150,6 @@ def test_weights_that_do_not_fit_are_named(copy_of_run, resume):
                                                        'checkpoint, (10, 32) here; missing ln_f.bias')
 
 
-def test_compiled_checkpoint_keys_are_stripped(copy_of_run, resume):
-    ckpt = copy_of_run / 'ckpt.pt'
-    checkpoint = torch.load(ckpt, weights_only=True)
-    checkpoint['model'] = {f'_orig_mod.{k}': v for k, v in checkpoint['model'].items()}
-    torch.save(checkpoint, ckpt)
-    result = resume(max_iters=202)
-    assert result.returncode == 0, result.stderr
-    assert 'done:' in result.stdout
-
-
 def edit_checkpoint(out, edit):
     checkpoint = torch.load(out / 'ckpt.pt', weights_only=True)
     edit(checkpoint)

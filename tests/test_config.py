@@ -50,7 +50,8 @@ def test_config_file_errors_exit_2(content, message, tmp_path, run_here):
     ('--learning_rate=1e999', 'learning_rate=inf must be a finite number'), ('--weight_decay=1e999', 'weight_decay=inf must be'),
     ('--aug_rotate=1e999', 'aug_rotate=inf must be'), ('--mlp_ratio=1e999', 'mlp_ratio=inf must be a finite number'),
     ('--aug_flip=True', "aug_flip=True on mnist: a mirrored digit is not the same digit"),
-    ('--dataset=imagenet', "unknown dataset='imagenet'; choose from mnist, fashion_mnist, cifar10, folder"),
+    ('--dataset=imagenet', "unknown dataset='imagenet'; choose from mnist, fashion_mnist, cifar10, cifar100, folder, or "
+                           "torchvision:NAME"),
     ('--dtype=fp8', "dtype='fp8': use 'auto', 'float32', 'bfloat16' or 'float16'"),
 ])
 def test_impossible_values_stop_at_start_with_one_line(flag, message, tmp_path, run_here):
@@ -64,8 +65,11 @@ def test_impossible_values_stop_at_start_with_one_line(flag, message, tmp_path, 
     ('nan.py', 'pos_std=nan must be a finite number'),
     ('--tta_shift=14', 'tta_shift=14 shifts the 28x28 pictures by half their side or more; keep it below 14'),
     ('--aug_translate=20.0', 'aug_translate=20.0 shifts the 28x28 pictures'),
-    ('--val_size=2000', 'val_size=2000 must be 0 or more and leave training pictures (the training split has 2000)'),
-    ('--store_size=32', "store_size=32 must be 0 for a torchvision dataset, whose pictures are kept at their own size"),
+    ('--val_size=2000', 'val_size=2000 holds out every training picture: the training split of MNIST has 2000'),
+    ('--val_size=1990', 'batch_size=32 x gradient_accumulation_steps=1 x 1 process(es) = 32 pictures an iteration, more '
+                        'than the 10 training pictures that val_size=1990 leaves'),
+    ('--learning_rate=5e-6', 'min_lr=1e-05 must be at most learning_rate=5e-06 (lower min_lr with learning_rate'),
+    ('--store_size=32', "store_size=32 must be 0 for mnist, whose pictures are kept at their own size"),
 ])
 def test_values_that_cannot_mean_anything_for_the_data_stop_at_start(flag, message, synthetic_data, tmp_path, run_here):
     if flag == 'nan.py':  # a NaN comes from a config file

@@ -7,7 +7,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from conftest import TINY, run_script
 from model import ViT, ViTConfig
-from support.device import autocast, pick_dtype, sdpa_backend
+from support.device import autocast, pick_dtype
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 GPU = [a for a in TINY if not a.startswith(('--device', '--dtype', '--compile'))] + ['--device=cuda']
@@ -31,12 +31,11 @@ def test_sdpa_matches_plain_attention_on_gpu(dtype):
 
 
 @cuda
-def test_the_picked_dtype_runs_and_attention_gets_a_fused_kernel():
+def test_the_picked_dtype_runs():
     dtype = pick_dtype('auto', 'cuda')[0]
     with autocast('cuda', dtype):
         y = torch.randn(64, 64, device='cuda') @ torch.randn(64, 64, device='cuda')
     assert y.dtype == getattr(torch, dtype)
-    assert sdpa_backend('cuda', 'float16', 64) in ('flash', 'memory-efficient', 'cudnn')
 
 
 @cuda

@@ -16,8 +16,7 @@ def test_dtype_rule_by_capability():
     assert pick_dtype('auto', 'cpu', native_cpu_bf16=True)[0] == 'bfloat16'
     assert pick_dtype('float32', 'cuda', capability=(9, 0))[0] == 'float32'
     assert pick_dtype('bfloat16', 'cpu', native_cpu_bf16=False)[0] == 'bfloat16'
-    with pytest.raises(SystemExit):
-        pick_dtype('float16', 'cpu')
+    assert pick_dtype('float16', 'cpu')[1].startswith('as requested; slow on a CPU')  # a T4's path, on a CPU
     with pytest.raises(SystemExit):
         pick_dtype('fp8', 'cuda')
     assert [d for d, _ in native_dtypes('cuda', capability=(9, 0))] == ['bfloat16', 'float16', 'float32']

@@ -41,7 +41,7 @@ def test_loss_at_init_is_uniform_guess():
     assert loss.item() == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=1e-5)
 
 
-@pytest.mark.parametrize('pool,pos_embd,qk_norm', [('cls', 'learned', False), ('mean', 'sincos', True), ('map', 'learned', True)])
+@pytest.mark.parametrize('pool,pos_embd,qk_norm', [('cls', 'learned', False), ('mean', 'sincos', True)])
 def test_the_attention_weights_are_those_the_fused_kernel_applies(pool, pos_embd, qk_norm):
     # the weights attention maps and rollout read, applied by hand, give what the fused SDPA kernel gives
     torch.manual_seed(0)
@@ -85,50 +85,41 @@ def test_colour_pictures_of_another_size():
     assert logits.shape == (2, 7) and model.config.n_tokens == 65
 
 
-def test_pooling_reads_the_prefix_or_the_mean():
+@pytest.mark.parametrize('registers', [0, 4])
+def test_pooling_reads_the_cls_token_or_the_mean_of_the_patches(registers):
     torch.manual_seed(0)
     x = torch.randn(2, 1, 28, 28)
-    for pool, prefix in (('cls', 1), ('mean', 0)):
-        model = randomized(ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool=pool, pos_std=1.0)))
+    for pool, prefix in (('cls', 1 + registers), ('mean', registers)):
+        model = randomized(ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool=pool, pos_std=1.0, n_registers=registers)))
         assert model.config.n_tokens == prefix + 49
         tokens = model.embed(x)
         assert tokens.shape == (2, prefix + 49, 32)
-        expected = tokens[:, 0] if pool == 'cls' else tokens.mean(dim=1)
+        if registers:  # the registers come after the cls token, the same for every picture
+            assert torch.equal(tokens[:, prefix - registers:prefix], model.registers.expand(2, -1, -1))
+        expected = tokens[:, 0] if pool == 'cls' else tokens[:, prefix:].mean(dim=1)
         assert torch.equal(model.pool(tokens), expected)
     # mean pooling has no token of its own to learn
-    assert sum(p.numel() for p in ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool='mean')).pool.parameters()) == 0
+    assert ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool='mean')).cls_token is None
 
 
-def test_map_pooling_is_one_learned_query_attending_over_the_tokens():
+def test_layer_scale_scales_each_residual_branch():
     torch.manual_seed(0)
-    model = randomized(ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool='map', pos_std=1.0)))
-    assert model.config.n_tokens == 49  # no token before the patches
-    pool = model.pool
-    tokens = torch.randn(3, 49, 32)
-    # by hand: softmax(q k^T / sqrt(d)) v per head, projected, then the residual MLP
-    q = pool.q(pool.probe).view(1, 2, 16).transpose(0, 1)  # (heads, 1, 16)
-    k, v = pool.kv(tokens).split(32, dim=2)
-    k, v = (t.view(3, 49, 2, 16).transpose(1, 2) for t in (k, v))  # (3, heads, 49, 16)
-    weights = torch.softmax(q @ k.transpose(-2, -1) / 4, dim=-1)  # (3, heads, 1, 49)
-    y = pool.proj((weights @ v).transpose(1, 2).flatten(2))
-    expected = (y + pool.mlp(pool.ln(y)))[:, 0]
-    assert torch.allclose(pool(tokens), expected, atol=1e-5)
-    assert torch.allclose(pool.token_weights(tokens), weights.mean(dim=1)[:, 0], atol=1e-6)
-    # which tokens it reads depends on them: shuffling the tokens changes nothing, as attention is a weighted sum
-    perm = torch.randperm(49)
-    assert torch.allclose(pool(tokens[:, perm]), pool(tokens), atol=1e-5)
-    # it learns: the probe and its layers get gradients
-    _, loss = model(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)))
-    loss.backward()
-    assert pool.probe.grad.abs().sum() > 0 and pool.q.weight.grad.abs().sum() > 0
+    config = ViTConfig(n_layer=1, n_embd=32, n_head=2, pos_std=1.0)
+    plain, scaled = ViT(config), ViT(ViTConfig(**{**config.__dict__, 'layer_scale': 1e-5}))
+    scaled.load_state_dict(plain.state_dict(), strict=False)
+    assert torch.equal(scaled.blocks[0].ls_1.gamma, torch.full((32,), 1e-5))
+    block, x = scaled.blocks[0], torch.randn(2, 17, 32)
+    assert torch.allclose(block(x), x, atol=1e-3)  # branches that start small: the block starts near the identity
+    with torch.no_grad():
+        block.ls_1.gamma.fill_(1.0), block.ls_2.gamma.fill_(1.0)
+    assert torch.allclose(block(x), plain.blocks[0](x), atol=1e-6)  # at 1, the plain block
 
 
 def test_flops_match_torch_s_count():
     # torch's FlopCounterMode counts the matmuls and convolutions the forward pass really runs (on SDPA's
     # math kernel: it does not count the CPU's fused attention kernel)
     for config in (ViTConfig(n_layer=2, n_head=2, n_embd=64, patch_size=7),
-                   ViTConfig(img_size=32, in_chans=3, n_layer=1, n_head=4, n_embd=48, mlp_ratio=2, pool='mean'),
-                   ViTConfig(n_layer=1, n_head=2, n_embd=32, patch_size=7, pool='map')):
+                   ViTConfig(img_size=32, in_chans=3, n_layer=1, n_head=4, n_embd=48, mlp_ratio=2, pool='mean')):
         model = ViT(config)
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model(torch.randn(1, config.in_chans, config.img_size, config.img_size))
@@ -147,6 +138,6 @@ def test_pos_std_is_the_std_drawn():
 def test_layer_ids_count_from_the_input():
     model = ViT(ViTConfig(n_layer=2, n_embd=32, n_head=2))
     ids = {name: model.layer_id(name) for name, _ in model.named_parameters()}
-    assert ids['patch_embd.weight'] == ids['pos_embd'] == ids['pool.token'] == 0
+    assert ids['patch_embd.weight'] == ids['pos_embd'] == ids['cls_token'] == 0
     assert ids['blocks.0.attn.qkv.weight'] == 1 and ids['blocks.1.mlp.fc.bias'] == 2
     assert ids['ln_f.weight'] == ids['head.weight'] == 3

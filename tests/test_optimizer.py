@@ -9,15 +9,16 @@ from support.optimizer import Muon, configure_optimizers, orthogonalize
 def test_optimizer_groups():
     model = ViT(ViTConfig(n_layer=2, n_embd=32, n_head=2))
     names = {id(p): n for n, p in model.named_parameters()}
-    adamw, = configure_optimizers(model, 'adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32')
+    adamw, = configure_optimizers(model, 'adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32').values()
     decay, no_decay = adamw.param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
-    assert {'pos_embd', 'pool.token', 'blocks.0.ln_1.weight', 'blocks.0.attn.qkv.bias'} <= \
+    assert {'pos_embd', 'cls_token', 'blocks.0.ln_1.weight', 'blocks.0.attn.qkv.bias'} <= \
         {names[id(p)] for p in no_decay['params']}
     block_matrices = {f'blocks.{i}.{m}.weight' for i in range(2) for m in ('attn.qkv', 'attn.proj', 'mlp.fc', 'mlp.proj')}
     assert {names[id(p)] for p in decay['params']} == {'patch_embd.weight', 'head.weight'} | block_matrices
     # Muon takes the blocks' matrices (qkv in three blocks), AdamW everything else
-    adamw, muon = configure_optimizers(model, 'muon', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32')
+    optimizers = configure_optimizers(model, 'muon', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32')
+    adamw, muon = optimizers['adamw'], optimizers['muon']
     assert {names[id(p)] for p in adamw.param_groups[0]['params']} == {'patch_embd.weight', 'head.weight'}
     qkv, rest = muon.param_groups
     assert qkv['blocks'] == 3
@@ -25,7 +26,7 @@ def test_optimizer_groups():
     assert {names[id(p)] for p in qkv['params'] + rest['params']} == block_matrices
     owned = [p for opt in (adamw, muon) for g in opt.param_groups for p in g['params']]
     assert len(owned) == len(list(model.parameters())) == len({id(p) for p in owned})
-    assert all(g['max_lr'] == 0.02 for g in muon.param_groups) and all(g['max_lr'] == 1e-3 for g in adamw.param_groups)
+    assert all(g['lr'] == 0.02 for g in muon.param_groups) and all(g['lr'] == 1e-3 for g in adamw.param_groups)
 
 
 @pytest.mark.parametrize('shape', [(3, 32, 32), (1, 96, 24), (1, 24, 96)])
@@ -54,17 +55,11 @@ def test_our_muon_steps_as_torch_muon_does():
     assert torch.allclose(ours, theirs, atol=2e-3), (ours - theirs).abs().max()
 
 
-def test_a_map_pooling_s_probe_is_adamw_s_without_weight_decay():
-    model = ViT(ViTConfig(n_layer=1, n_embd=32, n_head=2, pool='map'))
-    adamw, = configure_optimizers(model, 'adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32')
-    assert any(p is model.pool.probe for p in adamw.param_groups[1]['params'])
-    assert any(p is model.pool.q.weight for p in adamw.param_groups[0]['params'])
-
-
 def test_layer_decay_scales_each_layer_s_learning_rate():
     model = ViT(ViTConfig(n_layer=2, n_embd=32, n_head=2))
-    adamw, = configure_optimizers(model, 'adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32', layer_decay=0.5)
+    adamw, = configure_optimizers(model, 'adamw', 1e-3, 0.02, 0.1, (0.9, 0.99), 0.95, 'cpu', 'float32',
+                                  layer_decay=0.5).values()
     names = {id(p): n for n, p in model.named_parameters()}
-    lr = {names[id(p)]: g['max_lr'] for g in adamw.param_groups for p in g['params']}
+    lr = {names[id(p)]: g['lr'] for g in adamw.param_groups for p in g['params']}
     assert lr['head.weight'] == lr['ln_f.weight'] == 1e-3 and lr['blocks.1.mlp.fc.weight'] == 5e-4
-    assert lr['blocks.0.attn.qkv.weight'] == 2.5e-4 and lr['patch_embd.weight'] == lr['pool.token'] == 1.25e-4
+    assert lr['blocks.0.attn.qkv.weight'] == 2.5e-4 and lr['patch_embd.weight'] == lr['cls_token'] == 1.25e-4

@@ -1,15 +1,13 @@
 """support/pictures.py: the pictures users have (every format and mode, EXIF, transparency, 16 bits, huge and
-hostile files, names that are not UTF-8), and decoding many of them in parallel."""
+hostile files, names that are not UTF-8)."""
 import os
 import shutil
-import signal
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, load_split, make_picture_folder, png_claiming, run_script
-from support import pictures
+from conftest import TINY, make_picture_folder, png_claiming, run_script
 from support.pictures import read_image
 
 FOLDER = TINY + ['--dataset=folder', '--max_iters=4', '--eval_interval=4', '--log_interval=2']
@@ -81,28 +79,6 @@ def test_a_picture_too_large_to_decode_whole_is_refused_before_decoding(tmp_path
     # a 16-bit 12000 x 12000 PNG is a few hundred KB on disk and gigabytes once decoded: PNG has no draft mode
     with pytest.raises(ValueError, match=r'too large to decode safely \(12000x12000 pixels, more than 50,000,000\)'):
         read_image(png_claiming(tmp_path / 'deep.png', 12000, 12000))
-
-
-def killed_on_one(path, size=0, max_side=2048, real=pictures.read_image):
-    if str(path).endswith(os.path.join('b', '7.png')):
-        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
-    return real(path, size, max_side)
-
-
-def test_a_decoding_process_that_dies_is_one_line_not_a_hang(tmp_path, monkeypatch, capsys):
-    root = tmp_path / 'many'
-    for c in ('a', 'b'):
-        os.makedirs(root / 'train' / c)
-        for i in range(520):  # more than 1000 pictures: decoded by a pool of processes
-            Image.new('L', (4, 4), i % 256).save(root / 'train' / c / f'{i}.png')
-    monkeypatch.setattr(pictures, 'read_image', killed_on_one)
-    signal.alarm(60)  # a hang fails the test instead of the suite
-    try:
-        with pytest.raises(SystemExit):
-            load_split('folder', str(root), 'train')
-    finally:
-        signal.alarm(0)
-    assert 'a process decoding the 1040 pictures died (killed, or out of memory?)' in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -18,12 +18,12 @@ BASE = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16
 
 def a_config(**changes):
     """The keys of a run's config that a fine-tuning start reads, at train.py's defaults."""
-    return dict(asdict(ViTConfig()), img_size=0, store_size=0) | changes
+    return dict(asdict(ViTConfig()), img_size=0, store_size=0, dataset='mnist', data_dir='data', val_size=0) | changes
 
 
 def model_from(start, classes):
-    model = ViT(ViTConfig(**start.model_for(start.model_args['in_chans'], start.model_args['img_size'], classes))).eval()
-    start.load_weights(model, classes, 'the source')
+    model = ViT(start.settle(None, classes)).eval()
+    start.load_weights(model, classes)
     return model
 
 
@@ -175,4 +175,4 @@ def test_the_log_names_the_fine_tuned_model_s_head_size_not_the_config_s(trained
                       '--eval_interval=2', '--out_dir=ft', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "note: the architecture is" in result.stdout and 'n_head 4 -> 2' in result.stdout
-    assert 'head_dim 16 here' in result.stdout  # the source's two heads of 16
+    assert torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)['model_args']['n_head'] == 2  # the source's

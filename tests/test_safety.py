@@ -94,11 +94,11 @@ def test_an_overflowing_loss_stops_and_keeps_the_last_good_checkpoint(copy_of_ru
 
 
 def test_a_finite_divergence_never_replaces_the_last_good_checkpoint(copy_of_run, resume):
-    # learning_rate=100 wrecks the model with a finite loss: test loss from 0.2 to hundreds
+    # learning_rate=100 wrecks the model with a finite loss: the training loss from 0.3 to hundreds
     ckpt = copy_of_run / 'ckpt.pt'
     before = digest(ckpt)
     result = resume('--learning_rate=100', '--grad_clip=0.0')
-    assert_one_line_error(result, "the test loss is ", code=1)
+    assert_one_line_error(result, "the training loss is ", code=1)
     assert "at iter 210, the checkpoint's 0." in result.stderr and 'training diverged. Lower learning_rate (now 100)' \
         in result.stderr and 'out/ckpt.pt is left as it was' in result.stderr
     assert digest(ckpt) == before

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import prepare
 from conftest import FAST, TINY, final_eval, load_split, read_jsonl
-from data import ModelInput, predict
+from data import model_input, predict
 from model import ViT, ViTConfig
 
 
@@ -35,7 +36,7 @@ def test_reaches_high_accuracy_and_logs(trained_run):
 
 def test_a_run_writes_only_into_its_out_dir(trained_run):
     assert sorted(os.listdir(trained_run.out.parent)) == ['out']
-    assert sorted(os.listdir(trained_run.out)) == ['ckpt.pt', 'curves.png', 'lock', 'metrics.jsonl']
+    assert sorted(os.listdir(trained_run.out)) == ['ckpt.pt', 'curves.png', 'lock', 'log.txt', 'metrics.jsonl', 'run.json']
     with open(trained_run.out / 'curves.png', 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
@@ -47,7 +48,7 @@ def test_checkpoint_reproduces_the_logged_accuracy_on_a_fresh_model(trained_run,
     assert checkpoint['classes'][3] == '3 - three' and len(checkpoint['data_mean']) == 1
     test = load_split('mnist', synthetic_data, 'test')
     with torch.no_grad():
-        logits, _ = model(ModelInput(1, 28, torch.tensor(checkpoint['data_mean']), torch.tensor(checkpoint['data_std']))(test.images))
+        logits, _ = model(model_input(test.images, model.config, checkpoint['data_mean'], checkpoint['data_std']))
     accuracy = (logits.argmax(dim=1) == test.labels).float().mean().item()
     assert accuracy == pytest.approx(final_eval(trained_run.out)['test_acc'], abs=1e-6) and accuracy >= 0.9
 
@@ -62,12 +63,11 @@ def test_a_held_out_split_is_trained_without_and_evaluated_beside_the_test_split
     assert f"val acc {100 * final['val_acc']:.2f}%, test loss" in result.stdout
     # the validation split is held out: its pictures, scored alone, give the logged figure
     model, checkpoint = model_of(tmp_path / 'out')
-    from data import hold_out
     train = load_split('mnist', synthetic_data, 'train')
-    _, val = hold_out(len(train.labels), 300)
-    model_input = ModelInput(1, 28, torch.tensor(checkpoint['data_mean']), torch.tensor(checkpoint['data_std']))
+    _, val = prepare.held_out(len(train.labels), 300)
+    mean, std = checkpoint['data_mean'], checkpoint['data_std']
     with torch.no_grad():
-        accuracy = (predict(model, train.images[val], model_input).argmax(1) == train.labels[val]).float().mean()
+        accuracy = (predict(model, train.images[val], mean, std).argmax(1) == train.labels[val]).float().mean()
     assert accuracy.item() == pytest.approx(final['val_acc'], abs=1e-6) and checkpoint['n_train'] == 1700
 
 
@@ -78,10 +78,10 @@ def test_test_time_augmentation_is_what_the_run_and_sample_py_report(synthetic_d
     final = final_eval(tmp_path / 'out')
     model, checkpoint = model_of(tmp_path / 'out')
     test = load_split('mnist', synthetic_data, 'test')
-    model_input = ModelInput(1, 28, torch.tensor(checkpoint['data_mean']), torch.tensor(checkpoint['data_std']))
+    mean, std = checkpoint['data_mean'], checkpoint['data_std']
     with torch.no_grad():
-        averaged = F.cross_entropy(predict(model, test.images, model_input, tta_shift=1), test.labels).item()
-        plain = F.cross_entropy(predict(model, test.images, model_input), test.labels).item()
+        averaged = F.cross_entropy(predict(model, test.images, mean, std, tta_shift=1), test.labels).item()
+        plain = F.cross_entropy(predict(model, test.images, mean, std), test.labels).item()
     assert final['test_loss'] == pytest.approx(averaged, rel=1e-4) and abs(averaged - plain) > 1e-3
     report = run_here('sample.py', '--out_dir=out', '--device=cpu', '--n_attention=0', cwd=tmp_path)
     assert report.returncode == 0, report.stderr
@@ -138,7 +138,7 @@ def test_streamed_from_the_store_or_whole_in_memory_the_same_losses(synthetic_da
                           '--log_interval=1', '--aug_translate=2.0', '--dropout=0.1', f'--data_placement={placement}',
                           f'--out_dir={placement}', cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert ('on the device' if placement == 'device' else 'streamed from ') in result.stdout
+        assert ('on the device' if placement == 'device' else 'read from ') in result.stdout
         runs[placement] = [r for r in read_jsonl(tmp_path / placement / 'metrics.jsonl')]
     without_time = {p: [{k: v for k, v in r.items() if k != 'ms'} for r in records] for p, records in runs.items()}
     assert without_time['device'] == without_time['stream'] and len(without_time['device']) == 21
@@ -181,3 +181,26 @@ def test_muon_s_momentum_warms_up(synthetic_data, tmp_path, run_here):
     muon = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['optimizer'][1]
     # the last step was iteration 9: a quarter of the way from 0.85 to 0.95 (9 / 40)
     assert all(g['momentum'] == pytest.approx(0.85 + 9 / 40 * 0.1) for g in muon['param_groups'])
+
+
+def test_batches_are_a_function_of_the_seed_and_the_step(synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=1', '--eval_interval=1',
+                      '--batch_size=8', '--out_dir=out', cwd=tmp_path, keep_globals=True)
+    g = result.globals  # train.py's own get_batch, called as its loop calls it
+    get_batch, order = g['get_batch'], g['epoch_order']
+    assert sorted(order(0).tolist()) == list(range(2000)) and not torch.equal(order(0), order(1))  # reshuffled
+    x, y = get_batch(3, 0)
+    picked = order(0)[24:32]  # the fourth batch of the epoch's order
+    assert torch.equal(y, g['train_y'][picked])  # each picture comes with its own label
+    assert torch.allclose(x, model_input(g['train_x'][picked], g['model_config'], g['mean'], g['std']))
+    assert torch.equal(get_batch(3, 0)[0], x) and torch.equal(get_batch(3 + g['steps_per_epoch'], 0)[1], g['train_y'][order(1)[24:32]])
+    # two processes with half the batch each, or two micro-steps: the slices of the same global batch
+    g.update(batch_size=4, world_size=2)
+    halves = [g.update(rank=r) or get_batch(3, 0) for r in (0, 1)]
+    g.update(rank=0, world_size=1, gradient_accumulation_steps=2)
+    steps = [get_batch(3, m) for m in (0, 1)]
+    for parts in (halves, steps):
+        assert torch.equal(torch.cat([p[1] for p in parts]), y) and torch.equal(torch.cat([p[0] for p in parts]), x)
+    # augmentation: the same draw for the same (it, micro-step), another for another
+    g.update(aug={**g['aug'], 'crop': 2})
+    assert torch.equal(get_batch(3, 0)[0], get_batch(3, 0)[0]) and not torch.equal(get_batch(3, 0)[0], get_batch(3, 1)[0])
