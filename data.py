@@ -20,7 +20,7 @@ def model_input(x, config, mean, std, crop=1.0):
     """Pictures (B, C, H, W), uint8 or floats in [0, 1], as the model of ViTConfig config takes them: its channels
     (grey made colour, colour made grey), the centre crop share of the side (ImageNet's test crop, of pictures kept
     larger than the model's side), its side, normalized per channel with the mean and std its weights expect."""
-    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x
     if x.shape[1] != config.in_chans:
         x = x.expand(-1, 3, -1, -1) if config.in_chans == 3 else grey(x)
     if crop < 1:
@@ -31,7 +31,7 @@ def model_input(x, config, mean, std, crop=1.0):
         x = F.interpolate(x, size=(config.img_size, config.img_size), mode='bilinear', align_corners=False,
                           antialias=x.shape[-1] > config.img_size)
     mean, std = (torch.as_tensor(s, dtype=x.dtype, device=x.device).view(-1, 1, 1) for s in (mean, std))
-    return (x - mean) / std
+    return (x - mean).div_(std)  # in place: a batch of large pictures costs one copy of it less
 
 # -----------------------------------------------------------------------------
 # augmentation: random label-keeping changes, drawn per picture from a generator

@@ -1,6 +1,6 @@
 """
 What preparing a dataset costs in memory as the dataset grows: a short train.py run (2 steps) that prepares a folder of
-pictures first, for each count of pictures, its peak anonymous memory (RssAnon: what the process itself holds, not the
+pictures first (its evaluation in batches of the same size for every count), for each count of pictures, its peak anonymous memory (RssAnon: what the process itself holds, not the
 file pages the kernel caches) and peak resident memory (VmHWM), and the same for its process tree (the decoding
 workers included, pages they share counted once), beside an idle process that imports torch.
 $ python records/prepare_memory.py                      # 2,000 and 20,000 pictures of 128 x 128
@@ -18,6 +18,7 @@ import numpy as np
 # -----------------------------------------------------------------------------
 counts = '2000,20000'  # training pictures of each run, in 10 classes; a tenth as many test pictures
 side = 128
+eval_batch_size = 100  # the same for every count: an evaluation's batch of large pictures costs its own memory
 work_dir = 'prepare-memory'  # the synthetic folders (kept for the next run) and a cache made anew for each run
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +96,8 @@ for n in map(int, counts.split(',')):
     shutil.rmtree(run, ignore_errors=True)
     (anon, hwm, tree), out = peaks([sys.executable, 'train.py', '--dataset=folder', f'--data_dir={os.path.abspath(folder)}',
                                     '--n_layer=1', '--n_head=2', '--n_embd=32', f'--patch_size={side // 8}',
-                                    '--max_iters=2', '--eval_interval=2', '--batch_size=32', '--device=cpu',
+                                    '--max_iters=2', '--eval_interval=2', '--warmup_iters=0', '--batch_size=32',
+                                    f'--eval_batch_size={eval_batch_size}', '--device=cpu',
                                     '--compile=False', '--plot=False', f'--out_dir={run}'], env)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cache) for f in fs) / 2 ** 20
     print(f"| {n} + {n // 10} of {side}x{side} | {size:.0f} MiB | {anon:.0f} MiB | {hwm:.0f} MiB | {tree:.0f} MiB |",
