@@ -23,7 +23,8 @@ from support.pictures import IMAGE_EXTENSIONS, read_image
 from support.runlog import machine
 
 # -----------------------------------------------------------------------------
-out_dir = 'out-mnist'  # the training run to load, out_dir/ckpt.pt; the figures are written there too
+out_dir = 'out-mnist'  # the training run to load, out_dir/ckpt.pt
+figures_dir = ''  # where the figures go ('' = out_dir; another folder for a run you cannot write into)
 device = 'auto'
 dtype = ''  # '' = the run's own dtype (its evaluation's numbers, where this device runs it); or as in train.py
 data_dir = ''  # '' = the data_dir the run trained with
@@ -33,6 +34,7 @@ config_keys = [k for k, v in globals().items() if not k.startswith('_') and isin
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 out_dir = os.path.expanduser(out_dir)
+figures_dir = os.path.expanduser(figures_dir or out_dir)
 
 
 def to_mnist(grey):
@@ -106,11 +108,12 @@ def as_the_model_sees(path):
 
 
 def save_figure(fig, name):
-    path = os.path.join(out_dir, name)
+    path = os.path.join(figures_dir, name)
     try:
+        os.makedirs(figures_dir, exist_ok=True)
         fig.savefig(path, dpi=100, bbox_inches='tight')
     except OSError as e:
-        die(f"could not write {path}: {e.strerror}")
+        die(f"could not write {path}: {e.strerror}" + (" (give another folder: --figures_dir)" * (figures_dir == out_dir)))
     plt.close(fig)
     print(f"wrote {path}")
 
@@ -162,8 +165,9 @@ def classify_pictures(paths):
         while name in used:
             name += '_'
         used.add(name)
-        seen_path = os.path.join(out_dir, f"input-{name}-seen.png")  # exactly what the model was given
+        seen_path = os.path.join(figures_dir, f"input-{name}-seen.png")  # exactly what the model was given
         try:
+            os.makedirs(figures_dir, exist_ok=True)
             Image.fromarray(seen.transpose(1, 2, 0).squeeze(2) if seen.shape[0] == 1 else seen.transpose(1, 2, 0)).save(seen_path)
         except OSError as e:
             die(f"could not write {seen_path}: {e.strerror}")
@@ -198,7 +202,7 @@ def report_test_split():
     confidence, predicted = probs.max(dim=1)
     correct = predicted == test_y
     print(f"test accuracy: {100 * correct.float().mean().item():.2f}% ({correct.sum().item()}/{len(test_y)}) "
-          f"| checkpoint at iter {start.iter_num}"
+          f"| checkpoint at iter {start.iter_num}" + (f", trained on {trained_on}" if trained_on else "")
           + (f" | test-time augmentation: the mean of 9 views shifted by up to {tta_shift} px" if tta_shift else ""))
     print("class  images  accuracy  name")
     for c, name in enumerate(classes):
@@ -297,6 +301,7 @@ model.to(device).eval()  # the training split's statistics and class names trave
 classes = [c.encode('utf-8', 'backslashreplace').decode() for c in start.classes]
 digits = prepare.get_dataset(run['dataset']).digits
 tta_shift = run['tta_shift']  # evaluated as the run was
+trained_on = machine(os.path.join(out_dir, 'run.json'))  # the hardware its run.json names
 if image:
     classify_pictures(image_paths(image))
 else:

@@ -194,6 +194,8 @@ model, compile_note = try_compile(model, compile, ctx, x, y, max_iters - iter_nu
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+if master:  # a checkpoint holds the weights and at most two moments of each, 4 bytes a number
+    safety.check_free_space(out_dir, 12 * raw_model.get_num_params())
 flops_per_iter = 3 * raw_model.flops_per_image() * global_batch  # forward and backward, every process
 peak = (peak_flops(device, dtype) or 0) * world_size  # 0: not known for this device
 if master:

@@ -9,6 +9,7 @@ bench.py read alike: nothing after it asks the checkpoint or the source again.
 """
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -172,11 +173,14 @@ def save(checkpoint, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)  # atomic on POSIX and Windows
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError ("unexpected pos ...")
+        written = os.path.getsize(tmp_path) if os.path.exists(tmp_path) else 0
         if os.path.lexists(tmp_path):
             os.remove(tmp_path)
         kept = f"{path} is left as it was" if os.path.exists(path) else "no checkpoint was kept"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        if isinstance(e, RuntimeError) and shutil.disk_usage(os.path.dirname(path) or '.').free <= written + 2 ** 20:
+            reason = f"No space left on device ({written / 2 ** 20:.0f} MiB written, then the disk was full)"
         die(f"could not write the checkpoint {tmp_path}: {reason}; {kept}")
 
 

@@ -40,6 +40,8 @@ def read_image(path, size=0, channels=0, max_side=2048):
             return to_pixels(picture, size, channels)
     except Image.DecompressionBombError as e:
         raise ValueError(f"too large to decode safely ({e})") from None
+    except FileNotFoundError:
+        raise ValueError("no such file (a link that leads nowhere?)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"not a picture PIL can read ({type(e).__name__})") from None
 

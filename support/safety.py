@@ -9,6 +9,7 @@ import atexit
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -109,13 +110,21 @@ class StopSignals:
 
 
 def resume_command(ddp, world_size):
-    """The command that carries this run on, as it was started."""
-    args = shlex.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
+    """The command that carries this run on, typed where it was started: the script's path as it was given."""
+    args = shlex.join([sys.argv[0], *(a for a in sys.argv[1:] if not a.startswith('--init_from='))])
     if not ddp:
-        return f"python train.py {args} --init_from=resume"
+        return f"python {args} --init_from=resume"
     if int(os.environ['LOCAL_WORLD_SIZE']) == world_size:
-        return f"torchrun --standalone --nproc_per_node={world_size} train.py {args} --init_from=resume"
-    return f"the same torchrun command as this run's ({world_size} processes), with train.py {args} --init_from=resume"
+        return f"torchrun --standalone --nproc_per_node={world_size} {args} --init_from=resume"
+    return f"the same torchrun command as this run's ({world_size} processes), with {args} --init_from=resume"
+
+
+def check_free_space(out_dir, checkpoint_bytes):
+    """Stop at start, not at the first save, when out_dir's disk cannot hold a checkpoint (written beside the old one)."""
+    free = shutil.disk_usage(out_dir).free
+    if free < checkpoint_bytes * 1.1:
+        die(f"out_dir={out_dir!r} has {free / 2 ** 20:.0f} MiB free on its disk, and a checkpoint of this run takes about "
+            f"{checkpoint_bytes / 2 ** 20:.0f} MiB: free some space, or choose another --out_dir")
 
 
 def leave(code, ddp):

@@ -46,7 +46,9 @@ def test_bench_times_a_pretrained_vit_s_shape_without_its_weights(tmp_path, run_
 
 @pytest.mark.parametrize('args,message', [
     (['--bench_iters=0'], 'bench_iters=0 must be at least 1'),
-    (['--bench_out=.'], "bench_out='.' is a folder"),
+    (['--bench_out=.'], "bench_out='.' is a folder or in none"),
+    (['--bench_out=missing/dir/b.json'], "bench_out='missing/dir/b.json' is a folder or in none; give a file name in an "
+                                         "existing folder"),
 ])
 def test_bench_refuses_before_timing(args, message, tmp_path, run_here):
     result = run_here('bench.py', '--device=cpu', *args, cwd=tmp_path)

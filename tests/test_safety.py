@@ -1,7 +1,10 @@
 """Never lose a run: one run per out_dir and never one overwritten, a stop within one iteration of a signal,
-divergence that never replaces a good checkpoint, a full disk, a torn metrics file, and the same under torchrun."""
+divergence that never replaces a good checkpoint, a full disk, a torn metrics file, and the same under torchrun; the
+held-out split kept apart, schedules that say what they do, and a run's folder that says where it came from."""
 import hashlib
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,8 +13,9 @@ import time
 import pytest
 import torch
 
-from conftest import (REPO, RUN_WITH_HOOK, TINY, assert_one_line_error, losses, read_jsonl, run_script, start_script,
-                      wait_for_line)
+from conftest import (REPO, RUN_WITH_HOOK, TINY, assert_one_line_error, losses, read_jsonl, run_script, small_disk,
+                      start_script, wait_for_line)
+from support import safety
 
 # dropout and augmentation on, so that an exact resume needs every RNG restored
 RUN = TINY + ['--pos_std=1.0', '--learning_rate=3e-3', '--warmup_iters=10', '--log_interval=1', '--max_iters=60',
@@ -221,3 +225,101 @@ def test_under_torchrun_one_process_s_error_is_the_only_line(tmp_path):
     assert result.stderr.count('error: ') == 1 and "data_dir='" in result.stderr, result.stderr
     assert 'train.py", line' not in result.stderr, result.stderr  # no worker's traceback
     assert 'broadcast_buffers' not in result.stderr
+
+
+# -----------------------------------------------------------------------------
+# the held-out split kept apart, schedules that say what they do, the run's folder (hostile round 5)
+
+
+def test_a_resume_with_another_held_out_split_is_refused(copy_of_run, resume):
+    # a larger validation split would hold pictures the checkpoint trained on
+    assert_one_line_error(resume('--val_size=500'), "out/ckpt.pt holds a run with val_size=0 but this run asks for "
+                                                    "val_size=500; resume with the run's own config", code=2)
+
+
+def test_fine_tuning_on_the_source_s_own_data_holds_out_no_picture_it_trained_on(trained_run, synthetic_data, tmp_path,
+                                                                                   run_here):
+    args = [*trained_run.args, f'--init_from={trained_run.out}', '--max_iters=4', '--eval_interval=4']
+    result = run_here('train.py', *args, '--val_size=300', '--out_dir=ft', cwd=tmp_path)
+    assert_one_line_error(result, f"trained on mnist in {synthetic_data} holding out val_size=0; with val_size=300, "
+                                  f"pictures it trained on would be in this run's validation split", code=2)
+    assert run_here('train.py', *args, '--out_dir=ft', cwd=tmp_path).returncode == 0
+
+
+def test_nothing_the_run_decides_reads_the_test_split(synthetic_data, tmp_path, run_here, monkeypatch):
+    # the divergence guard compares training losses; the checkpoint keeps one; the test split is for the final figure
+    seen = []
+    real = safety.stop_if_diverged
+    monkeypatch.setattr(safety, 'stop_if_diverged', lambda loss, *a: seen.append(loss) or real(loss, *a))
+    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=20', '--eval_interval=10',
+                      '--val_size=200', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(tmp_path / 'out' / 'metrics.jsonl')
+    tested = {r['test_loss'] for r in records if 'test_loss' in r} | {r['val_loss'] for r in records if 'val_loss' in r}
+    assert seen and not tested & set(seen)
+    saved = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    assert saved['train_loss'] == records[-1]['train_loss'] and 'val_loss' not in saved
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--warmup_iters=30', '--max_iters=20'], "note: warmup_iters=30 is not below max_iters=20: the learning rate never "
+                                              "reaches its peak and never decays"),
+    (['--muon_momentum_warmup=10'], "note: muon_momentum_warmup=10 does nothing with optimizer='adamw'"),
+])
+def test_a_schedule_that_does_otherwise_than_it_reads_says_so(flags, message, synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=20', *flags, '--eval_interval=20',
+                      cwd=tmp_path)
+    assert result.returncode == 0 and message in result.stdout, result.stdout
+
+
+def test_a_momentum_warm_up_that_would_fall_is_refused(synthetic_data, tmp_path, run_here):
+    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--optimizer=muon', '--muon_momentum=0.8',
+                      '--muon_momentum_warmup=10', cwd=tmp_path)
+    assert_one_line_error(result, "muon_momentum=0.8 must be at least muon_momentum_min=0.85, where "
+                                  "muon_momentum_warmup starts it", code=2)
+
+
+def test_the_printed_resume_command_works_from_where_the_run_was_started(synthetic_data, tmp_path):
+    os.makedirs(tmp_path / 'elsewhere')
+    script = os.path.relpath(os.path.join(REPO, 'train.py'), tmp_path / 'elsewhere')  # ../../work/main/train.py
+    args = [*TINY, f'--data_dir={synthetic_data}', '--max_iters=100000', '--log_interval=5', '--out_dir=out']
+    process = subprocess.Popen([sys.executable, script, *args], cwd=tmp_path / 'elsewhere', stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    wait_for_line(process, 'iter 5/')
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=60)
+    command = stdout.split('Resume with: ')[1].strip()
+    assert command.startswith(f"python {script} ") and command.endswith('--init_from=resume')
+    resumed = subprocess.run(shlex.split(command.replace('python', sys.executable, 1).replace('100000', '12')),
+                             cwd=tmp_path / 'elsewhere', capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and 'done:' in resumed.stdout, resumed.stderr
+
+
+def test_a_disk_too_small_for_a_checkpoint_stops_the_run_at_start(synthetic_data, tmp_path):
+    with small_disk(tmp_path / "tiny", 1) as disk:  # 1 MB; a checkpoint of this 128-wide model takes about 5 MB
+        result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--n_embd=128', '--max_iters=20',
+                            f'--out_dir={disk}/run', cwd=tmp_path)
+        assert_one_line_error(result, f"out_dir='{disk}/run' has 1 MiB free on its disk, and a checkpoint of this run "
+                                      f"takes about 5 MiB: free some space, or choose another --out_dir")
+        assert not os.path.exists(disk / 'run')  # a failed start leaves nothing behind
+
+
+def test_a_failed_start_leaves_no_out_dir_and_a_resume_creates_none(tmp_path):
+    result = run_script('train.py', *TINY, f'--data_dir={tmp_path / "nowhere"}', '--out_dir=out', cwd=tmp_path,
+                        env={'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'})
+    assert result.returncode == 1 and 'could not load the train split of MNIST' in result.stderr
+    assert not (tmp_path / 'out').exists()
+    result = run_script('train.py', *TINY, '--out_dir=missing', '--init_from=resume', cwd=tmp_path)
+    assert_one_line_error(result, "no checkpoint at missing/ckpt.pt to resume")
+    assert not (tmp_path / 'missing').exists()
+
+
+def test_a_run_says_where_it_came_from(trained_run):
+    starts = json.loads((trained_run.out / 'run.json').read_text())['starts']
+    start = starts[0]
+    assert start['command'].startswith('python ') and '--max_iters=200' in start['command']
+    assert start['config']['max_iters'] == 200 and start['versions']['torch'] == torch.__version__
+    assert len(start['commit']['id']) == 40 and isinstance(start['commit']['changed'], bool)
+    assert start['hardware']['cpu']['cores'] == os.cpu_count() and start['dtype'] == 'float32'
+    log = (trained_run.out / 'log.txt').read_text()
+    assert 'step 200: train loss' in log and 'done: test acc' in log  # what the run printed

@@ -159,6 +159,7 @@ def test_several_pictures_and_a_comma_in_a_name(run_dir, tmp_path, run_here):
     ('empty', ['--image=empty'], 'no images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff) in folder empty'),
     (None, ['--image=missing.png'], 'image not found: missing.png'),
     ('blank', ['--image=blank.png'], 'blank.png (the picture is blank)'),
+    ('dangling', ['--image=pics'], 'pics/gone.png (no such file (a link that leads nowhere?))'),
     ('no_stats', [], 'out2/ckpt.pt lacks data_mean: saved by another version of nanoViT, or edited'),
 ])
 def test_bad_input(run_dir, setup, args, message, run_here):
@@ -168,6 +169,11 @@ def test_bad_input(run_dir, setup, args, message, run_here):
         (run_dir / 'empty').mkdir(exist_ok=True)
     elif setup == 'blank':
         Image.fromarray(np.full((40, 40), 255, dtype=np.uint8)).save(run_dir / 'blank.png')
+    elif setup == 'dangling':  # a folder of pictures with a link among them whose target was deleted
+        (run_dir / 'pics').mkdir(exist_ok=True)
+        Image.new('L', (28, 28)).save(run_dir / 'pics' / 'a.png')
+        if not os.path.lexists(run_dir / 'pics' / 'gone.png'):
+            os.symlink(run_dir / 'nothing.png', run_dir / 'pics' / 'gone.png')
     elif setup == 'no_stats':
         os.makedirs(run_dir / 'out2', exist_ok=True)
         checkpoint = torch.load(run_dir / 'out' / 'ckpt.pt', weights_only=True)
@@ -181,7 +187,7 @@ def test_bad_input(run_dir, setup, args, message, run_here):
 
 @pytest.mark.parametrize('edit,args,message', [
     ('no data_dir', [], "does not say where its data is: give --data_dir"),
-    ('figure is a folder', [], "could not write out/predictions.png: Is a directory"),
+    ('figure is a folder', [], "could not write out/predictions.png: Is a directory (give another folder: --figures_dir)"),
     (None, ['--image=,'], "image=',' names no picture"),
 ])
 def test_sample_py_on_edited_files(edit, args, message, copy_of_run, run_here):
@@ -193,6 +199,21 @@ def test_sample_py_on_edited_files(edit, args, message, copy_of_run, run_here):
         os.makedirs(copy_of_run / 'predictions.png')
     result = run_here('sample.py', '--out_dir=out', '--device=cpu', *args, cwd=copy_of_run.parent)
     assert_one_line_error(result, message)
+
+
+def test_a_run_folder_that_cannot_be_written_takes_its_figures_elsewhere(copy_of_run, run_here):
+    os.chmod(copy_of_run, 0o555)
+    try:
+        if not os.access(copy_of_run, os.W_OK):  # (root writes into any folder: there, only the second half)
+            result = run_here('sample.py', '--out_dir=out', '--device=cpu', '--n_attention=0', cwd=copy_of_run.parent)
+            assert_one_line_error(result, "could not write out/predictions.png: Permission denied (give another "
+                                          "folder: --figures_dir)")
+    finally:
+        os.chmod(copy_of_run, 0o755)
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', '--n_attention=0', '--figures_dir=figures',
+                      cwd=copy_of_run.parent)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(copy_of_run.parent / 'figures')) == ['confusion.png', 'mistakes.png', 'predictions.png']
 
 
 def test_sample_py_refuses_a_folder_of_other_classes_before_decoding_it(colour_dir, tmp_path, run_here):

@@ -3,6 +3,7 @@ logs and saves, the schedule, the held-out split, test-time shifts, and the same
 comes."""
 import math
 import os
+import signal
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import prepare
 from conftest import FAST, TINY, final_eval, load_split, read_jsonl
 from data import model_input, predict
 from model import ViT, ViTConfig
+from support import checkpoint
 
 
 def model_of(out):
@@ -204,3 +206,61 @@ def test_batches_are_a_function_of_the_seed_and_the_step(synthetic_data, tmp_pat
     # augmentation: the same draw for the same (it, micro-step), another for another
     g.update(aug={**g['aug'], 'crop': 2})
     assert torch.equal(get_batch(3, 0)[0], get_batch(3, 0)[0]) and not torch.equal(get_batch(3, 0)[0], get_batch(3, 1)[0])
+
+
+def test_gradient_accumulation_trains_as_a_batch_that_many_times_larger(synthetic_data, tmp_path, run_here):
+    runs = {}
+    for name, flags in (('64', ['--batch_size=64']), ('32x2', ['--batch_size=32', '--gradient_accumulation_steps=2'])):
+        result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', *flags, '--max_iters=12', '--eval_interval=12',
+                          '--log_interval=1', f'--out_dir={name}', cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        runs[name] = torch.load(tmp_path / name / 'ckpt.pt', weights_only=True)['model'], \
+            [r['loss'] for r in read_jsonl(tmp_path / name / 'metrics.jsonl') if 'loss' in r]
+    (weights, logged), (accumulated, accumulated_logged) = runs['64'], runs['32x2']
+    assert all(torch.allclose(weights[k], accumulated[k], atol=1e-4) for k in weights)  # the same updates
+    assert accumulated_logged == pytest.approx(logged, rel=1e-5)  # the loss logged: the whole batch's, not a half's
+
+
+def test_checkpoints_at_every_evaluation_or_only_at_the_end(synthetic_data, tmp_path, run_here, monkeypatch):
+    saved = []
+    real = checkpoint.save
+    monkeypatch.setattr(checkpoint, 'save', lambda state, path: saved.append(state['iter_num']) or real(state, path))
+    for always, out in ((True, 'every'), (False, 'end')):
+        result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=30', '--eval_interval=10',
+                          f'--always_save_checkpoint={always}', f'--out_dir={out}', cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert saved == [10, 20, 30, 30]
+
+
+def test_label_smoothing_bounds_the_training_loss_from_below(synthetic_data, tmp_path, run_here):
+    # with half the target spread over 10 classes, no prediction scores below the smoothed target's entropy
+    smoothed = [0.55] + [0.05] * 9
+    floor = -sum(p * math.log(p) for p in smoothed)  # 1.677
+    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=150', '--eval_interval=150',
+                      '--label_smoothing=0.5', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    logged = [r['loss'] for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl') if 'loss' in r]
+    # it learns all the same, with a loss above the floor (without smoothing the same run ends at about 0.5)
+    assert min(logged) > floor and final_eval(tmp_path / 'out')['test_acc'] > 0.8
+
+
+def test_float16_with_its_grad_scaler_on_the_cpu_trains_checkpoints_and_resumes_exactly(synthetic_data, tmp_path,
+                                                                                        run_here, monkeypatch):
+    # the T4's precision path (float16 autocast, a GradScaler), where every test runs
+    args = [*FAST, f'--data_dir={synthetic_data}', '--dtype=float16', '--max_iters=16', '--eval_interval=8',
+            '--log_interval=1', '--dropout=0.1', '--aug_crop=1']
+    result = run_here('train.py', *args, '--out_dir=whole', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'dtype float16 (as requested; slow on a CPU' in result.stdout
+    checkpoint_ = torch.load(tmp_path / 'whole' / 'ckpt.pt', weights_only=True)
+    assert checkpoint_['scaler']['scale'] > 0 and checkpoint_['config']['dtype'] == 'float16'
+    asked = []  # a Ctrl-C after the 6th iteration
+    monkeypatch.setattr('support.safety.StopSignals.requested',
+                        lambda self: asked.append(1) or (signal.SIGINT if len(asked) == 6 else 0))
+    assert run_here('train.py', *args, '--out_dir=cut', cwd=tmp_path).returncode == 0
+    monkeypatch.undo()
+    assert torch.load(tmp_path / 'cut' / 'ckpt.pt', weights_only=True)['iter_num'] == 6
+    assert run_here('train.py', *args, '--out_dir=cut', '--init_from=resume', cwd=tmp_path).returncode == 0
+    whole, cut = ({r['iter']: r['loss'] for r in read_jsonl(tmp_path / run / 'metrics.jsonl') if 'loss' in r}
+                  for run in ('whole', 'cut'))
+    assert cut == whole
