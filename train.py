@@ -233,7 +233,7 @@ def save_checkpoint():
     rngs = rng_states(world_size)  # every process's dropout draws
     if master:
         checkpoint.save(checkpoint.checkpoint_of(raw_model, optimizers.values(), scaler, iter_num, checkpoint_loss,
-                        config, data.classes, data_mean, data_std, len(train_idx), start.store_size, rngs), ckpt_path)
+                        config, data.classes, data_mean, data_std, len(train_idx), start, rngs), ckpt_path)
 
 def stop_if_diverged(loss):  # before a diverged model can replace a good checkpoint
     safety.stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
@@ -324,7 +324,7 @@ while iter_num < max_iters:
         if master:
             print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
                   f"Resume with: {safety.resume_command(ddp, world_size)}")
-        safety.leave(0 if signum == signal.SIGINT else 128 + signum, ddp)
+        safety.leave(0 if signum == signal.SIGINT else 128 + signum, ddp, run_log if master else None)
 
 if master:
     mean_ms = sum(interval_ms) / len(interval_ms) if interval_ms else ms
@@ -332,4 +332,4 @@ if master:
           + f" | {iter_num - start.iter_num} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
           + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "")
           + f", {flops_per_iter * iter_num / 1e12:.3g} TFLOP of training | checkpoint {ckpt_path}")
-safety.leave(0, ddp)
+safety.leave(0, ddp, run_log if master else None)

@@ -44,11 +44,12 @@ class Start:
     n_train: int = None  # a checkpoint's count of training pictures
     path: str = None  # the checkpoint's file, or the source's name
     resumed: bool = False
+    crop: float = 0.875  # the share of the side a test picture is cut to, when kept larger than the model's side
 
     @property
     def test_crop(self):
         # a dataset kept larger than the model's side, for random-resized crops, is tested on its centre (ImageNet's)
-        return 0.875 if self.store_size > (self.model_args['img_size'] or self.store_size) else 1.0
+        return self.crop if self.store_size > (self.model_args['img_size'] or self.store_size) else 1.0
 
     def settle(self, shape=None, classes=None):
         """The model's ViTConfig for pictures of shape (C, H, W) in classes (None: the saved model's own); a resume on
@@ -144,7 +145,7 @@ def from_checkpoint(path, config=None, flags=(), world_size=1):
     return Start(args, checkpoint['store_size'], checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'],
                  checkpoint['model'], checkpoint['iter_num'], train_loss,
                  {k: checkpoint[k] for k in ('optimizer', 'scaler', 'rng')}, checkpoint['config'], checkpoint['n_train'],
-                 path, resumed=True)
+                 path, resumed=True, crop=checkpoint.get('test_crop', 0.875))
 
 
 def resume_changes(saved, processes, config, world_size):
@@ -184,12 +185,12 @@ def save(checkpoint, path):
         die(f"could not write the checkpoint {tmp_path}: {reason}; {kept}")
 
 
-def checkpoint_of(model, optimizers, scaler, iter_num, train_loss, config, classes, mean, std, n_train, store_size, rngs):
+def checkpoint_of(model, optimizers, scaler, iter_num, train_loss, config, classes, mean, std, n_train, start, rngs):
     """What a checkpoint holds: plain types and tensors only."""
     return {'model': model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
             'scaler': scaler.state_dict(), 'model_args': asdict(model.config), 'iter_num': iter_num,
             'train_loss': train_loss, 'config': config, 'classes': classes, 'data_mean': mean, 'data_std': std,
-            'n_train': n_train, 'store_size': store_size, 'rng': rngs}
+            'n_train': n_train, 'store_size': start.store_size, 'test_crop': start.test_crop, 'rng': rngs}
 
 
 def load_checkpoint(path, keys=('model', 'model_args')):

@@ -1,9 +1,10 @@
 """
-Where a fine-tuning run starts: torchvision's ImageNet ViTs (fetched through torchvision's weights API
-into torch's cache, nothing fetched when the file is there) or another nanoViT run. Either becomes
-model.py's ViT: torchvision's VisionTransformer maps onto it by names alone, its cls token's position
-folded into the cls token. What fine-tuning may change of the source: the classes (a new zero head),
-the picture size (the position embedding resampled on its grid), dropout.
+Where a fine-tuning run starts: timm's ViTs (init_from='timm:NAME': AugReg, DeiT, DeiT III, DINOv2 with or
+without registers, their weights through timm's loader and the Hugging Face cache), torchvision's ImageNet ViTs
+(through torchvision's weights API and torch's cache), or another nanoViT run. Each becomes model.py's ViT by names
+alone, the positions of the tokens before the patches folded into those tokens; timm and torchvision are imported
+only when a run names them. What fine-tuning may change of the source: the classes (a new zero head), the picture
+size (the position embedding resampled on its grid), dropout.
 """
 import os
 from dataclasses import asdict, dataclass
@@ -12,7 +13,7 @@ import torch
 
 from model import ViTConfig, resample_pos_embd
 from support.checkpoint import Start, architecture_of, load_checkpoint, model_config, saved_model_args
-from support.errors import die
+from support.errors import die, import_or_die
 
 # torchvision's ViT builders: what their weights do not say (the heads)
 TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 16, 'vit_h_14': 16}
@@ -20,14 +21,103 @@ TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 
 
 @dataclass
 class Source:
-    """A model to start from: its ViTConfig's fields, its weights under model.py's names, the pixel
-    normalization it was trained with, and the names of its classes."""
+    """A model to start from: its ViTConfig's fields, its weights under model.py's names (None: its shape alone),
+    the pixel normalization it was trained with, its test crop, and the names of its classes (None: unknown)."""
     model_args: dict
     state_dict: dict
     mean: list
     std: list
+    crop: float = 0.875
     classes: list = None
     config: dict = None  # a nanoViT run's config
+
+# -----------------------------------------------------------------------------
+# timm
+
+
+def timm_source(init_from, weights):
+    """A timm ViT as a Source: its architecture from a random-weight copy (one line, before anything is fetched or
+    decoded, for a name timm does not know or a model model.py cannot express), then its pretrained weights."""
+    timm = import_or_die('timm', f"init_from={init_from!r}")
+    name = init_from.removeprefix('timm:')
+    try:
+        model = timm.create_model(name, pretrained=False)  # its shape, nothing fetched
+    except RuntimeError as e:
+        close = [m for m in timm.list_models(name.split('.')[0].split('_')[0] + '*', pretrained=True)][:4]
+        die(f"init_from={init_from!r}: timm {timm.__version__} has no model {name!r} ({str(e).splitlines()[0]})"
+            + (f"; for instance {', '.join(close)}" if close else ""), 2)
+    why = timm_refusal(model)
+    if why:
+        die(f"init_from={init_from!r} is not a ViT model.py expresses: it has {why}", 2)
+    cfg, block = model.pretrained_cfg, model.blocks[0]
+    args = dict(asdict(ViTConfig()), img_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0],
+                in_chans=model.patch_embed.proj.in_channels, n_classes=1, n_layer=len(model.blocks),
+                n_head=block.attn.num_heads, n_embd=model.embed_dim, mlp_ratio=block.mlp.fc1.out_features / model.embed_dim,
+                pool='cls' if model.global_pool == 'token' else 'mean', qk_norm=isinstance(block.attn.q_norm, torch.nn.LayerNorm),
+                norm_eps=block.norm1.eps, layer_scale=float(block.ls1.gamma.mean()) if hasattr(block.ls1, 'gamma') else 0.0,
+                n_registers=model.num_reg_tokens)
+    if weights:
+        try:
+            model = timm.create_model(name, pretrained=True)  # timm's loader: the Hugging Face cache, or a fetch into it
+        except Exception as e:
+            die(f"init_from={init_from!r}: timm could not load its weights ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); offline, put them in the Hugging "
+                f"Face cache ($HF_HOME/hub) and set HF_HUB_OFFLINE=1")
+    return Source(args, from_timm(model.state_dict(), model) if weights else None, list(cfg['mean']), list(cfg['std']),
+                  cfg.get('crop_pct', 0.875))
+
+
+def timm_refusal(model):
+    """What a timm model has that model.py's ViT has not, or '': the first of these checks that fails."""
+    nn = torch.nn
+    blocks = list(getattr(model, 'blocks', []))
+    checks = [
+        (lambda: type(model).__name__ == 'VisionTransformer' and blocks,
+         f"the structure of a {type(model).__name__} (a distillation token, relative positions or another mixer)"),
+        (lambda: type(model.patch_embed).__name__ == 'PatchEmbed', "a convolutional stem"),
+        (lambda: model.pos_embed is not None, "no position embedding"),
+        (lambda: model.global_pool in ('token', 'avg') and (model.cls_token is not None or model.global_pool == 'avg'),
+         f"pooling '{getattr(model, 'global_pool', '')}' (model.py reads the cls token or the mean patch token)"),
+        (lambda: isinstance(model.fc_norm, nn.Identity), "a norm after the pooling (fc_norm), not before it"),
+        (lambda: all(isinstance(m, nn.Identity) for m in (model.norm_pre, model.patch_embed.norm)), "a norm before the blocks"),
+        (lambda: all(type(b).__name__ == 'Block' and type(b.mlp).__name__ == 'Mlp' and type(b.mlp.act) is nn.GELU
+                     and isinstance(b.mlp.norm, nn.Identity) and isinstance(getattr(b.attn, 'norm', nn.Identity()), nn.Identity)
+                     for b in blocks), "blocks other than pre-norm attention and a Linear-GELU-Linear MLP (SwiGLU, "
+                                       "parallel or scaled blocks)"),
+        (lambda: all(isinstance(m, nn.LayerNorm) and m.eps == blocks[0].norm1.eps for m in model.modules()
+                     if 'Norm' in type(m).__name__), "other norms than LayerNorm"),
+        (lambda: all(m.bias is not None for m in model.modules() if isinstance(m, (nn.Linear, nn.LayerNorm))),
+         "layers without a bias"),
+    ]
+    return next((why for holds, why in checks if not holds()), '')
+
+
+def from_timm(state, model):
+    """timm's VisionTransformer state_dict under model.py's names. Where its position embedding covers the tokens
+    before the patches (cls, registers), their positions are constants, folded into the tokens."""
+    covered = 0 if model.no_embed_class else model.num_prefix_tokens
+    pos = state['pos_embed']
+    ours = {'patch_embd.weight': state['patch_embed.proj.weight'], 'patch_embd.bias': state['patch_embed.proj.bias'],
+            'pos_embd': pos[:, covered:], 'ln_f.weight': state['norm.weight'], 'ln_f.bias': state['norm.bias']}
+    first = 0
+    if model.cls_token is not None:
+        ours['cls_token'] = state['cls_token'] + (pos[:, :1] if covered else 0)
+        first = 1
+    if model.num_reg_tokens:
+        ours['registers'] = state['reg_token'] + (pos[:, first:covered] if covered else 0)
+    if 'head.weight' in state:
+        ours['head.weight'], ours['head.bias'] = state['head.weight'], state['head.bias']
+    names = {'norm1.': 'ln_1.', 'norm2.': 'ln_2.', 'mlp.fc1.': 'mlp.fc.', 'mlp.fc2.': 'mlp.proj.', 'ls1.': 'ls_1.',
+             'ls2.': 'ls_2.', 'attn.': 'attn.'}
+    for key, value in state.items():
+        if key.startswith('blocks.'):
+            _, i, rest = key.split('.', 2)
+            theirs = next(t for t in names if rest.startswith(t))
+            ours[f'blocks.{i}.{names[theirs]}{rest[len(theirs):]}'] = value
+    return ours
+
+# -----------------------------------------------------------------------------
+# torchvision
 
 
 def is_torchvision_name(init_from):
@@ -46,33 +136,30 @@ def torchvision_weights(init_from):
     return enum[weights_name]
 
 
-def torchvision_architecture(init_from):
-    """The ViTConfig fields of a torchvision ViT, from its name and weights' meta-data alone (nothing fetched)."""
-    weights = torchvision_weights(init_from)
+def torchvision_source(init_from, weights):
+    """A torchvision ViT as a Source: its architecture from its name and weights' meta-data alone, then its ImageNet
+    weights, from torch's cache or fetched into it."""
+    entry = torchvision_weights(init_from)
     name = init_from.split(':')[0]
-    patch = int(name.rsplit('_', 1)[1])
     width, depth = {'b': (768, 12), 'l': (1024, 24), 'h': (1280, 32)}[name.split('_')[1]]
-    return dict(asdict(ViTConfig()), img_size=weights.transforms().crop_size[0], patch_size=patch, in_chans=3,
-                n_classes=len(weights.meta['categories']), n_layer=depth, n_head=TORCHVISION_VITS[name], n_embd=width,
-                mlp_ratio=4.0, bias=True, pool='cls', pos_embd='learned', qk_norm=False, norm_eps=1e-6)
-
-
-def fetch_torchvision(init_from):
-    """A torchvision ViT's ImageNet weights, from torch's cache or fetched into it, as a Source."""
-    weights = torchvision_weights(init_from)
-    path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
+    transforms = entry.transforms()
+    args = dict(asdict(ViTConfig()), img_size=transforms.crop_size[0], patch_size=int(name.rsplit('_', 1)[1]),
+                in_chans=3, n_classes=len(entry.meta['categories']), n_layer=depth, n_head=TORCHVISION_VITS[name],
+                n_embd=width, mlp_ratio=4.0, bias=True, pool='cls', pos_embd='learned', qk_norm=False, norm_eps=1e-6)
+    crop = transforms.crop_size[0] / transforms.resize_size[0]
+    if not weights:
+        return Source(args, None, list(transforms.mean), list(transforms.std), crop)
+    path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(entry.url))
     try:
-        state = weights.get_state_dict(progress=True, weights_only=True)
+        state = entry.get_state_dict(progress=True, weights_only=True)
     except Exception as e:
         if os.path.exists(path):
             die(f"{path} is not a readable checkpoint (a download cut short? delete it to fetch it again): "
                 f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-        die(f"init_from={init_from!r}: no weights at {path}, and fetching {weights.url} failed "
+        die(f"init_from={init_from!r}: no weights at {path}, and fetching {entry.url} failed "
             f"({type(e).__name__}); offline, put that file there (torchvision looks in $TORCH_HOME/hub/checkpoints)")
-    args = torchvision_architecture(init_from)
-    transforms = weights.transforms()
-    return Source(args, from_torchvision(state, args, path), list(transforms.mean), list(transforms.std),
-                  list(weights.meta['categories']))
+    return Source(args, from_torchvision(state, args, path), list(transforms.mean), list(transforms.std), crop,
+                  list(entry.meta['categories']))
 
 
 def from_torchvision(state, args, path):
@@ -98,6 +185,9 @@ def from_torchvision(state, args, path):
                 ours[f'blocks.{i}.{names[theirs]}{rest[len(theirs):]}'] = value
     return ours
 
+# -----------------------------------------------------------------------------
+# another nanoViT run, and the start of a fine-tuning run
+
 
 def read_run(init_from):
     """Another nanoViT run (its out_dir or its ckpt.pt) as a Source."""
@@ -105,10 +195,10 @@ def read_run(init_from):
     path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
     if not os.path.isfile(path):
         die(f"init_from={init_from!r} is neither 'scratch', 'resume', a torchvision ViT "
-            f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS) nor a nanoViT run's out_dir or ckpt.pt", 2)
+            f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS), timm:NAME, nor a nanoViT run's out_dir or ckpt.pt", 2)
     checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'data_mean', 'data_std', 'classes', 'config'))
-    return Source(saved_model_args(checkpoint, path), checkpoint['model'], checkpoint['data_mean'], checkpoint['data_std'],
-                  checkpoint['classes'], checkpoint['config'])
+    return Source(saved_model_args(checkpoint, path), checkpoint['model'], checkpoint['data_mean'],
+                  checkpoint['data_std'], checkpoint.get('test_crop', 0.875), checkpoint['classes'], checkpoint['config'])
 
 
 def check_held_out(init_from, source, config):
@@ -124,20 +214,21 @@ def check_held_out(init_from, source, config):
 
 def from_source(init_from, config, flags, weights=True):
     """The start of a fine-tuning run: the source's architecture (what the command line asks against it stops the
-    run) at the side config's img_size asks for (0: the source's), its pixel normalization, and, unless weights
-    is False (bench.py times the shape alone), its weights with the position embedding resampled to that side.
-    A torchvision ViT's architecture comes from its name: whatever is wrong with it stops before any fetch."""
-    run = None if is_torchvision_name(init_from) else read_run(init_from)
-    saved = run.model_args if run else torchvision_architecture(init_from)
-    args = architecture_of(saved, config, flags, init_from, f"init_from={init_from!r} has {{}} but this run asks "
-                           f"for {{}}: a fine-tuning run keeps the source's architecture")
+    run) at the side config's img_size asks for (0: the source's), its pixel normalization and test crop, and, unless
+    weights is False (bench.py times the shape alone), its weights with the position embedding resampled to that side.
+    A timm or torchvision ViT's architecture is known before any fetch: whatever is wrong with it stops first."""
+    fetch = timm_source if init_from.startswith('timm:') else torchvision_source if is_torchvision_name(init_from) else None
+    source = fetch(init_from, weights=False) if fetch else read_run(init_from)
+    if not fetch:
+        check_held_out(init_from, source.config, config)
+    args = architecture_of(source.model_args, config, flags, init_from, f"init_from={init_from!r} has {{}} but this run "
+                           f"asks for {{}}: a fine-tuning run keeps the source's architecture")
     args = dict(args, img_size=config['img_size'] or args['img_size'], n_classes=None)  # the classes are the data's
     model_config(dict(args, n_classes=1))
-    if run:
-        check_held_out(init_from, run.config, config)
-    source = run or (fetch_torchvision(init_from) if weights else Source(saved, None, None, None))
+    if fetch and weights:  # all is known to work: now the weights
+        source = fetch(init_from, weights=True)
     state = source.state_dict
     if state is not None and args['pos_embd'] == 'learned':
         state = dict(state, pos_embd=resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size']))
     return Start(args, config['store_size'] or args['img_size'], source.mean, source.std, source.classes, state,
-                 path=init_from)
+                 path=init_from, crop=source.crop)

@@ -35,7 +35,10 @@ class RunLog:
         starts = read_json(path).get('starts', []) if iter_num else []
         starts.append(dict(iter=iter_num, **provenance(config, device, dtype)))
         write(path, json.dumps(dict(starts=starts), indent=1), 'w')
-        self.log = open(os.path.join(out_dir, 'log.txt'), 'a' if iter_num else 'w', encoding='utf-8', errors='replace')
+        # line-buffered: a run killed at any moment has logged every line it printed
+        self.log = open(os.path.join(out_dir, 'log.txt'), 'a' if iter_num else 'w', encoding='utf-8', errors='replace',
+                        buffering=1)
+        self.streams = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = Tee(sys.stdout, self.log), Tee(sys.stderr, self.log)
         self.wandb = None
         if config['wandb_log']:  # optional: imported only when a run asks for it, as nanoGPT does
@@ -46,6 +49,12 @@ class RunLog:
         write(self.metrics, json.dumps(record) + '\n', 'a')
         if self.wandb:
             self.wandb.log(record, step=record['iter'])
+
+    def close(self):
+        if self.wandb:
+            self.wandb.finish()  # its last records, before the process leaves
+        sys.stdout, sys.stderr = self.streams
+        self.log.close()
 
 
 class Tee:

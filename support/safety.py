@@ -127,10 +127,12 @@ def check_free_space(out_dir, checkpoint_bytes):
             f"{checkpoint_bytes / 2 ** 20:.0f} MiB: free some space, or choose another --out_dir")
 
 
-def leave(code, ddp):
+def leave(code, ddp, run_log=None):
     """Exit with code, everything written; under torchrun every process together. The interpreter's teardown is
     skipped: torch's takes a second or two, and with gloo it can abort (std::terminate) in torch's C++ threads
     after all the work is done, so that torchrun would report a failed run."""
+    if run_log:
+        run_log.close()
     if ddp:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

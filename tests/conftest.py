@@ -171,7 +171,7 @@ def run_here(monkeypatch, capsys):
             m.chdir(cwd)
             m.setattr(sys, 'argv', [path, *args])
             # train.py leaves with os._exit (no interpreter teardown), which would end the tests' process too
-            m.setattr('support.safety.leave', lambda code, ddp: sys.exit(code))
+            m.setattr('support.safety.leave', lambda code, ddp, run_log=None: (run_log and run_log.close(), sys.exit(code)))
             for key, value in (env or {}).items():
                 m.setenv(key, value)
             finished = {'__name__': '__main__', '__file__': path}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import RUN_WITH_HOOK, TINY, assert_one_line_error, grey_folder, losses, run_script, start_script, wait_for_line
+from conftest import REPO, RUN_WITH_HOOK, TINY, assert_one_line_error, grey_folder, losses, run_script, start_script, wait_for_line
 
 FOLDER = TINY + ['--dataset=folder', '--max_iters=4', '--eval_interval=4', '--log_interval=2']
 # dropout and augmentation on, so that an exact resume needs every RNG restored
@@ -56,7 +56,7 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_the_run(reference, tmp_path):
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert 'stopped by SIGINT after iter' in stdout and 'Resume with: python train.py' in stdout
+    assert 'stopped by SIGINT after iter' in stdout and f'Resume with: python {REPO}/train.py' in stdout
     assert '--init_from=resume' in stdout
     stopped_at = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)['iter_num']
     assert 20 <= stopped_at < 60

@@ -3,6 +3,7 @@ here) or another nanoViT run as the start, through the code path train.py's init
 import os
 import shutil
 import signal
+import sys
 from dataclasses import asdict
 
 import pytest
@@ -176,3 +177,116 @@ def test_the_log_names_the_fine_tuned_model_s_head_size_not_the_config_s(trained
     assert result.returncode == 0, result.stderr
     assert "note: the architecture is" in result.stdout and 'n_head 4 -> 2' in result.stdout
     assert torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)['model_args']['n_head'] == 2  # the source's
+
+# -----------------------------------------------------------------------------
+# timm's ViTs (random weights: nothing is fetched here)
+
+slow = pytest.mark.slow
+FAMILIES = ['vit_tiny_patch16_224.augreg_in21k_ft_in1k',  # AugReg: a cls token with a position of its own
+            pytest.param('deit_small_patch16_224.fb_in1k', marks=slow),  # DeiT
+            'deit3_small_patch16_224.fb_in1k',  # DeiT III: LayerScale, positions for the patches alone
+            pytest.param('vit_small_patch14_dinov2.lvd142m', marks=slow),  # DINOv2: LayerScale, no head, 518 px
+            'vit_small_patch14_reg4_dinov2.lvd142m',  # DINOv2 with 4 registers
+            pytest.param('vit_small_patch8_224.dino', marks=slow),  # patch 8 (DINO, no head)
+            pytest.param('vit_base_patch32_224.augreg_in21k_ft_in1k', marks=slow)]  # patch 32
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_a_timm_vit_imports_with_the_same_features(name, monkeypatch):
+    timm = pytest.importorskip('timm')
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False).eval()
+    for p in reference.parameters():  # every weight random, LayerScale's and the tokens' included
+        torch.nn.init.normal_(p, std=0.05)
+    real = timm.create_model
+    monkeypatch.setattr(timm, 'create_model', lambda n, pretrained=False: reference if pretrained else real(n))
+    start = from_source(f'timm:{name}', a_config(), set())
+    assert start.mean == list(reference.pretrained_cfg['mean']) and start.crop == reference.pretrained_cfg['crop_pct']
+    classes = [str(i) for i in range(reference.num_classes or 3)]  # its own head's classes: the head kept
+    start.classes = classes if reference.num_classes else None
+    model = ViT(start.settle(None, classes)).eval()
+    start.load_weights(model, classes)
+    side = model.config.img_size
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        theirs = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        ours = model.pool(model.ln_f(run_blocks(model, x)))
+        assert (theirs - ours).abs().max() < 1e-5, (theirs - ours).abs().max()
+        if reference.num_classes:
+            assert (reference(x) - model(x)[0]).abs().max() < 1e-5
+
+
+def run_blocks(model, x):
+    x = model.embed(x)
+    for block in model.blocks:
+        x = block(x)
+    return x
+
+
+@pytest.fixture(scope='module')
+def hf_home(tmp_path_factory):
+    """An HF_HOME whose Hugging Face cache holds random weights for timm's ViT-Ti/16 (AugReg), where timm's own loader
+    looks for them, and the timm model they came from."""
+    timm = pytest.importorskip('timm')
+    import safetensors.torch
+    home = tmp_path_factory.mktemp('hf_home')
+    torch.manual_seed(0)
+    reference = timm.create_model(TINY_TIMM, pretrained=False)
+    for p in reference.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    repo = home / 'hub' / f"models--{reference.pretrained_cfg['hf_hub_id'].replace('/', '--')}"
+    os.makedirs(repo / 'snapshots' / ('0' * 40))
+    os.makedirs(repo / 'refs')
+    (repo / 'refs' / 'main').write_text('0' * 40)
+    safetensors.torch.save_file(reference.state_dict(), repo / 'snapshots' / ('0' * 40) / 'model.safetensors')
+    return home, reference
+
+
+TINY_TIMM = 'vit_tiny_patch16_224.augreg_in21k_ft_in1k'
+
+
+@pytest.mark.slow
+def test_fine_tuning_a_timm_vit_through_train_py_reads_its_weights_from_the_hugging_face_cache(hf_home, tmp_path):
+    home, reference = hf_home
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(8, 2))
+    args = ['--device=cpu', '--compile=False', '--plot=False', '--dataset=folder', f'--data_dir={root}',
+            f'--init_from=timm:{TINY_TIMM}', '--img_size=32', '--linear_probe=True', '--batch_size=4', '--max_iters=2',
+            '--eval_interval=2']
+    result = run_script('train.py', *args, '--out_dir=ft', cwd=tmp_path,
+                        env={'HF_HOME': str(home), 'HF_HUB_OFFLINE': '1', **OFFLINE})
+    assert result.returncode == 0, result.stderr
+    checkpoint = torch.load(tmp_path / 'ft' / 'ckpt.pt', weights_only=True)
+    assert checkpoint['data_mean'] == [0.5, 0.5, 0.5] and checkpoint['model_args']['n_embd'] == 192
+    assert checkpoint['config']['init_from'] == f'timm:{TINY_TIMM}' and checkpoint['model']['pos_embd'].shape == (1, 4, 192)
+    # the blocks are frozen (a linear probe): exactly the weights timm's loader read from the cache
+    assert torch.equal(checkpoint['model']['blocks.3.mlp.fc.weight'], reference.state_dict()['blocks.3.mlp.fc1.weight'])
+    assert torch.equal(checkpoint['model']['cls_token'], reference.cls_token + reference.pos_embed[:, :1])
+    # an empty cache and no network: one line, before any picture is decoded
+    result = run_script('train.py', *args, '--out_dir=none', cwd=tmp_path,
+                        env={'HF_HOME': str(tmp_path / 'empty'), 'HF_HUB_OFFLINE': '1', **OFFLINE})
+    assert_one_line_error(result, f"init_from='timm:{TINY_TIMM}': timm could not load its weights")
+    assert 'decoded' not in result.stdout and not (tmp_path / 'none').exists()
+
+
+@pytest.mark.parametrize('name,message', [
+    ('deit_tiny_distilled_patch16_224.fb_in1k', "is not a ViT model.py expresses: it has the structure of a "
+                                                "VisionTransformerDistilled (a distillation token"),
+    ('vit_tiny_r_s16_p8_224.augreg_in21k', "is not a ViT model.py expresses: it has a convolutional stem"),
+    ('vit_base_patch16_siglip_224.webli', "it has pooling 'map'"),
+    ('vit_wee_patch16_reg1_gap_256.sbb_in1k', "it has a norm after the pooling (fc_norm)"),
+    ('vit_nope_patch16_224', "has no model 'vit_nope_patch16_224'"),
+])
+def test_timm_sources_that_cannot_be_used_are_one_line_before_any_fetch(name, message, capsys, monkeypatch):
+    timm = pytest.importorskip('timm')
+    monkeypatch.setattr(timm, 'create_model', lambda n, pretrained=False, real=timm.create_model: (
+        pytest.fail('fetched') if pretrained else real(n)))
+    with pytest.raises(SystemExit) as stop:
+        from_source(f'timm:{name}', a_config(), set())
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_without_timm_a_timm_source_says_how_to_get_it(tmp_path, run_here, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'timm', None)  # as if it were not installed
+    result = run_here('train.py', f'--init_from=timm:{TINY_TIMM}', '--device=cpu', cwd=tmp_path)
+    assert_one_line_error(result, f"init_from='timm:{TINY_TIMM}' needs timm, which is not installed", code=2)
+    assert result.stderr.strip().endswith('pip install timm')

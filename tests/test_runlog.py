@@ -1,0 +1,72 @@
+"""support/runlog.py: what a run writes beside its checkpoint for a stranger to read, rerun and compare: run.json
+(the command, config, commit, versions and hardware of each start), log.txt (what it printed), and the same records
+in Weights & Biases when asked."""
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import FAST, REPO, TINY, assert_one_line_error, read_jsonl, run_script
+
+
+def test_a_run_says_where_it_came_from(trained_run):
+    starts = json.loads((trained_run.out / 'run.json').read_text())['starts']
+    start = starts[0]
+    assert start['command'].startswith('python ') and '--max_iters=200' in start['command']
+    assert start['config']['max_iters'] == 200 and start['versions']['torch'] == torch.__version__
+    assert len(start['commit']['id']) == 40 and isinstance(start['commit']['changed'], bool)
+    assert start['hardware']['cpu']['cores'] == os.cpu_count() and start['dtype'] == 'float32'
+    log = (trained_run.out / 'log.txt').read_text()
+    assert 'step 200: train loss' in log and 'done: test acc' in log  # what the run printed
+
+
+def test_each_start_of_a_run_is_recorded_and_its_log_carries_on(copy_of_run, trained_run, run_here):
+    result = run_here('train.py', *trained_run.args, '--max_iters=210', '--eval_interval=10', '--out_dir=out',
+                      '--init_from=resume', cwd=copy_of_run.parent)
+    assert result.returncode == 0, result.stderr
+    starts = json.loads((copy_of_run / 'run.json').read_text())['starts']
+    assert [s['iter'] for s in starts] == [0, 200] and '--init_from=resume' in starts[1]['command']
+    log = (copy_of_run / 'log.txt').read_text()
+    assert log.index('step 200:') < log.index('step 210:')  # appended, not started anew
+
+
+def test_plot_names_each_run_s_machine(trained_run, tmp_path, run_here):
+    result = run_here('plot.py', str(trained_run.out), str(trained_run.out), f'--out={tmp_path / "two.png"}', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    from support.runlog import machine
+    assert machine(trained_run.out / 'run.json').endswith(', float32')
+
+
+def test_wandb_logs_what_metrics_jsonl_holds_and_the_config(synthetic_data, tmp_path, run_here, monkeypatch):
+    calls = []
+    fake = types.SimpleNamespace(init=lambda **k: calls.append(('init', k)), finish=lambda: calls.append(('finish',)),
+                                 log=lambda record, step: calls.append(('log', record, step)))
+    monkeypatch.setitem(sys.modules, 'wandb', fake)  # what train.py hands wandb, whatever wandb's version does with it
+    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=20', '--eval_interval=10',
+                      '--wandb_log=True', '--wandb_run_name=tiny', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (init, config), *logged, finish = calls
+    assert init == 'init' and config['project'] == 'nanovit' and config['name'] == 'tiny'
+    assert config['config']['max_iters'] == 20 and finish == ('finish',)
+    assert [(record, step) for _, record, step in logged] == [(r, r['iter']) for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl')]
+
+
+@pytest.mark.slow
+def test_wandb_itself_writes_an_offline_run(synthetic_data, tmp_path):
+    pytest.importorskip('wandb')
+    env = {'WANDB_MODE': 'offline', 'WANDB_DIR': str(tmp_path), 'WANDB_SILENT': 'true'}
+    result = run_script('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=20', '--eval_interval=10',
+                        '--wandb_log=True', '--out_dir=out', cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    runs = [d for d in os.listdir(tmp_path / 'wandb') if d.startswith('offline-run-')]
+    assert len(runs) == 1 and any(f.endswith('.wandb') and os.path.getsize(tmp_path / 'wandb' / runs[0] / f) > 1000
+                                  for f in os.listdir(tmp_path / 'wandb' / runs[0]))
+
+
+def test_without_wandb_wandb_log_says_how_to_get_it(synthetic_data, tmp_path, run_here, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'wandb', None)  # as if it were not installed
+    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--wandb_log=True', cwd=tmp_path)
+    assert_one_line_error(result, "wandb_log=True needs wandb, which is not installed", code=2)
