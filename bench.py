@@ -49,7 +49,7 @@ flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}
 if bench_iters < 1 or bench_warmup < 0:
     die(f"bench_iters={bench_iters} must be at least 1 and bench_warmup={bench_warmup} 0 or more", 2)
 if os.path.isdir(bench_out) or not os.path.isdir(os.path.dirname(os.path.abspath(bench_out))):
-    die(f"bench_out={bench_out!r} is a folder or in none; give a file name in an existing folder for the JSON report", 2)
+    die(f"bench_out={bench_out!r} is a folder or in none; give a file name in an existing folder for the report", 2)
 
 torch.manual_seed(seed)
 torch.set_float32_matmul_precision('high')
@@ -65,7 +65,8 @@ start = from_scratch(config) if init_from == 'scratch' else from_source(init_fro
 shape = prepare.get_dataset(dataset).shape if init_from == 'scratch' else (3, *[start.model_args['img_size']] * 2)
 if shape is None:  # a folder dataset: its channels and size are in its files, which the bench does not read
     if not start.store_size:
-        die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
+        die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels "
+            "assumed)", 2)
     shape = (3, start.store_size, start.store_size)
 n_classes = 10  # the head's size barely moves the step's cost
 vit_config = start.settle(shape, [str(c) for c in range(n_classes)])
@@ -78,7 +79,8 @@ generator = torch.Generator(device=device)
 def get_batch(step):
     # as train.py's get_batch, from pictures already on the device: augmented, then as the model takes them
     x = augment(images.float() / 255, generator.manual_seed(step), size=vit_config.img_size, **aug)
-    return model_input(x, vit_config, [0.5] * shape[0], [0.25] * shape[0], start.test_crop if not aug_rrc_scale else 1.0)
+    crop = start.test_crop if not aug_rrc_scale else 1.0
+    return model_input(x, vit_config, [0.5] * shape[0], [0.25] * shape[0], crop)
 
 
 class Candidate:
@@ -142,7 +144,8 @@ class TorchvisionViT(torch.nn.Module):
 def theirs():
     model = TorchvisionViT().to(device)
     # as a user would: plain AdamW over all parameters, eager
-    return model, [torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(beta1, beta2), weight_decay=weight_decay)]
+    return model, [torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(beta1, beta2),
+                                     weight_decay=weight_decay)]
 
 
 def matmul_flops(dtype, n=2048):
@@ -160,9 +163,11 @@ def matmul_flops(dtype, n=2048):
 
 flops_per_step = 3 * ViT(vit_config).flops_per_image() * batch_size
 machine = hardware(device)
-name = machine['gpu']['name'] if 'gpu' in machine else f"{machine['cpu']['model']} CPU, {torch.get_num_threads()} threads"
+name = machine['gpu']['name'] if 'gpu' in machine else \
+    f"{machine['cpu']['model']} CPU, {torch.get_num_threads()} threads"
 print(f"bench: {name} | torch {torch.__version__} | {dataset} {'x'.join(map(str, shape))}, batch {batch_size} | "
-      f"n_layer {vit_config.n_layer}, n_head {vit_config.n_head}, n_embd {vit_config.n_embd}, patch {vit_config.patch_size}"
+      f"n_layer {vit_config.n_layer}, n_head {vit_config.n_head}, n_embd {vit_config.n_embd}, "
+      f"patch {vit_config.patch_size}"
       f"{f' ({init_from})' if init_from != 'scratch' else ''} | optimizer {optimizer} | "
       f"{flops_per_step / 1e9:.1f} GFLOP per step" + (f" | compile skipped: {blocker}" if blocker else ""))
 # every candidate is built and warmed up, then timed a step at a time in turn, round after round: a machine
@@ -185,11 +190,13 @@ for c in candidates:
     rows.append(dict(impl=c.impl, mode=c.mode, dtype=c.dtype, ms_per_iter=1000 * seconds,
                      optimizer_share=statistics.median(c.optimizer_parts) / seconds, images_per_s=batch_size / seconds,
                      tflops=achieved / 1e12, utilization=achieved / ceiling if ceiling else None,
-                     ceiling=ceiling_kind if ceiling else None, peak_memory_mib=c.memory if device_type == 'cuda' else None))
+                     ceiling=ceiling_kind if ceiling else None,
+                     peak_memory_mib=c.memory if device_type == 'cuda' else None))
     r = rows[-1]
     util = f"{100 * r['utilization']:.1f}% of {ceiling_kind}" if ceiling else "n/a"
     mem = f"{r['peak_memory_mib']:.0f} MiB" if r['peak_memory_mib'] is not None else "-"
-    print(f"{c.impl:12s} {c.mode:9s} {c.dtype:9s} {r['ms_per_iter']:9.2f} ms/iter (optimizer {100 * r['optimizer_share']:4.1f}%) "
+    print(f"{c.impl:12s} {c.mode:9s} {c.dtype:9s} {r['ms_per_iter']:9.2f} ms/iter "
+          f"(optimizer {100 * r['optimizer_share']:4.1f}%) "
           f"{r['images_per_s']:8.0f} img/s {r['tflops']:7.2f} TFLOP/s  {util:>18s}  {mem}")
 
 ratios = {}

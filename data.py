@@ -56,7 +56,7 @@ def random_resized_crop(x, generator, min_scale, size):
     u = torch.rand(4, B, device=x.device, generator=generator)
     area = min_scale + (1 - min_scale) * u[0]
     ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
-    w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)  # halves of the side, in [-1, 1] units
+    w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)  # half-sides, in [-1, 1] units
     cx, cy = (1 - w) * (2 * u[2] - 1), (1 - h) * (2 * u[3] - 1)
     zero = torch.zeros_like(w)
     theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
@@ -93,7 +93,8 @@ def tta_views(images, pixels):
         return [images]
     H, W = images.shape[-2:]
     padded = F.pad(images, (pixels, pixels, pixels, pixels))
-    return [padded[..., top:top + H, left:left + W] for top in (2 * pixels, pixels, 0) for left in (2 * pixels, pixels, 0)]
+    moves = (2 * pixels, pixels, 0)
+    return [padded[..., top:top + H, left:left + W] for top in moves for left in moves]
 
 
 def predict(model, images, mean, std, crop=1.0, tta_shift=0):

@@ -164,8 +164,8 @@ def find_torchvision(name, folder, data_dir, size):
         return found_prepared(name, prepared, key)
     first = read_image_of(splits['train'], size, 0, 0)[0]  # (H, W, C): the first picture's say for all
     shape = (first.shape[2], *first.shape[:2])
-    pictures = {split: Pictures(partial(read_image_of, ds, size, shape[0]), len(ds), f"{name} {split} picture {{}}".format)
-                for split, ds in splits.items()}
+    pictures = {split: Pictures(partial(read_image_of, ds, size, shape[0]), len(ds),
+                                f"{name} {split} picture {{}}".format) for split, ds in splits.items()}
     return Found(name, path, key, classes, shape, {s: len(ds) for s, ds in splits.items()}, pictures)
 
 
@@ -179,9 +179,9 @@ def open_torchvision(kind, data_dir, split, folder):
     """A split of a torchvision dataset class: train=True/False, or split='trainval' or 'train' / 'test' or 'val'."""
     import inspect
     parameters = inspect.signature(kind.__init__).parameters
+    names = ('trainval', 'train') if split == 'train' else ('test', 'val')
     ways = [dict(train=split == 'train')] if 'train' in parameters else \
-        [dict(split=s) for s in (('trainval', 'train') if split == 'train' else ('test', 'val'))] if 'split' in parameters \
-        else []
+        [dict(split=s) for s in names] if 'split' in parameters else []
     if not ways:
         die(f"dataset='torchvision:{kind.__name__}' has no train and test splits (no train= or split= argument); "
             f"sort its pictures into a folder dataset instead", 2)
@@ -195,7 +195,8 @@ def open_torchvision(kind, data_dir, split, folder):
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
             break
     where = os.path.join(data_dir, folder) if folder else data_dir
-    holds = f"it holds {', '.join(sorted(os.listdir(where))) or 'nothing'}" if os.path.isdir(where) else "it does not exist"
+    holds = f"it holds {', '.join(sorted(os.listdir(where))) or 'nothing'}" if os.path.isdir(where) else \
+        "it does not exist"
     die(f"could not load the {split} split of {kind.__name__} from {where} ({holds}): {reason}; offline, point "
         f"--data_dir at a copy of its files, or delete them to download them again")
 
@@ -265,7 +266,8 @@ def split_dir(data_dir, split):
     for name in names:
         if os.path.isdir(os.path.join(data_dir, name)):
             return os.path.join(data_dir, name)
-    die(f"no {' or '.join(n + '/' for n in names)} in data_dir={data_dir!r}; a folder dataset is laid out as {FOLDER_LAYOUT}")
+    die(f"no {' or '.join(n + '/' for n in names)} in data_dir={data_dir!r}; a folder dataset is laid out as "
+        f"{FOLDER_LAYOUT}")
 
 
 def class_names(folder):
@@ -362,7 +364,8 @@ def load(found):
         os.makedirs(cache_dir(), exist_ok=True)
         lock = open(found.path + '.lock', 'a+')
     except OSError as e:
-        die(f"cannot prepare the dataset in {cache_dir()}: {e.strerror or e} (point XDG_CACHE_HOME at a writable folder)")
+        die(f"cannot prepare the dataset in {cache_dir()}: {e.strerror or e} (point XDG_CACHE_HOME at a writable "
+            f"folder)")
     with lock:
         if not hold(lock, wait=False):
             lock.seek(0)
@@ -417,8 +420,8 @@ def write_dataset(found):
         os.rename(tmp, found.path)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        die(f"could not write the prepared dataset {found.path}: {e.strerror or e}; nothing half-made is left, the next "
-            f"start prepares it again (free some space on that disk, or point XDG_CACHE_HOME elsewhere)")
+        die(f"could not write the prepared dataset {found.path}: {e.strerror or e}; nothing half-made is left, the "
+            f"next start prepares it again (free some space on that disk, or point XDG_CACHE_HOME elsewhere)")
     except (KeyboardInterrupt, Stopped) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         die(f"stopped while preparing the dataset {found.path}; nothing half-made is left, the next start prepares it "
@@ -551,7 +554,8 @@ class Progress:
             return
         self.shown = now
         rate = done / max(now - self.t0, 1e-9)
-        line = f"{self.what}: {done}/{self.total}, {rate:.0f} a second, {(self.total - done) / max(rate, 1e-9):.0f}s left"
+        left = (self.total - done) / max(rate, 1e-9)
+        line = f"{self.what}: {done}/{self.total}, {rate:.0f} a second, {left:.0f}s left"
         print(f"\r{line}   " if self.live else line, end='' if self.live and done < self.total else '\n', flush=True)
 
 
@@ -564,7 +568,7 @@ def held_out(n, val_size):
 
 
 if __name__ == '__main__':
-    dataset = 'mnist'  # as train.py's keys: 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'folder', 'torchvision:NAME'
+    dataset = 'mnist'  # as train.py's: 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'folder', 'torchvision:NAME'
     data_dir = 'data'
     store_size = 0  # the side pictures are kept at (0: their own, which must then be one size)
     config_keys = ['dataset', 'data_dir', 'store_size']

@@ -113,7 +113,8 @@ def save_figure(fig, name):
         os.makedirs(figures_dir, exist_ok=True)
         fig.savefig(path, dpi=100, bbox_inches='tight')
     except OSError as e:
-        die(f"could not write {path}: {e.strerror}" + (" (give another folder: --figures_dir)" * (figures_dir == out_dir)))
+        elsewhere = " (give another folder: --figures_dir)" * (figures_dir == out_dir)
+        die(f"could not write {path}: {e.strerror}{elsewhere}")
     plt.close(fig)
     print(f"wrote {path}")
 
@@ -159,8 +160,8 @@ def classify_pictures(paths):
             continue
         probs = classify(torch.from_numpy(np.ascontiguousarray(seen))[None].to(device))[0]
         top = probs.topk(min(3, len(classes)))
-        print(f"{path}: " + ', '.join(f"{classes[c]} ({100 * p:.1f}%)" for p, c in zip(top.values.tolist(), top.indices.tolist()))
-              + note)
+        print(f"{path}: " + ', '.join(f"{classes[c]} ({100 * p:.1f}%)"
+                                      for p, c in zip(top.values.tolist(), top.indices.tolist())) + note)
         name = os.path.basename(path).replace('.', '_')  # d.png and d.jpg must not write one file
         while name in used:
             name += '_'
@@ -168,7 +169,8 @@ def classify_pictures(paths):
         seen_path = os.path.join(figures_dir, f"input-{name}-seen.png")  # exactly what the model was given
         try:
             os.makedirs(figures_dir, exist_ok=True)
-            Image.fromarray(seen.transpose(1, 2, 0).squeeze(2) if seen.shape[0] == 1 else seen.transpose(1, 2, 0)).save(seen_path)
+            picture = seen.transpose(1, 2, 0)
+            Image.fromarray(picture.squeeze(2) if seen.shape[0] == 1 else picture).save(seen_path)
         except OSError as e:
             die(f"could not write {seen_path}: {e.strerror}")
         fig, (ax_in, ax_seen, ax_p) = plt.subplots(1, 3, figsize=(11, 3.2))
@@ -176,7 +178,8 @@ def classify_pictures(paths):
         ax_in.set_title('your picture')
         show(ax_seen, seen.transpose(1, 2, 0))
         ax_seen.set_title(f"the model sees ({seen.shape[2]}x{seen.shape[1]})")
-        ax_p.bar(range(len(probs)), probs.tolist(), color=['C3' if c == top.indices[0] else 'C0' for c in range(len(probs))])
+        ax_p.bar(range(len(probs)), probs.tolist(), color=['C0'] * len(probs))
+        ax_p.patches[top.indices[0]].set_color('C3')
         ax_p.set(xticks=range(len(probs)), ylim=(0, 1), title=f"prediction: {classes[top.indices[0]]}")
         ax_p.set_xticklabels(classes, rotation=90 if len(classes) > 10 or max(map(len, classes)) > 3 else 0, fontsize=7)
         save_figure(fig, f"input-{name}.png")
@@ -191,8 +194,8 @@ def report_test_split():
         die(f"{ckpt_path} does not say where its data is: give --data_dir")
     found = prepare.find(run['dataset'], folder, start.store_size)
     if found.classes != start.classes:  # before a picture is decoded
-        die(f"the classes in {folder} ({', '.join(found.classes[:5])}{', ...' if len(found.classes) > 5 else ''}) are "
-            f"not the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+        die(f"the classes in {folder} ({', '.join(found.classes[:5])}{', ...' * (len(found.classes) > 5)}) are not "
+            f"the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' * (len(classes) > 5)})")
     if found.shape[-1] != found.shape[-2]:
         die(f"the pictures in {folder} are {found.shape[-1]}x{found.shape[-2]}, not square: give --data_dir a folder "
             f"like the run's")

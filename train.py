@@ -103,7 +103,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}  # plain types only, saved in the checkpoint
 flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}  # the keys the command line sets by name
 # -----------------------------------------------------------------------------
-rules.check_config(config, prepare.get_dataset(dataset).shape, prepare.get_dataset(dataset).digits)  # support/rules.py
+rules.check_config(config, prepare.get_dataset(dataset))  # every value a rule can judge alone (support/rules.py)
 out_dir = os.path.expanduser(out_dir)
 
 # processes: torchrun sets RANK for each one it starts; a plain `python train.py` is one process
@@ -176,9 +176,7 @@ def get_batch(it, micro_step):
     return model_input(x, model_config, mean, std, start.test_crop if not aug_rrc_scale else 1.0), y
 
 # the model, and its optimizers
-model = ViT(model_config)
-start.load_weights(model, data.classes)
-model.to(device)
+model = start.load_weights(ViT(model_config), data.classes).to(device)  # the start's weights: none from scratch
 raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
 if linear_probe:  # the pretrained features stay as they are; only the new head learns
     model.requires_grad_(False).head.requires_grad_(True)
@@ -194,11 +192,10 @@ model, compile_note = try_compile(model, compile, ctx, x, y, max_iters - iter_nu
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
-if master:  # a checkpoint holds the weights and at most two moments of each, 4 bytes a number
-    safety.check_free_space(out_dir, 12 * raw_model.get_num_params())
 flops_per_iter = 3 * raw_model.flops_per_image() * global_batch  # forward and backward, every process
 peak = (peak_flops(device, dtype) or 0) * world_size  # 0: not known for this device
 if master:
+    safety.check_free_space(out_dir, 12 * raw_model.get_num_params())  # weights and two moments, 4 bytes a number
     print(f"device {device} ({device_reason}) | dtype {dtype} ({dtype_reason}) | compile {compile_note}")
     print(f"model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {raw_model.flops_per_image() / 1e9:.3f} GFLOPs "
           f"per image forward | data: {dataset}, {len(train_idx)} train / {len(val_idx)} val / {len(test_y)} test "
@@ -242,8 +239,8 @@ splits = {'val': (train_x, train_y, val_idx)} if val_size else {}  # evaluated w
 splits['test'] = (test_x, test_y, torch.arange(len(test_y)))  # and the test split, for the final figure alone
 stop = safety.StopSignals(verbose=master, group=dist.new_group(backend='gloo') if ddp else None)
 
-# training loop. Timing as in nanoGPT but for evaluations: t0 restarts at every log line and after every evaluation;
-# the first log interval (warm-up: allocators, a first compile) counts in no average
+# training loop. t0 restarts at every log line and after every evaluation; the first log interval (warm-up:
+# allocators, a first compile) counts in no average
 losses = []  # training losses since the last evaluation, unread tensors: reading one waits for the device
 logged_iter = iter_num  # the iteration of the last log line
 interval_ms = []  # ms/iter of each log interval after the first
@@ -294,8 +291,7 @@ while iter_num < max_iters:
                   + ', '.join(f"{v:.1e} ({k})" for k, v in lrs.items()) + f", time {ms:.2f}ms"
                   + (f", eta {duration((max_iters - iter_num) * ms / 1000)}" if warm else " (warm-up)")
                   + (f", mfu {100 * flops_per_iter / (ms / 1000) / peak:.1f}%" if peak else ""))
-            run_log.write(dict(iter=iter_num, loss=mean_loss, ms=ms, lr=lrs['adamw'],
-                               **({'muon_lr': lrs['muon']} if 'muon' in lrs else {})))
+            run_log.write(dict(iter=iter_num, loss=mean_loss, ms=ms, lr=lrs['adamw'], muon_lr=lrs.get('muon')))
         logged_iter, t0 = iter_num, time.time()
 
     if iter_num % eval_interval == 0 or last:

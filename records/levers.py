@@ -32,9 +32,10 @@ threads = 1  # torch threads of each run
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(REPO, 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-# (recipe and its flags, iterations, its batch, held-out pictures, {lever: flags on top})
+# (recipe and its flags, iterations, its batch, held-out pictures, {lever: flags on top}). Each suite runs the recipe
+# its table started from, pinned in records/recipes/, so that its baseline row comes back from today's code
 SUITES = {
-    'cifar10': (['config/cifar10_cpu.py', '--dataset=folder', '--tta_shift=0'], 800, 128, 5000, {
+    'cifar10': (['records/recipes/cifar10_cpu_2026-12-02.py', '--dataset=folder', '--tta_shift=0'], 800, 128, 5000, {
         'baseline': [],
         'qk_norm': ['--qk_norm=True'],
         'mean pooling': ['--pool=mean'],
@@ -48,7 +49,7 @@ SUITES = {
         'batch 256 (lr x1.4)': ['--batch_size=256', '--muon_lr=0.028', '--learning_rate=2.8e-3'],
         'batch 64 (lr / 1.4)': ['--batch_size=64', '--muon_lr=0.014', '--learning_rate=1.4e-3'],
     }),
-    'mnist': (['config/mnist_speedrun.py'], 468, 128, 5000, {
+    'mnist': (['records/recipes/mnist_speedrun_2026-12-02.py'], 468, 128, 5000, {
         'baseline': [],
         'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
         'Muon momentum warm-up 0.85 -> 0.95 over 150': ['--muon_momentum_warmup=150'],
@@ -64,7 +65,7 @@ SUITES = {
         'Muon lr 0.03 (not 0.05)': ['--muon_lr=0.03'],
         'sin-cos positions': ['--pos_embd=sincos'],
     }),
-    'mnist_prototype': (['config/mnist.py'], 1000, 32, 5000, {
+    'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],
         'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
     }),
@@ -119,7 +120,7 @@ while todo or running:
     while todo and len(running) < jobs:
         lever, seed = todo.pop(0)
         os.makedirs(run_dir(lever, seed), exist_ok=True)
-        log = open(os.path.join(run_dir(lever, seed), 'log.txt'), 'a')
+        log = open(os.path.join(run_dir(lever, seed), 'stdout.txt'), 'a')  # train.py keeps its own log.txt
         running.append((lever, seed, subprocess.Popen(command(lever, seed), stdout=log, stderr=subprocess.STDOUT, env=env)))
         print(f"started {lever}, seed {seed}", flush=True)
     time.sleep(2)
@@ -127,7 +128,7 @@ while todo or running:
         running.remove(item)
         lever, seed, process = item
         if process.returncode:
-            die(f"the run {run_dir(lever, seed)} failed (exit {process.returncode}); its log.txt says why")
+            die(f"the run {run_dir(lever, seed)} failed (exit {process.returncode}); its stdout.txt says why")
         print(f"done {lever}, seed {seed}: val acc {100 * final_record(lever, seed)['val_acc']:.2f}%", flush=True)
 
 table = {}

@@ -30,7 +30,7 @@ exec(open(os.path.join(REPO, 'configurator.py')).read())
 if not data_dir:
     die("give the CIFAR-10 folder dataset: --data_dir=/path/to/cifar10 (train/<class>/*, test/<class>/*)", 2)
 TRAIN = os.path.join(REPO, 'train.py')
-CONFIG = os.path.join(REPO, 'config', 'cifar10_cpu.py')
+CONFIG = os.path.join(REPO, 'records', 'recipes', 'cifar10_cpu_2026-12-02.py')  # the recipe its table was made with
 SMALL_DATA = ['--batch_size=32', f'--max_iters={finetune_iters}', f'--eval_interval={finetune_iters}',
               '--log_interval=100', '--warmup_iters=30', '--tta_shift=0']
 # what each row changes, on top of the fine-tuning defaults below; 'scratch' starts from random weights

@@ -79,14 +79,14 @@ class Start:
         self.weights = self.states = None
 
     def load_weights(self, model, classes):
-        """Load the start's weights into model (nothing from scratch); a head trained for other classes is left out:
+        """model with the start's weights loaded (none from scratch); a head trained for other classes is left out:
         model's own zero head starts every class at equal odds."""
-        if self.weights is None:
-            return
-        state = dict(self.weights)
-        if self.classes != classes:
-            state['head.weight'], state['head.bias'] = model.head.weight.detach(), model.head.bias.detach()
-        load_model_state(model, state, self.path)
+        if self.weights is not None:
+            state = dict(self.weights)
+            if self.classes != classes:
+                state['head.weight'], state['head.bias'] = model.head.weight.detach(), model.head.bias.detach()
+            load_model_state(model, state, self.path)
+        return model
 
 
 def model_config(args):
@@ -111,7 +111,8 @@ def architecture_of(saved, config, flags, owner, clash):
     differ = [(k, saved[k], config[k]) for k in ARCHITECTURE if k in config and saved[k] != config[k]]
     clashes = [d for d in differ if d[0] in flags]
     if clashes:
-        die(clash.format(', '.join(f'{k}={v!r}' for k, v, _ in clashes), ', '.join(f'{k}={v!r}' for k, _, v in clashes)), 2)
+        then, now = (', '.join(f'{k}={d[i]!r}' for k, *d in clashes) for i in (0, 1))
+        die(clash.format(then, now), 2)
     if differ:
         note(f"the architecture is {owner}'s, not the config's: "
              + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in differ))
@@ -144,8 +145,8 @@ def from_checkpoint(path, config=None, flags=(), world_size=1):
     train_loss = checkpoint.get('train_loss', checkpoint.get('val_loss', math.inf))
     return Start(args, checkpoint['store_size'], checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'],
                  checkpoint['model'], checkpoint['iter_num'], train_loss,
-                 {k: checkpoint[k] for k in ('optimizer', 'scaler', 'rng')}, checkpoint['config'], checkpoint['n_train'],
-                 path, resumed=True, crop=checkpoint.get('test_crop', 0.875))
+                 {k: checkpoint[k] for k in ('optimizer', 'scaler', 'rng')}, checkpoint['config'],
+                 checkpoint['n_train'], path, resumed=True, crop=checkpoint.get('test_crop', 0.875))
 
 
 def resume_changes(saved, processes, config, world_size):

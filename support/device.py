@@ -29,7 +29,8 @@ def pick_device(requested, local_rank=None):
         if kind == 'cuda' and not torch.cuda.is_available():
             die(f"device={requested!r} but torch.cuda.is_available() is False (CPU-only PyTorch or no GPU)", 2)
         if kind == 'cuda' and index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            die(f"device={requested!r}, but the CUDA devices here are cuda:0 to cuda:{torch.cuda.device_count() - 1}", 2)
+            die(f"device={requested!r}, but the CUDA devices here are cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}", 2)
         if kind == 'mps' and not torch.backends.mps.is_available():
             die(f"device={requested!r} but MPS is not available on this machine", 2)
     if device.startswith('cuda') and (device == 'cuda' or local_rank is not None):
@@ -184,7 +185,7 @@ def rng_state():
 
 
 def global_mean(values, ddp):
-    """The mean of a list of device scalars (reading it waits for the device) over all processes, which each saw a part."""
+    """The mean of a list of device scalars (reading it waits for the device) over all processes, each a part."""
     mean = torch.stack(values).mean()
     if ddp:
         torch.distributed.all_reduce(mean)

@@ -9,13 +9,13 @@ from torch import nn
 def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, betas, muon_momentum, device_type,
                          dtype, layer_decay=1.0):
     """{'adamw': AdamW, 'muon': Muon}, optimizers that together own every parameter of model that trains
-    (requires_grad), each group at its peak lr (the schedule scales them). 'adamw': AdamW for all. 'muon': Muon for the blocks'
-    weight matrices (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding, positions,
-    the pooling, norms, biases and the head, as Muon is meant to be used. layer_decay < 1: each layer nearer the
-    input learns slower (BEiT's and MAE's fine-tuning)."""
-    # decay the weight matrices of the linear and conv layers only: never position embeddings or a pooling's
-    # tokens (3-D, but not weights, which nanoGPT's "decay every tensor of 2 or more dims" would catch),
-    # LayerNorm gains or biases
+    (requires_grad), each group at its peak lr (the schedule scales them). 'adamw': AdamW for all. 'muon': Muon for
+    the blocks' weight matrices (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding,
+    positions, the learned tokens, norms, biases and the head, as Muon is meant to be used. layer_decay < 1: each
+    layer nearer the input learns slower (BEiT's and MAE's fine-tuning)."""
+    # decay the weight matrices of the linear and conv layers only: never position embeddings or the learned tokens
+    # (3-D, but not weights, which nanoGPT's "decay every tensor of 2 or more dims" would catch), LayerNorm gains,
+    # LayerScale's scales or biases
     weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     groups = {}  # (kind, lr scale) -> parameters
     for name, p in model.named_parameters():
@@ -34,11 +34,13 @@ def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay,
     muon = [{'params': params, 'lr': muon_lr * scale} | ({'blocks': 3} if kind == 'qkv' else {})
             for (kind, scale), params in groups if kind in ('qkv', 'muon')]
     # the fused kernel does the whole update in one pass over the parameters (CUDA and CPU)
-    optimizers = {'adamw': torch.optim.AdamW(adamw, lr=learning_rate, betas=betas, fused=device_type in ('cuda', 'cpu'))}
+    fused = device_type in ('cuda', 'cpu')
+    optimizers = {'adamw': torch.optim.AdamW(adamw, lr=learning_rate, betas=betas, fused=fused)}
     if muon:
         # bf16 only where the run's dtype says the hardware has it: emulated, it is ~9x slower than fp32
         ns_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
-        optimizers['muon'] = Muon(muon, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay, ns_dtype=ns_dtype)
+        optimizers['muon'] = Muon(muon, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay,
+                                  ns_dtype=ns_dtype)
     return optimizers
 
 

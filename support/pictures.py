@@ -85,7 +85,7 @@ def orientation(picture):
 
 
 def header(path, size):
-    """((H, W) the picture decodes to, its channels) from its header alone; (None, why) for a file that is no picture."""
+    """((H, W) the picture decodes to, its channels), from its header alone; (None, why) for no picture."""
     from PIL import Image
     try:
         with Image.open(path) as picture:

@@ -49,16 +49,16 @@ def timm_source(init_from, weights):
     why = timm_refusal(model)
     if why:
         die(f"init_from={init_from!r} is not a ViT model.py expresses: it has {why}", 2)
-    cfg, block = model.pretrained_cfg, model.blocks[0]
+    cfg, block, width = model.pretrained_cfg, model.blocks[0], model.embed_dim
     args = dict(asdict(ViTConfig()), img_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0],
-                in_chans=model.patch_embed.proj.in_channels, n_classes=1, n_layer=len(model.blocks),
-                n_head=block.attn.num_heads, n_embd=model.embed_dim, mlp_ratio=block.mlp.fc1.out_features / model.embed_dim,
-                pool='cls' if model.global_pool == 'token' else 'mean', qk_norm=isinstance(block.attn.q_norm, torch.nn.LayerNorm),
-                norm_eps=block.norm1.eps, layer_scale=float(block.ls1.gamma.mean()) if hasattr(block.ls1, 'gamma') else 0.0,
-                n_registers=model.num_reg_tokens)
+                in_chans=model.patch_embed.proj.in_channels, n_classes=1, n_layer=len(model.blocks), n_embd=width,
+                n_head=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / width, norm_eps=block.norm1.eps,
+                pool='cls' if model.global_pool == 'token' else 'mean', n_registers=model.num_reg_tokens,
+                qk_norm=isinstance(block.attn.q_norm, torch.nn.LayerNorm),
+                layer_scale=float(block.ls1.gamma.mean()) if hasattr(block.ls1, 'gamma') else 0.0)
     if weights:
         try:
-            model = timm.create_model(name, pretrained=True)  # timm's loader: the Hugging Face cache, or a fetch into it
+            model = timm.create_model(name, pretrained=True)  # timm's loader: the Hugging Face cache, or a fetch
         except Exception as e:
             die(f"init_from={init_from!r}: timm could not load its weights ({type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); offline, put them in the Hugging "
@@ -79,9 +79,11 @@ def timm_refusal(model):
         (lambda: model.global_pool in ('token', 'avg') and (model.cls_token is not None or model.global_pool == 'avg'),
          f"pooling '{getattr(model, 'global_pool', '')}' (model.py reads the cls token or the mean patch token)"),
         (lambda: isinstance(model.fc_norm, nn.Identity), "a norm after the pooling (fc_norm), not before it"),
-        (lambda: all(isinstance(m, nn.Identity) for m in (model.norm_pre, model.patch_embed.norm)), "a norm before the blocks"),
+        (lambda: all(isinstance(m, nn.Identity) for m in (model.norm_pre, model.patch_embed.norm)),
+         "a norm before the blocks"),
         (lambda: all(type(b).__name__ == 'Block' and type(b.mlp).__name__ == 'Mlp' and type(b.mlp.act) is nn.GELU
-                     and isinstance(b.mlp.norm, nn.Identity) and isinstance(getattr(b.attn, 'norm', nn.Identity()), nn.Identity)
+                     and isinstance(b.mlp.norm, nn.Identity) and isinstance(getattr(b.attn, 'norm', None), (nn.Identity,
+                                                                                                         type(None)))
                      for b in blocks), "blocks other than pre-norm attention and a Linear-GELU-Linear MLP (SwiGLU, "
                                        "parallel or scaled blocks)"),
         (lambda: all(isinstance(m, nn.LayerNorm) and m.eps == blocks[0].norm1.eps for m in model.modules()
@@ -195,10 +197,12 @@ def read_run(init_from):
     path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
     if not os.path.isfile(path):
         die(f"init_from={init_from!r} is neither 'scratch', 'resume', a torchvision ViT "
-            f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS), timm:NAME, nor a nanoViT run's out_dir or ckpt.pt", 2)
+            f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS), timm:NAME, nor a nanoViT run's out_dir or "
+            f"ckpt.pt", 2)
     checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'data_mean', 'data_std', 'classes', 'config'))
     return Source(saved_model_args(checkpoint, path), checkpoint['model'], checkpoint['data_mean'],
-                  checkpoint['data_std'], checkpoint.get('test_crop', 0.875), checkpoint['classes'], checkpoint['config'])
+                  checkpoint['data_std'], checkpoint.get('test_crop', 0.875), checkpoint['classes'],
+                  checkpoint['config'])
 
 
 def check_held_out(init_from, source, config):
@@ -208,8 +212,8 @@ def check_held_out(init_from, source, config):
         os.path.abspath(os.path.expanduser(config['data_dir']))
     if same and config['val_size'] > source.get('val_size', 0):
         die(f"init_from={init_from!r} trained on {config['dataset']} in {source['data_dir']} holding out "
-            f"val_size={source.get('val_size', 0)}; with val_size={config['val_size']}, pictures it trained on would be "
-            f"in this run's validation split: use val_size={source.get('val_size', 0)} or less", 2)
+            f"val_size={source.get('val_size', 0)}; with val_size={config['val_size']}, pictures it trained on would "
+            f"be in this run's validation split: use val_size={source.get('val_size', 0)} or less", 2)
 
 
 def from_source(init_from, config, flags, weights=True):
@@ -217,12 +221,13 @@ def from_source(init_from, config, flags, weights=True):
     run) at the side config's img_size asks for (0: the source's), its pixel normalization and test crop, and, unless
     weights is False (bench.py times the shape alone), its weights with the position embedding resampled to that side.
     A timm or torchvision ViT's architecture is known before any fetch: whatever is wrong with it stops first."""
-    fetch = timm_source if init_from.startswith('timm:') else torchvision_source if is_torchvision_name(init_from) else None
+    fetch = timm_source if init_from.startswith('timm:') else \
+        torchvision_source if is_torchvision_name(init_from) else None
     source = fetch(init_from, weights=False) if fetch else read_run(init_from)
     if not fetch:
         check_held_out(init_from, source.config, config)
-    args = architecture_of(source.model_args, config, flags, init_from, f"init_from={init_from!r} has {{}} but this run "
-                           f"asks for {{}}: a fine-tuning run keeps the source's architecture")
+    args = architecture_of(source.model_args, config, flags, init_from, f"init_from={init_from!r} has {{}} but this "
+                           f"run asks for {{}}: a fine-tuning run keeps the source's architecture")
     args = dict(args, img_size=config['img_size'] or args['img_size'], n_classes=None)  # the classes are the data's
     model_config(dict(args, n_classes=1))
     if fetch and weights:  # all is known to work: now the weights

@@ -12,53 +12,45 @@ from support.checkpoint import model_config
 from support.errors import die, note
 
 
-def check_config(c, shape, digits):
-    """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. shape: the
-    dataset's (C, H, W) when it is known without its files; digits: handwritten digits, which a mirror makes others."""
+def check_config(c, dataset):
+    """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. dataset:
+    prepare.py's entry (its shape, when known without its files; whether it is digits, which a mirror changes)."""
+    shape, digits = dataset.shape, dataset.digits
     for key, value in c.items():
         if isinstance(value, float) and not math.isfinite(value):
             die(f"{key}={value!r} must be a finite number", 2)
-    for key, valid, rule in [
-            ('max_iters', c['max_iters'] >= 1, 'at least 1'), ('batch_size', c['batch_size'] >= 1, 'at least 1'),
-            ('eval_batch_size', c['eval_batch_size'] >= 1, 'at least 1'),
-            ('log_interval', c['log_interval'] >= 1, 'at least 1'), ('eval_interval', c['eval_interval'] >= 1, 'at least 1'),
-            ('gradient_accumulation_steps', c['gradient_accumulation_steps'] >= 1, 'at least 1'),
-            ('learning_rate', c['learning_rate'] > 0, 'positive'), ('muon_lr', c['muon_lr'] > 0, 'positive'),
-            ('min_lr', c['min_lr'] >= 0, '0 or more'),
-            ('min_lr', c['min_lr'] <= c['learning_rate'], f"at most learning_rate={c['learning_rate']!r} (lower min_lr "
-             f"with learning_rate: the decay ends at it)"),
-            ('warmup_iters', c['warmup_iters'] >= 0, '0 or more'), ('weight_decay', c['weight_decay'] >= 0, '0 or more'),
-            ('beta1', 0 <= c['beta1'] < 1, 'in [0, 1)'), ('beta2', 0 <= c['beta2'] < 1, 'in [0, 1)'),
-            ('muon_momentum', 0 <= c['muon_momentum'] < 1, 'in [0, 1)'),
-            ('muon_momentum_min', 0 <= c['muon_momentum_min'] < 1, 'in [0, 1)'),
-            ('muon_momentum', not c['muon_momentum_warmup'] or c['muon_momentum'] >= c['muon_momentum_min'],
-             f"at least muon_momentum_min={c['muon_momentum_min']!r}, where muon_momentum_warmup starts it (a warm-up "
-             f"that falls is none)"),
-            ('grad_clip', c['grad_clip'] >= 0, '0 (off) or more'),
-            ('label_smoothing', 0 <= c['label_smoothing'] < 1, 'in [0, 1)'),
-            ('seed', 0 <= c['seed'] < 2 ** 63, 'in [0, 2**63)'), ('img_size', c['img_size'] >= 0, '0 (keep the size) or more'),
-            ('aug_crop', c['aug_crop'] >= 0, '0 (off) or more'), ('aug_translate', c['aug_translate'] >= 0, '0 (off) or more'),
-            ('aug_rotate', c['aug_rotate'] >= 0, '0 (off) or more'), ('aug_scale', 0 <= c['aug_scale'] < 1, 'in [0, 1)'),
-            ('tta_shift', c['tta_shift'] >= 0, '0 (off) or more'), ('layer_decay', 0 < c['layer_decay'] <= 1, 'in (0, 1]'),
-            ('data_placement', c['data_placement'] in ('auto', 'device', 'stream'), "'auto', 'device' or 'stream'"),
-            ('store_size', c['store_size'] == 0 or c['store_size'] >= c['img_size'] > 0, "0, or img_size or more (set img_size)"),
-            ('store_size', c['store_size'] == 0 or not shape, f"0 for {c['dataset']}, whose pictures are kept at their own "
-             f"size (a model of another img_size gets each batch resized)"),
-            ('val_size', c['val_size'] >= 0, "0 (no validation split) or more"),
-            ('aug_rrc_scale', 0 <= c['aug_rrc_scale'] < 1, 'in [0, 1)'),
-            ('optimizer', c['optimizer'] in ('adamw', 'muon'), "'adamw' or 'muon'"),
-            ('lr_schedule', c['lr_schedule'] in ('cosine', 'linear'), "'cosine' or 'linear'"),
-            ('muon_momentum_warmup', c['muon_momentum_warmup'] >= 0, '0 (off) or more')]:
+    rules = [(k, c[k] >= 1, 'at least 1') for k in ('max_iters', 'batch_size', 'eval_batch_size', 'log_interval',
+                                                   'eval_interval', 'gradient_accumulation_steps')]
+    rules += [(k, c[k] >= 0, '0 or more') for k in ('min_lr', 'warmup_iters', 'weight_decay', 'grad_clip', 'img_size',
+                                                    'val_size', 'aug_crop', 'aug_translate', 'aug_rotate', 'tta_shift',
+                                                    'muon_momentum_warmup')]
+    rules += [(k, 0 <= c[k] < 1, 'in [0, 1)') for k in ('beta1', 'beta2', 'muon_momentum', 'muon_momentum_min',
+                                                        'label_smoothing', 'aug_scale', 'aug_rrc_scale')]
+    rules += [(k, c[k] in options, ' or '.join(map(repr, options))) for k, options in (
+        ('optimizer', ('adamw', 'muon')), ('lr_schedule', ('cosine', 'linear')),
+        ('data_placement', ('auto', 'device', 'stream')))]
+    rules += [
+        ('learning_rate', c['learning_rate'] > 0, 'positive'), ('muon_lr', c['muon_lr'] > 0, 'positive'),
+        ('min_lr', c['min_lr'] <= c['learning_rate'], f"at most learning_rate={c['learning_rate']!r} (lower min_lr "
+                                                      f"with learning_rate: the decay ends at it)"),
+        ('muon_momentum', not c['muon_momentum_warmup'] or c['muon_momentum'] >= c['muon_momentum_min'],
+         f"at least muon_momentum_min={c['muon_momentum_min']!r}, where muon_momentum_warmup starts it"),
+        ('seed', 0 <= c['seed'] < 2 ** 63, 'in [0, 2**63)'), ('layer_decay', 0 < c['layer_decay'] <= 1, 'in (0, 1]'),
+        ('store_size', c['store_size'] == 0 or c['store_size'] >= c['img_size'] > 0, "0, or img_size or more"),
+        ('store_size', c['store_size'] == 0 or not shape, f"0 for {c['dataset']}, whose pictures are kept at their "
+                                                          f"own size (another img_size resizes each batch)")]
+    for key, valid, rule in rules:
         if not valid:
             die(f"{key}={c[key]!r} must be {rule}", 2)
     if c['init_from'] == 'scratch':  # the model is the config's: its values fail now, before any download or decode
         side = c['img_size'] or (shape or [c['patch_size']])[-1]  # the data's values stand in until it is found
-        model_config({f.name: c[f.name] for f in fields(ViTConfig) if f.name in c} | dict(in_chans=1, img_size=side, n_classes=1))
+        model_config({f.name: c[f.name] for f in fields(ViTConfig) if f.name in c} | dict(in_chans=1, img_size=side,
+                                                                                            n_classes=1))
     if c['aug_flip'] and digits:
-        die(f"aug_flip=True on {c['dataset']}: a mirrored digit is not the same digit (use aug_translate, aug_rotate)", 2)
+        die(f"aug_flip=True on {c['dataset']}: a mirrored digit is another digit (use aug_translate, aug_rotate)", 2)
     if c['warmup_iters'] >= c['max_iters']:
-        note(f"warmup_iters={c['warmup_iters']} is not below max_iters={c['max_iters']}: the learning rate never reaches "
-             f"its peak and never decays")
+        note(f"warmup_iters={c['warmup_iters']} is not below max_iters={c['max_iters']}: the learning rate never "
+             f"reaches its peak and never decays")
     if c['muon_momentum_warmup'] and c['optimizer'] != 'muon':
         note(f"muon_momentum_warmup={c['muon_momentum_warmup']} does nothing with optimizer={c['optimizer']!r}")
 
@@ -76,4 +68,5 @@ def check_against_data(c, found, world_size):
     # shifts as large as the picture leave nothing of it: the augmentation trains on black, the test views are void
     for key in ('aug_crop', 'aug_translate', 'tta_shift'):
         if c[key] >= side // 2:
-            die(f"{key}={c[key]!r} shifts the {side}x{side} pictures by half their side or more; keep it below {side // 2}", 2)
+            die(f"{key}={c[key]!r} shifts the {side}x{side} pictures by half their side or more; keep it below "
+                f"{side // 2}", 2)

@@ -154,17 +154,17 @@ def hardware(device):
     try:
         with open('/proc/cpuinfo') as f:
             info = f.read()
-        cpu['model'] = next(line.split(':', 1)[1].strip() for line in info.splitlines() if line.startswith('model name'))
-        flags = next(line.split(':', 1)[1].split() for line in info.splitlines() if line.startswith('flags'))
+        lines = info.splitlines()
+        cpu['model'] = next(line.split(':', 1)[1].strip() for line in lines if line.startswith('model name'))
+        flags = next(line.split(':', 1)[1].split() for line in lines if line.startswith('flags'))
         cpu['flags'] = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
     except (OSError, StopIteration):
         pass
-    found = dict(cpu=cpu)
-    if device.startswith('cuda'):
-        gpu = torch.cuda.get_device_properties(device)
-        found['gpu'] = dict(name=gpu.name, capability=f"{gpu.major}.{gpu.minor}", memory_gib=round(gpu.total_memory / 2 ** 30, 1),
-                            count=torch.cuda.device_count())
-    return found
+    if not device.startswith('cuda'):
+        return dict(cpu=cpu)
+    gpu = torch.cuda.get_device_properties(device)
+    return dict(cpu=cpu, gpu=dict(name=gpu.name, capability=f"{gpu.major}.{gpu.minor}", count=torch.cuda.device_count(),
+                                  memory_gib=round(gpu.total_memory / 2 ** 30, 1)))
 
 
 def machine(run_json):
@@ -172,12 +172,11 @@ def machine(run_json):
     starts = read_json(run_json).get('starts')
     if not starts:
         return ''
-    last = starts[-1]
-    hw = last.get('hardware', {})
-    cpu = hw.get('cpu', {})
-    name = hw['gpu']['name'] if 'gpu' in hw else cpu.get('model', '?') + \
-        (f" ({', '.join(f for f in cpu.get('flags', []) if 'bf16' in f)})" if any('bf16' in f for f in cpu.get('flags', [])) else '')
-    return f"{name}, {last.get('dtype', '?')}"
+    hardware, dtype = starts[-1].get('hardware', {}), starts[-1].get('dtype', '?')
+    bf16 = [f for f in hardware.get('cpu', {}).get('flags', []) if 'bf16' in f]
+    if 'gpu' in hardware:
+        return f"{hardware['gpu']['name']}, {dtype}"
+    return f"{hardware.get('cpu', {}).get('model', '?')}" + (f" ({', '.join(bf16)})" if bf16 else '') + f", {dtype}"
 
 
 def duration(seconds):

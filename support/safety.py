@@ -75,7 +75,7 @@ def stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, 
     if not math.isfinite(loss) or loss > 2 * checkpoint_loss + 0.5:
         than = f", the checkpoint's {checkpoint_loss:.4g}" if math.isfinite(checkpoint_loss) else ""
         die(f"the training loss is {loss:.4g} at iter {iter_num}{than}: training diverged. Lower learning_rate (now "
-            f"{learning_rate:g}){' or use dtype=float32' if dtype != 'float32' else ''}. {ckpt_path} is left as it was.")
+            f"{learning_rate:g}){' or use dtype=float32' * (dtype != 'float32')}. {ckpt_path} is left as it was.")
     if scaler.is_enabled() and scaler.get_scale() < 1.0:
         die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
             f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
@@ -120,11 +120,11 @@ def resume_command(ddp, world_size):
 
 
 def check_free_space(out_dir, checkpoint_bytes):
-    """Stop at start, not at the first save, when out_dir's disk cannot hold a checkpoint (written beside the old one)."""
+    """Stop at start, not at the first save, when out_dir's disk cannot hold a checkpoint beside the old one."""
     free = shutil.disk_usage(out_dir).free
     if free < checkpoint_bytes * 1.1:
-        die(f"out_dir={out_dir!r} has {free / 2 ** 20:.0f} MiB free on its disk, and a checkpoint of this run takes about "
-            f"{checkpoint_bytes / 2 ** 20:.0f} MiB: free some space, or choose another --out_dir")
+        die(f"out_dir={out_dir!r} has {free / 2 ** 20:.0f} MiB free on its disk, and a checkpoint of this run takes "
+            f"about {checkpoint_bytes / 2 ** 20:.0f} MiB: free some space, or choose another --out_dir")
 
 
 def leave(code, ddp, run_log=None):

@@ -42,14 +42,14 @@ def test_config_file_errors_exit_2(content, message, tmp_path, run_here):
     ('--n_head=5', "n_embd=32 is not divisible by n_head=5"),
     ('--learning_rate=-1.0', "learning_rate=-1.0 must be positive"), ('--beta2=1.5', "beta2=1.5 must be in [0, 1)"),
     ('--label_smoothing=2.0', "label_smoothing=2.0 must be in [0, 1)"),
-    ('--grad_clip=-1.0', "grad_clip=-1.0 must be 0 (off) or more"), ('--tta_shift=-1', "tta_shift=-1 must be 0 (off) or more"),
+    ('--grad_clip=-1.0', "grad_clip=-1.0 must be 0 or more"), ('--tta_shift=-1', "tta_shift=-1 must be 0 or more"),
     ('--warmup_iters=-1', "warmup_iters=-1 must be 0 or more"), (f'--seed={2 ** 63}', f"seed={2 ** 63} must be in [0, 2**63)"),
     ('--optimizer=sgd', "optimizer='sgd' must be 'adamw' or 'muon'"), ('--max_iters=0', "max_iters=0 must be at least 1"),
-    ('--val_size=-1', "val_size=-1 must be 0 (no validation split) or more"),
-    ('--store_size=36', "store_size=36 must be 0, or img_size or more (set img_size)"),
+    ('--val_size=-1', "val_size=-1 must be 0 or more"),
+    ('--store_size=36', "store_size=36 must be 0, or img_size or more"),
     ('--learning_rate=1e999', 'learning_rate=inf must be a finite number'), ('--weight_decay=1e999', 'weight_decay=inf must be'),
     ('--aug_rotate=1e999', 'aug_rotate=inf must be'), ('--mlp_ratio=1e999', 'mlp_ratio=inf must be a finite number'),
-    ('--aug_flip=True', "aug_flip=True on mnist: a mirrored digit is not the same digit"),
+    ('--aug_flip=True', "aug_flip=True on mnist: a mirrored digit is another digit"),
     ('--dataset=imagenet', "unknown dataset='imagenet'; choose from mnist, fashion_mnist, cifar10, cifar100, folder, or "
                            "torchvision:NAME"),
     ('--dtype=fp8', "dtype='fp8': use 'auto', 'float32', 'bfloat16' or 'float16'"),
@@ -69,7 +69,7 @@ def test_impossible_values_stop_at_start_with_one_line(flag, message, tmp_path, 
     ('--val_size=1990', 'batch_size=32 x gradient_accumulation_steps=1 x 1 process(es) = 32 pictures an iteration, more '
                         'than the 10 training pictures that val_size=1990 leaves'),
     ('--learning_rate=5e-6', 'min_lr=1e-05 must be at most learning_rate=5e-06 (lower min_lr with learning_rate'),
-    ('--store_size=32', "store_size=32 must be 0 for mnist, whose pictures are kept at their own size"),
+    ('--store_size=32', "store_size=32 must be 0 for mnist, whose pictures are kept at their own size (another img_size"),
 ])
 def test_values_that_cannot_mean_anything_for_the_data_stop_at_start(flag, message, synthetic_data, tmp_path, run_here):
     if flag == 'nan.py':  # a NaN comes from a config file

@@ -297,16 +297,16 @@ def test_a_prepared_torchvision_dataset_opens_without_torchvision(synthetic_data
     assert second.stdout.split() == ['2000', '3', '-', 'three', 'False'], second.stderr  # opened as prepared
 
 
-def test_prepare_py_runs_on_its_own(synthetic_data, tmp_path):
+def test_prepare_py_runs_on_its_own(synthetic_data, tmp_path, run_here):
     env = {'XDG_CACHE_HOME': str(tmp_path / 'cache')}
-    result = run_script('prepare.py', f'--data_dir={synthetic_data}', cwd=tmp_path, env=env)
+    result = run_here('prepare.py', f'--data_dir={synthetic_data}', cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert 'MNIST train: decoded 2000 pictures' in result.stdout
     assert ': 2000 training and 500 test pictures of 1x28x28, 10 classes' in result.stdout
-    assert_one_line_error(run_script('prepare.py', '--datset=mnist', cwd=tmp_path, env=env),
+    assert_one_line_error(run_here('prepare.py', '--datset=mnist', cwd=tmp_path, env=env),
                           "unknown config key 'datset'; did you mean dataset?", code=2)
-    train = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=2', '--eval_interval=2',
-                       cwd=tmp_path, env=env)
+    train = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=2', '--eval_interval=2',
+                     cwd=tmp_path, env=env)
     assert train.returncode == 0 and 'decoded' not in train.stdout, train.stderr  # train.py maps what it prepared
 
 
@@ -588,6 +588,7 @@ def test_a_dataset_cut_short_under_a_running_run_keeps_the_checkpoint_and_is_pre
     assert 'is damaged' in result.stdout and 'decoded 80 pictures' in result.stdout
 
 
+@pytest.mark.slow
 def test_a_run_waiting_for_another_s_preparation_says_whose(tmp_path, monkeypatch):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(40, 4))

@@ -279,6 +279,7 @@ def test_a_momentum_warm_up_that_would_fall_is_refused(synthetic_data, tmp_path,
                                   "muon_momentum_warmup starts it", code=2)
 
 
+@pytest.mark.slow
 def test_the_printed_resume_command_works_from_where_the_run_was_started(synthetic_data, tmp_path):
     os.makedirs(tmp_path / 'elsewhere')
     script = os.path.relpath(os.path.join(REPO, 'train.py'), tmp_path / 'elsewhere')  # ../../work/main/train.py
@@ -295,6 +296,7 @@ def test_the_printed_resume_command_works_from_where_the_run_was_started(synthet
     assert resumed.returncode == 0 and 'done:' in resumed.stdout, resumed.stderr
 
 
+@pytest.mark.slow
 def test_a_disk_too_small_for_a_checkpoint_stops_the_run_at_start(synthetic_data, tmp_path):
     with small_disk(tmp_path / "tiny", 1) as disk:  # 1 MB; a checkpoint of this 128-wide model takes about 5 MB
         result = run_script('train.py', *TINY, f'--data_dir={synthetic_data}', '--n_embd=128', '--max_iters=20',
@@ -304,6 +306,7 @@ def test_a_disk_too_small_for_a_checkpoint_stops_the_run_at_start(synthetic_data
         assert not os.path.exists(disk / 'run')  # a failed start leaves nothing behind
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_no_out_dir_and_a_resume_creates_none(tmp_path):
     result = run_script('train.py', *TINY, f'--data_dir={tmp_path / "nowhere"}', '--out_dir=out', cwd=tmp_path,
                         env={'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'})
