@@ -1,8 +1,6 @@
 """
-Train a Vision Transformer. On one device (CUDA, MPS or CPU, picked for you):
-$ python train.py config/mnist.py
-Override any config key from the command line:
-$ python train.py config/cifar10.py --max_iters=2000 --batch_size=64 --dropout=0.1
+Train a Vision Transformer on one device (CUDA, MPS or CPU, picked for you); any config key can be overridden:
+$ python train.py config/mnist.py --max_iters=2000
 Carry on after a crash, a disconnect or Ctrl-C:
 $ python train.py config/mnist.py --init_from=resume
 Several GPUs (or CPU processes) with DDP, on one node:
@@ -145,7 +143,6 @@ if ddp and master:
 if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
     run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
 train_idx, val_idx = prepare.held_out(len(data.train[1]), val_size)
-start.note_training_pictures(len(train_idx))
 on_device = fits_on_device(data.train[0].nbytes, device, data_placement)  # else each batch is read from the map
 (train_x, train_y), (test_x, test_y) = (tuple(t.to(device) for t in split) if on_device else split
                                         for split in (data.train, data.test))
@@ -156,10 +153,10 @@ aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug
 global_batch = batch_size * gradient_accumulation_steps * world_size
 steps_per_epoch = len(train_idx) // global_batch
 
-# each stream of draws (batch order, augmentation) is seeded by seed * its prime + the draw's index: no seed twice
 @functools.lru_cache(maxsize=1)
 def epoch_order(epoch):
-    # one shuffle of the training pictures an epoch, the same on every process: a function of (seed, epoch) alone
+    # one shuffle of the training pictures an epoch, the same on every process: a function of (seed, epoch) alone.
+    # Each stream of draws (batch order, augmentation) is seeded by seed * its prime + the draw's index: no seed twice
     generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2 ** 64)
     return train_idx[torch.randperm(len(train_idx), generator=generator)]
 
@@ -183,9 +180,8 @@ if linear_probe:  # the pretrained features stay as they are; only the new head 
 optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
                                   device_type, dtype, layer_decay)  # {'adamw': ..., 'muon': ...}
 peak_lrs = [[group['lr'] for group in opt.param_groups] for opt in optimizers.values()]  # layer_decay scales them
-# fp16 gradients underflow without loss scaling; for other dtypes the scaler does nothing
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-start.load_states(optimizers.values(), scaler, rank, world_size)  # a resumed run's moments, loss scale and RNG
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))  # fp16 gradients underflow without it
+start.load_states(optimizers.values(), scaler, rank, world_size, len(train_idx))  # a resumed run's moments, RNG
 iter_num, checkpoint_loss = start.iter_num, start.train_loss  # a diverged run must not replace that checkpoint
 x, y = get_batch(iter_num, 0)
 model, compile_note = try_compile(model, compile, ctx, x, y, max_iters - iter_num)
@@ -232,11 +228,9 @@ def save_checkpoint():
         checkpoint.save(checkpoint.checkpoint_of(raw_model, optimizers.values(), scaler, iter_num, checkpoint_loss,
                         config, data.classes, data_mean, data_std, len(train_idx), start, rngs), ckpt_path)
 
-def stop_if_diverged(loss):  # before a diverged model can replace a good checkpoint
-    safety.stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
-
 splits = {'val': (train_x, train_y, val_idx)} if val_size else {}  # evaluated whole: the held-out split, to choose on
 splits['test'] = (test_x, test_y, torch.arange(len(test_y)))  # and the test split, for the final figure alone
+eval_seconds = None  # what an evaluation takes: measured at the first; until then, a forward is a third of a step
 stop = safety.StopSignals(verbose=master, group=dist.new_group(backend='gloo') if ddp else None)
 
 # training loop. t0 restarts at every log line and after every evaluation; the first log interval (warm-up:
@@ -262,9 +256,8 @@ while iter_num < max_iters:
             _, loss = model(x, y, label_smoothing)
         loss = loss / gradient_accumulation_steps
         step_loss += loss.detach()  # the mean over the micro-steps: the loss of the whole batch
-        # the next batch, drawn while the device works on this one
-        last_micro_step = micro_step + 1 == gradient_accumulation_steps
-        x, y = get_batch(iter_num + 1, 0) if last_micro_step else get_batch(iter_num, micro_step + 1)
+        following = (iter_num + 1, 0) if micro_step + 1 == gradient_accumulation_steps else (iter_num, micro_step + 1)
+        x, y = get_batch(*following)  # the next batch, drawn while the device works on this one
         scaler.scale(loss).backward()
     if grad_clip > 0:
         for opt in optimizers.values():
@@ -284,21 +277,26 @@ while iter_num < max_iters:
         ms = 1000 * (time.time() - t0) / (iter_num - logged_iter)
         warm = logged_iter > start.iter_num
         interval_ms += [ms] if warm else []
-        stop_if_diverged(mean_loss)
+        evaluating = eval_seconds or (len(val_idx) + len(test_y)) * (9 if tta_shift else 1) * ms / 3000 / global_batch
+        evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval > 0)
+        eta = (max_iters - iter_num) * ms / 1000 + evals_left * evaluating  # the steps and evaluations left
+        safety.stop_if_diverged(mean_loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
         lrs = {name: max(group['lr'] for group in opt.param_groups) for name, opt in optimizers.items()}  # as stepped
         if master:
             print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr "
                   + ', '.join(f"{v:.1e} ({k})" for k, v in lrs.items()) + f", time {ms:.2f}ms"
-                  + (f", eta {duration((max_iters - iter_num) * ms / 1000)}" if warm else " (warm-up)")
+                  + (f", eta {duration(eta)}" if warm else " (warm-up)")
                   + (f", mfu {100 * flops_per_iter / (ms / 1000) / peak:.1f}%" if peak else ""))
             run_log.write(dict(iter=iter_num, loss=mean_loss, ms=ms, lr=lrs['adamw'], muon_lr=lrs.get('muon')))
         logged_iter, t0 = iter_num, time.time()
 
     if iter_num % eval_interval == 0 or last:
+        t_eval = time.time()
         scores = {name: evaluate(*split) for name, split in splits.items()}  # {split: (loss, accuracy)}
+        eval_seconds = time.time() - t_eval
         train_loss = global_mean(losses, ddp)
         losses = []
-        stop_if_diverged(train_loss)
+        safety.stop_if_diverged(train_loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
         if master:
             print(f"step {iter_num}: train loss {train_loss:.4f}, " + ', '.join(
                 f"{name} loss {loss:.4f}, {name} acc {100 * acc:.2f}%" for name, (loss, acc) in scores.items()))
@@ -315,7 +313,8 @@ while iter_num < max_iters:
     signum = stop.requested()
     if signum and not last:
         if losses[logged_iter - iter_num:]:  # a model that diverged since the last log line is never saved
-            stop_if_diverged(global_mean(losses[logged_iter - iter_num:], ddp))
+            loss = global_mean(losses[logged_iter - iter_num:], ddp)
+            safety.stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
         save_checkpoint()
         if master:
             print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "

@@ -64,13 +64,11 @@ class Start:
             args['n_classes'] = args['n_classes'] or len(classes)
         return model_config(args)
 
-    def note_training_pictures(self, n_train):
+    def load_states(self, optimizers, scaler, rank, world_size, n_train):
+        """A resumed run's optimizer moments, loss scale and (for the same number of processes) RNG state, with a note
+        when it trains on another count of pictures; then the start lets go of what it held."""
         if self.resumed and self.n_train != n_train:
             note(f"resuming with training pictures {self.n_train} -> {n_train} (the batches are drawn anew)")
-
-    def load_states(self, optimizers, scaler, rank, world_size):
-        """A resumed run's optimizer moments, loss scale and (for the same number of processes) RNG state; then the
-        start lets go of what it held."""
         if self.resumed:
             load_optimizer_states(optimizers, self.states['optimizer'], self.path)
             scaler.load_state_dict(self.states['scaler'])
