@@ -56,8 +56,8 @@ torch.set_float32_matmul_precision('high')
 device, _ = pick_device(device)
 device_type = device.split(':')[0]
 dtypes = [d for d, _ in native_dtypes(device_type)] if dtype == 'auto' else [pick_dtype(dtype, device_type)[0]]
-# on a CPU train.py compiles only where it pays; these timings are what that rests on
-blocker = 'compile=False' if not compile else None if device_type == 'cpu' else compile_blocker(device_type)
+# on a CPU train.py compiles only where it pays (a long run); these timings are what that rests on
+blocker = 'compile=False' if not compile else compile_blocker(device_type)
 modes = ['eager'] + (['compiled'] if not blocker else [])
 
 # the model as train.py would build it; random pictures of the data's shape stand in for the data

@@ -278,7 +278,7 @@ while iter_num < max_iters:
         warm = logged_iter > start.iter_num
         interval_ms += [ms] if warm else []
         evaluating = eval_seconds or (len(val_idx) + len(test_y)) * (9 if tta_shift else 1) * ms / 3000 / global_batch
-        evals_left = max_iters // eval_interval - iter_num // eval_interval + (max_iters % eval_interval > 0)
+        evals_left = max_iters // eval_interval - (iter_num - 1) // eval_interval + (max_iters % eval_interval > 0)
         eta = (max_iters - iter_num) * ms / 1000 + evals_left * evaluating  # the steps and evaluations left
         safety.stop_if_diverged(mean_loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
         lrs = {name: max(group['lr'] for group in opt.param_groups) for name, opt in optimizers.items()}  # as stepped

@@ -65,6 +65,16 @@ SUITES = {
         'Muon lr 0.03 (not 0.05)': ['--muon_lr=0.03'],
         'sin-cos positions': ['--pos_embd=sincos'],
     }),
+    'mnist_60s': (['config/mnist_speedrun.py'], 1404, 128, 5000, {  # toward the speedrun's 60 s (2026-12-06)
+        'baseline': [],
+        'no test-time shifts (the evaluation 9x cheaper)': ['--tta_shift=0'],
+        '2.5 epochs (1170 steps)': ['--max_iters=1170'],
+        '2.5 epochs, no test-time shifts': ['--max_iters=1170', '--tta_shift=0'],
+        '2 epochs (936 steps)': ['--max_iters=936'],
+        '2 epochs, no test-time shifts': ['--max_iters=936', '--tta_shift=0'],
+        '2 epochs, linear decay to 0': ['--max_iters=936', '--lr_schedule=linear', '--min_lr=0'],
+        '2 epochs, Muon momentum warm-up over 150': ['--max_iters=936', '--muon_momentum_warmup=150'],
+    }),
     'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],
         'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
@@ -87,9 +97,10 @@ def run_dir(lever, seed):
 
 
 def iterations(lever):
-    """A lever's iterations: the suite's, fewer for a larger batch (the same pictures seen)."""
-    batch = next((int(a.split('=')[1]) for a in all_levers[lever] if a.startswith('--batch_size=')), recipe_batch)
-    return steps * recipe_batch // batch
+    """A lever's iterations: its own (--max_iters), or the suite's, fewer for a larger batch (the same pictures seen)."""
+    flag = lambda key, default: next((int(a.split('=')[1]) for a in all_levers[lever] if a.startswith(f'--{key}=')),
+                                     default)
+    return flag('max_iters', steps * recipe_batch // flag('batch_size', recipe_batch))
 
 
 def final_record(lever, seed):
@@ -106,9 +117,9 @@ def command(lever, seed):
     run = run_dir(lever, seed)
     return [sys.executable, os.path.join(REPO, 'train.py'), *[os.path.join(REPO, a) if a.endswith('.py') else a
                                                               for a in recipe],
-            f'--data_dir={data_dir}', f'--val_size={val_size}', f'--max_iters={batch_steps}',
+            f'--data_dir={data_dir}', f'--val_size={val_size}', *all_levers[lever], f'--max_iters={batch_steps}',
             f'--eval_interval={batch_steps}', f'--log_interval={max(1, batch_steps // 4)}', '--plot=False',
-            f'--seed={seed}', *all_levers[lever], f'--out_dir={run}',
+            f'--seed={seed}', f'--out_dir={run}',
             *(['--init_from=resume'] if os.path.exists(os.path.join(run, 'ckpt.pt')) else [])]
 
 

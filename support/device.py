@@ -98,22 +98,24 @@ def compile_blocker(device_type):
             import triton  # noqa: F401
         except ImportError:
             return "Triton is not installed"
-    if device_type == 'cpu':
-        # measured with bench.py on two 2-core CPUs (Zen 4, and an AVX2 EPYC): the compiled step was at most
-        # 14% faster than eager (the matmuls are most of it), and compiling costs 20-40 s of start-up
-        return "on CPU the compiled step measured barely faster than eager (bench.py) and compiling takes a while"
     return None
 
 
-def try_compile(model, compile, ctx, x, y, iterations):
-    """(torch.compile(model), 'on') when compile asks for it, or (model, 'off (why)') where it does not, or
-    where compiling cannot or did not work. It compiles now, on one forward and backward of the batch (x, y) whose
-    gradients and dropout draws are then thrown away, so that a compiler that fails here says so before
-    training starts, not in the middle."""
-    blocker = compile_blocker(x.device.type) if compile else 'compile=False'
-    if blocker == 'compile=False':
-        return model, 'off'
+# on a 2-core CPU (AVX-512 BF16 EPYC, 2026-12-06) compiling took 21-30 s (4-5 s from inductor's cache) and the compiled
+# step was 1-6% faster (bench.py: the speedrun's and cifar10_cpu.py's models): it pays from about this many iterations
+CPU_COMPILE_FROM = 10_000
 
+
+def try_compile(model, compile, ctx, x, y, iterations):
+    """(torch.compile(model), 'on') when compile asks for it and it pays (on a CPU: a run of CPU_COMPILE_FROM
+    iterations or more), or (model, 'off (why)'), also where compiling cannot or did not work. It compiles now, on one
+    forward and backward of the batch (x, y) whose gradients and dropout draws are then thrown away, so that a
+    compiler that fails here says so before training starts, not in the middle."""
+    if not compile:
+        return model, 'off'
+    blocker = compile_blocker(x.device.type) or (
+        f"on a CPU compiling pays from about {CPU_COMPILE_FROM} iterations (bench.py); this run has {iterations}"
+        if x.device.type == 'cpu' and iterations < CPU_COMPILE_FROM else None)
     if blocker:
         return model, f"off ({blocker})"
     rng = rng_state()

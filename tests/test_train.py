@@ -264,3 +264,24 @@ def test_float16_with_its_grad_scaler_on_the_cpu_trains_checkpoints_and_resumes_
     whole, cut = ({r['iter']: r['loss'] for r in read_jsonl(tmp_path / run / 'metrics.jsonl') if 'loss' in r}
                   for run in ('whole', 'cut'))
     assert cut == whole
+
+
+@pytest.mark.slow
+def test_the_compiled_step_on_the_cpu_trains_as_the_eager_one(synthetic_data, tmp_path, run_here, monkeypatch):
+    # a run long enough for compiling to pay on a CPU, stopped after its first log line
+    asked = []
+    monkeypatch.setattr('support.safety.StopSignals.requested',
+                        lambda self: asked.append(1) or (signal.SIGINT if len(asked) == 10 else 0))
+    runs = {}
+    for compile in (True, False):
+        out = f'compile-{compile}'
+        result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', f'--compile={compile}', '--max_iters=20000',
+                          '--log_interval=5', f'--out_dir={out}', cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"compile {'on' if compile else 'off'}" in result.stdout
+        runs[compile] = [r['loss'] for r in read_jsonl(tmp_path / out / 'metrics.jsonl') if 'loss' in r]
+        asked.clear()
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4) and len(runs[True]) == 2
+    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--compile=True', '--max_iters=20',
+                      '--eval_interval=20', '--out_dir=short', cwd=tmp_path)
+    assert "compile off (on a CPU compiling pays from about 10000 iterations (bench.py); this run has 20)" in result.stdout
