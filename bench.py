@@ -12,6 +12,7 @@ Prints a table and writes it as JSON to bench_out.
 import ast
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -206,11 +207,13 @@ for dtype in dtypes:
     if reference:
         ratios[dtype] = best['ms_per_iter'] / reference[0]['ms_per_iter']
         print(f"{dtype}: nanoViT ({best['mode']}) takes {ratios[dtype]:.2f}x the time of torchvision's ViT (eager)")
+peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+print(f"peak memory of this process (every candidate above together): {peak_rss:.0f} MiB")
 try:
     with open(bench_out, 'w') as f:
         json.dump(dict(device=name, hardware=machine, torch=torch.__version__, dataset=dataset, image_shape=shape,
                        batch_size=batch_size, flops_per_step=flops_per_step, config=config, rows=rows,
-                       time_ratio_vs_torchvision=ratios), f, indent=2)
+                       time_ratio_vs_torchvision=ratios, peak_rss_mib=peak_rss), f, indent=2)
 except OSError as e:
     die(f"could not write {bench_out}: {e.strerror or e} (the table above has the figures)")
 print(f"wrote {bench_out}")
