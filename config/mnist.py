@@ -7,7 +7,7 @@
 # What moved it (records/README.md, "config/mnist.py"): a position embedding that starts at std 1.0, not
 # 0.02; a learning rate of 3e-4, not 1e-3; LayerNorm on queries and keys (qk_norm).
 out_dir = 'out-mnist'
-eval_interval = 250
+eval_interval = 500  # twice, half way and at the end: on a CPU each evaluation of the 10,000 pictures costs minutes
 log_interval = 50
 
 n_layer = 4

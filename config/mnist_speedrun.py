@@ -10,8 +10,8 @@
 # 2026-11-28: 99.08% mean (99.10, 99.10, 99.03) in 1m56s mean.
 # records/README.md has the levers.
 out_dir = 'out-mnist-speedrun'
-eval_interval = 1404  # evaluate once, at the end
-log_interval = 468
+eval_interval = 936  # evaluate once, at the end
+log_interval = 312
 plot = False
 
 n_layer = 4
@@ -23,12 +23,14 @@ qk_norm = True
 
 dtype = 'float32'  # at these sizes bf16 autocast costs more in casts than it saves (bench.py)
 batch_size = 128
-max_iters = 1404  # 3 epochs of 468 batches
+max_iters = 936  # 2 epochs of 468 batches
 optimizer = 'muon'
 muon_lr = 0.05
 learning_rate = 4e-3  # AdamW's, for the embeddings, norms, biases and head
 weight_decay = 0.0
 warmup_iters = 100
-min_lr = 1e-5
+lr_schedule = 'linear'  # to zero: with the warm-up below, 2 epochs did as well as 3 on the held-out split
+min_lr = 0.0
+muon_momentum_warmup = 150  # Muon's momentum from 0.85 to 0.95 over the first 150 steps
 aug_translate = 2.0
 tta_shift = 1  # the test images' predictions: the mean over each and its 8 one-pixel shifts

@@ -65,15 +65,17 @@ SUITES = {
         'Muon lr 0.03 (not 0.05)': ['--muon_lr=0.03'],
         'sin-cos positions': ['--pos_embd=sincos'],
     }),
-    'mnist_60s': (['config/mnist_speedrun.py'], 1404, 128, 5000, {  # toward the speedrun's 60 s (2026-12-06)
+    'mnist_60s': (['records/recipes/mnist_speedrun_2026-12-02.py'], 1404, 128, 5000, {  # toward 60 s (2026-12-06)
         'baseline': [],
         'no test-time shifts (the evaluation 9x cheaper)': ['--tta_shift=0'],
         '2.5 epochs (1170 steps)': ['--max_iters=1170'],
-        '2.5 epochs, no test-time shifts': ['--max_iters=1170', '--tta_shift=0'],
+        '2.5 epochs without test-time shifts': ['--max_iters=1170', '--tta_shift=0'],
         '2 epochs (936 steps)': ['--max_iters=936'],
-        '2 epochs, no test-time shifts': ['--max_iters=936', '--tta_shift=0'],
-        '2 epochs, linear decay to 0': ['--max_iters=936', '--lr_schedule=linear', '--min_lr=0'],
-        '2 epochs, Muon momentum warm-up over 150': ['--max_iters=936', '--muon_momentum_warmup=150'],
+        '2 epochs without test-time shifts': ['--max_iters=936', '--tta_shift=0'],
+        '2 epochs with a linear decay to 0': ['--max_iters=936', '--lr_schedule=linear', '--min_lr=0'],
+        '2 epochs with Muon momentum warm-up over 150': ['--max_iters=936', '--muon_momentum_warmup=150'],
+        '2 epochs with both': ['--max_iters=936', '--lr_schedule=linear', '--min_lr=0', '--muon_momentum_warmup=150'],
+        '2.5 epochs with both': ['--max_iters=1170', '--lr_schedule=linear', '--min_lr=0', '--muon_momentum_warmup=150'],
     }),
     'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],

@@ -37,7 +37,7 @@ def test_small_vit_learns_real_cifar10(tmp_path):
     result = run_script('train.py', *args, '--out_dir=out', cwd=tmp_path, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
     assert 'data: folder, 50000 train / 0 val / 10000 test images of 3x32x32, 10 classes' in result.stdout
-    assert 'train/: decoded 50000 pictures' in result.stdout
+    assert 'cifar10 train: decoded 50000 pictures' in result.stdout
     final = final_eval(tmp_path / 'out')
     assert final['test_acc'] >= FLOOR, final
     # the second start reads the cache: no decoding
