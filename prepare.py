@@ -79,8 +79,8 @@ class Prepared:
 
 def checksum(path, meta, crc=0):
     """CRC-32 of a prepared dataset's files and of its meta (all but the checksum), read in 4 MiB pieces: what catches
-    a damaged file (a zeroed region, a disk error, a digit edited) at about 4 GB/s from the page cache; it is not
-    proof against tampering."""
+    a damaged file (a zeroed region, a disk error, a digit edited), at about 1.5 GB/s from the page cache (CIFAR-10's
+    176 MiB in 0.11 s on a 2-core EPYC); it is not proof against tampering."""
     piece = bytearray(4 << 20)
     for name in (f"{split}.{kind}" for split in SPLITS for kind in ('u8', 'i64')):
         with open(os.path.join(path, name), 'rb', buffering=0) as f:
