@@ -117,12 +117,29 @@ def open_prepared(path, key):
 
 
 @dataclass
-class Pictures:
-    """A split's pictures, to decode: read(i) -> (uint8 (H, W, C), label); name(i) says which picture i is."""
+class Pictures(torch.utils.data.Dataset):
+    """A split's pictures, for DataLoader's worker processes to decode: read(i) -> (uint8 (H, W, C), label); name(i)
+    says which picture i is."""
     read: Callable
     n: int
     name: Callable
+    shape: tuple
     labels: list = None  # when known before decoding (a folder's)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        """(uint8 (C, H, W) of shape, label, '') or (zeros, -1, why the picture did not decode)."""
+        try:
+            pixels, label = self.read(i)
+            if pixels.shape[:2] != self.shape[1:]:
+                raise ValueError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, the dataset's pictures are "
+                                 f"{self.shape[2]}x{self.shape[1]} (set --img_size, or --store_size)")
+            pixels = np.broadcast_to(pixels, (*self.shape[1:], self.shape[0])).transpose(2, 0, 1)  # grey as colour
+            return torch.tensor(pixels), label, ''
+        except (ValueError, OSError, TypeError) as e:  # a file PIL cannot read, a label that is no number
+            return torch.zeros(self.shape, dtype=torch.uint8), -1, str(e)
 
 
 @dataclass
@@ -165,7 +182,7 @@ def find_torchvision(name, folder, data_dir, size):
     first = read_image_of(splits['train'], size, 0, 0)[0]  # (H, W, C): the first picture's say for all
     shape = (first.shape[2], *first.shape[:2])
     pictures = {split: Pictures(partial(read_image_of, ds, size, shape[0]), len(ds),
-                                f"{name} {split} picture {{}}".format) for split, ds in splits.items()}
+                                f"{name} {split} picture {{}}".format, shape) for split, ds in splits.items()}
     return Found(name, path, key, classes, shape, {s: len(ds) for s, ds in splits.items()}, pictures)
 
 
@@ -251,8 +268,8 @@ def find_folder(data_dir, size):
         die(f"the test pictures are {test_side[1]}x{test_side[0]}, the training pictures {shape[2]}x{shape[1]}; set "
             f"--img_size=N to bring both to N x N", 2)
     pictures = {split: Pictures(partial(read_file, paths[split], labels[split], size, shape[0]), len(paths[split]),
-                                partial(lambda p, i: os.path.relpath(p[i], data_dir), paths[split]), labels[split])
-                for split in SPLITS}
+                                partial(lambda p, i: os.path.relpath(p[i], data_dir), paths[split]), shape,
+                                labels[split]) for split in SPLITS}
     return Found(name, path, key, classes, shape, {split: len(paths[split]) for split in SPLITS}, pictures)
 
 
@@ -437,28 +454,6 @@ def write_dataset(found):
 MAX_BROKEN_SHARE = 0.1
 
 
-class Decode(torch.utils.data.Dataset):
-    """The pictures of a split as DataLoader's worker processes decode them: (uint8 (C, H, W), label, '' or why the
-    picture did not decode)."""
-
-    def __init__(self, pictures, shape):
-        self.pictures, self.shape = pictures, shape
-
-    def __len__(self):
-        return self.pictures.n
-
-    def __getitem__(self, i):
-        try:
-            pixels, label = self.pictures.read(i)
-            if pixels.shape[:2] != self.shape[1:]:
-                raise ValueError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, the dataset's pictures are "
-                                 f"{self.shape[2]}x{self.shape[1]} (set --img_size, or --store_size)")
-            pixels = np.broadcast_to(pixels, (*self.shape[1:], self.shape[0])).transpose(2, 0, 1)  # grey as colour
-            return torch.tensor(pixels), label, ''
-        except (ValueError, OSError, TypeError) as e:  # a file PIL cannot read, a label that is no number
-            return torch.zeros(self.shape, dtype=torch.uint8), -1, str(e)
-
-
 def write_split(folder, split, found, crc):
     """Decode a split's pictures in order into folder/<split>.u8 and .i64, by one process per core (DataLoader's
     workers, which end with this process), one piece at a time: the memory used stays that of a few pieces, whatever
@@ -467,7 +462,7 @@ def write_split(folder, split, found, crc):
     pictures, batch = found.pictures[split], 64
     # elsewhere than Linux a worker is spawned, which would run the script that imported this module anew
     workers = os.cpu_count() if sys.platform == 'linux' and pictures.n > 1000 else 0
-    loader = torch.utils.data.DataLoader(Decode(pictures, found.shape), batch_size=batch, num_workers=workers,
+    loader = torch.utils.data.DataLoader(pictures, batch_size=batch, num_workers=workers,
                                          multiprocessing_context='fork' if workers else None,
                                          generator=torch.Generator())  # its seed draw leaves the run's random state be
     progress = Progress(f"preparing {found.name} {split}", pictures.n)

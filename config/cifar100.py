@@ -3,7 +3,8 @@
 # smoothing) on the 100 classes. CIFAR-100 downloads into data/ (160 MB) on the first run.
 # $ python train.py config/cifar100.py
 # NOT MEASURED: no GPU and no CIFAR-100 files on the machine this was written on (2026-12-06). ViT-Lite-7/4 reached
-# 69.5% in the CCT paper with AutoAugment, which nanoViT does not have: expect less. Whoever runs it, write the result here.
+# 69.5% in the CCT paper with AutoAugment, which nanoViT does not have: expect less. Whoever runs it, write the result
+# here.
 out_dir = 'out-cifar100'
 dataset = 'cifar100'
 eval_interval = 3900  # every 10 epochs

@@ -6,14 +6,17 @@
 # On the JPEG copy of CIFAR-10 that this machine has (a folder dataset):
 # $ python train.py config/cifar10_cpu.py --dataset=folder --data_dir=../shared/cifar10
 # Online, `python train.py config/cifar10_cpu.py` downloads the official files instead.
-# Measured on a 2-core AMD EPYC (lscpu: "AMD EPYC", with avx512_bf16: dtype 'auto' picked bfloat16), on that
-# JPEG folder, its picture store already built (building it decodes the 60,000 JPEGs in about 5 s), seed
-# 1337, 2026-12-02: 80.45% test accuracy in 25m36s of wall time for the whole process, 400 ms a step,
-# 152 TFLOP of training. The record before (2026-11-28, an AVX2 EPYC, float32, 3000 steps, cls token,
-# learned positions, cosine): 77.36% in 33m10s, 130 TFLOP.
+# Measured on a 2-core AMD EPYC (lscpu: "AMD EPYC", with avx512_bf16: dtype 'auto' picked bfloat16; its reference
+# step, ../shared/tools/ref_step.py, 35-45 ms), on that JPEG folder, its prepared dataset already there, seed 1337,
+# 2026-12-06: 80.44% test accuracy in 21m09s of wall time for the whole process, 332 ms a step, 152 TFLOP of training
+# (records/runs/cifar10_cpu-bf16-2026-12-06/; on 2026-12-02: 80.45% in 25m36s). Without native bf16 (the AVX2 kind,
+# float32, its step 920 ms: 2.0x this machine's float32 step) 3600 steps take about an hour; half of them
+# (--dtype=float32 --max_iters=1800 --eval_interval=1800 --muon_momentum_warmup=150) reached 76.46% in 16m07s here,
+# about 32 minutes there: 80% in half an hour on the AVX2 kind is not reached
+# (records/runs/cifar10_cpu-fp32-2026-12-06/).
 out_dir = 'out-cifar10-cpu'
 dataset = 'cifar10'
-eval_interval = 3600  # evaluate once, at the end: 9 views of the 10,000 test pictures (most of the 97 s outside the steps)
+eval_interval = 3600  # once, at the end: 9 views of the 10,000 test pictures (most of the time outside the steps)
 log_interval = 100
 plot = False
 eval_batch_size = 1000

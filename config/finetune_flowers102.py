@@ -1,7 +1,8 @@
 # Oxford Flowers-102 (102 kinds of flowers; torchvision downloads it into data/, 330 MB) fine-tuned from timm's
 # ViT-S/16 (AugReg, ImageNet-21k then 1k), on a GPU or, slowly, a CPU (pip install timm):
 # $ python train.py config/finetune_flowers102.py
-# Its train split (1,020 pictures, 10 a class) trains, its test split (6,149) tests; torchvision's val split is not used.
+# Its train split (1,020 pictures, 10 a class) trains, its test split (6,149) tests; torchvision's val split is not
+# used.
 # The recipe: AdamW at 1e-4, weight decay 0.05, cosine, clip 1, label smoothing 0.1 (DeiT's and timm's fine-tuning, at a
 # small batch; the ViT paper fine-tuned Flowers-102 for 500 steps of SGD at batch 512), random-resized crops and mirror
 # images, the weights' own normalization and test crop (0.9).

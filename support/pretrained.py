@@ -55,7 +55,8 @@ def timm_source(init_from, weights):
                 n_head=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / width, norm_eps=block.norm1.eps,
                 pool='cls' if model.global_pool == 'token' else 'mean', n_registers=model.num_reg_tokens,
                 qk_norm=isinstance(block.attn.q_norm, torch.nn.LayerNorm),
-                layer_scale=float(block.ls1.gamma.mean()) if hasattr(block.ls1, 'gamma') else 0.0)
+                # LayerScale's start, timm's init_values as float32 holds it: 1e-6, not 1.0000002e-06
+                layer_scale=float(f"{block.ls1.gamma.detach()[0]:.6g}") if hasattr(block.ls1, 'gamma') else 0.0)
     if weights:
         try:
             model = timm.create_model(name, pretrained=True)  # timm's loader: the Hugging Face cache, or a fetch

@@ -605,3 +605,53 @@ def test_a_run_waiting_for_another_s_preparation_says_whose(tmp_path, monkeypatc
     first.communicate(timeout=120)
     assert f"note: waiting for pid {first.pid} on {socket.gethostname()}, which is preparing" in second.stdout, second.stdout
     assert 'decoded' not in second.stdout
+
+
+def test_any_torchvision_dataset_by_its_class_name(tmp_path, run_here):
+    # Oxford-IIIT Pet in its own format, small and offline: images/<Breed>_<n>.jpg of any size, and
+    # annotations/trainval.txt and test.txt ("<image> <class id> <species> <breed id>"); split='trainval' trains
+    pets = tmp_path / 'data' / 'oxford-iiit-pet'
+    os.makedirs(pets / 'images')
+    os.makedirs(pets / 'annotations')
+    rng = np.random.default_rng(0)
+    for split, n in (('trainval', 12), ('test', 4)):
+        lines = []
+        for k, breed in enumerate(('Abyssinian', 'great_pyrenees')):
+            for i in range(n):
+                name = f"{breed}_{split}{i}"
+                pixels = rng.integers(0, 256, (20 + 3 * i, 30, 3)).astype(np.uint8)
+                pixels[:, :, k] = 255
+                Image.fromarray(pixels).save(pets / 'images' / f'{name}.jpg')
+                lines.append(f"{name} {k + 1} {k + 1} {i + 1}")
+        (pets / 'annotations' / f'{split}.txt').write_text('\n'.join(lines) + '\n')
+    result = run_here('train.py', '--dataset=torchvision:OxfordIIITPet', f"--data_dir={tmp_path / 'data'}",
+                      '--store_size=16', '--img_size=16', '--n_layer=1', '--n_head=2', '--n_embd=32', '--patch_size=8',
+                      '--batch_size=8', '--max_iters=2', '--eval_interval=2', '--device=cpu', '--plot=False',
+                      '--compile=False', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'data: torchvision:OxfordIIITPet, 24 train / 0 val / 8 test images of 3x16x16, 2 classes' in result.stdout
+    assert torch.load(tmp_path / 'out-mnist' / 'ckpt.pt', weights_only=True)['classes'] == ['Abyssinian', 'Great Pyrenees']
+    result = run_here('train.py', '--dataset=torchvision:Nope', '--out_dir=other', cwd=tmp_path)
+    assert_one_line_error(result, "dataset='torchvision:Nope': torchvision", code=2)
+
+
+def test_cifar100_in_its_own_format(tmp_path, run_here, monkeypatch):
+    # the python pickles torchvision reads (data, fine labels, the meta file's names); their MD5 sums, which only the
+    # real files match, are the one thing let through
+    import pickle
+    import torchvision
+    folder = tmp_path / 'data' / 'cifar-100-python'
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 60), ('test', 20)):
+        labels = [i % 3 for i in range(n)]
+        data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+        pickle.dump({'data': data, 'fine_labels': labels, 'coarse_labels': labels}, open(folder / split, 'wb'))
+    pickle.dump({'fine_label_names': ['apple', 'bee', 'cloud']}, open(folder / 'meta', 'wb'))
+    monkeypatch.setattr(torchvision.datasets.CIFAR100, '_check_integrity', lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, 'check_integrity', lambda *args: True)
+    result = run_here('train.py', '--dataset=cifar100', f"--data_dir={tmp_path / 'data'}", '--n_layer=1', '--n_head=2',
+                      '--n_embd=32', '--patch_size=8', '--batch_size=8', '--max_iters=2', '--eval_interval=2',
+                      '--device=cpu', '--plot=False', '--compile=False', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'data: cifar100, 60 train / 0 val / 20 test images of 3x32x32, 3 classes' in result.stdout

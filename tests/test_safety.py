@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -315,3 +316,19 @@ def test_a_failed_start_leaves_no_out_dir_and_a_resume_creates_none(tmp_path):
     result = run_script('train.py', *TINY, '--out_dir=missing', '--init_from=resume', cwd=tmp_path)
     assert_one_line_error(result, "no checkpoint at missing/ckpt.pt to resume")
     assert not (tmp_path / 'missing').exists()
+
+
+def test_a_save_that_runs_out_of_space_says_so_in_one_line(copy_of_run, resume, monkeypatch):
+    # torch.save on a full disk raises "[enforce fail at inline_container.cc:672] . unexpected pos ..."
+    ckpt = copy_of_run / 'ckpt.pt'
+    before = digest(ckpt)
+
+    def full_disk(obj, f):
+        f.write(b'x' * 1000)
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 1000 vs 962')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    monkeypatch.setattr('shutil.disk_usage', lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 0))
+    monkeypatch.setattr(safety, 'check_free_space', lambda *args: None)  # past the check at start: it fills later
+    assert_one_line_error(resume(), 'could not write the checkpoint out/ckpt.pt.tmp: No space left on device (0 MiB '
+                                    'written, then the disk was full); out/ckpt.pt is left as it was')
+    assert digest(ckpt) == before and not (copy_of_run / 'ckpt.pt.tmp').exists()
