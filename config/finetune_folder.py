@@ -5,11 +5,12 @@
 # data_dir/train/<class>/*.jpg and data_dir/test/<class>/*.jpg (or val/), any size: each photo's shorter side resized to
 # 249 once (prepare.py), random-resized crops of 224 for training, the centre 0.9 for testing, normalized as the weights
 # expect (timm's pretrained_cfg: mean and std 0.5, crop 0.9).
-# Why ViT-S/16: it fine-tunes to within a point or two of ViT-B/16 on small sets (Steiner et al., "How to train your
-# ViT", 2021) at half the step: on a 2-core AMD EPYC with AVX-512 BF16 (records/finetune_costs.py, 2026-12-06), a step
-# of 32 pictures at 224 px took about 6.4 s for ViT-S/16 (float32) against 12.4 s for ViT-B/16 (bf16) and 1.3 s for
-# ViT-Ti/16 (bf16): 150 steps, 16 epochs of 300 photos, in about a quarter of an hour. ViT-Ti/16 (--init_from=timm:
-# vit_tiny_patch16_224.augreg_in21k_ft_in1k) is five times cheaper for some points less; on a GPU,
+# Why ViT-S/16: it transfers to small sets nearly as well as ViT-B/16 (Steiner et al., "How to train your
+# ViT", 2021) at a fraction of the step: on a 2-core AMD EPYC with AVX-512 BF16 (records/finetune_costs.py,
+# 2026-12-06), a bf16 step of 32 pictures at 224 px took 3.6 s for ViT-S/16 against 12.4 s for ViT-B/16 and 1.3 s for
+# ViT-Ti/16 (float32: 7.0, 23.6 and 2.0 s): 150 steps, 16 epochs of 300 photos, in about 9 minutes of steps (17 in
+# float32). ViT-Ti/16 (--init_from=timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k) is three times cheaper for some
+# points less; on a GPU,
 # --init_from=timm:vit_base_patch16_224.augreg2_in21k_ft_in1k.
 # The optimizer follows the published fine-tuning recipes for these weights at a small batch: AdamW at 1e-4 with
 # weight decay 0.05 and a cosine decay (DeiT's and timm's fine-tuning; the ViT paper's SGD at 0.001-0.03 is for batch
