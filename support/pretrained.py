@@ -209,8 +209,8 @@ def read_run(init_from):
 def check_held_out(init_from, source, config):
     """A run fine-tuned on the data its source trained on holds out no more pictures than the source did: the same
     fixed shuffle puts the source's held-out pictures first, and any beyond them the source has trained on."""
-    same = source['dataset'] == config['dataset'] and os.path.abspath(os.path.expanduser(source['data_dir'])) == \
-        os.path.abspath(os.path.expanduser(config['data_dir']))
+    same = source['dataset'] == config['dataset'] and os.path.realpath(os.path.expanduser(source['data_dir'])) == \
+        os.path.realpath(os.path.expanduser(config['data_dir']))  # the same folder by any path, links followed
     if same and config['val_size'] > source.get('val_size', 0):
         die(f"init_from={init_from!r} trained on {config['dataset']} in {source['data_dir']} holding out "
             f"val_size={source.get('val_size', 0)}; with val_size={config['val_size']}, pictures it trained on would "

@@ -175,6 +175,14 @@ def test_a_resume_with_pictures_added_says_so(tmp_path, run_here):
     result = run_here('train.py', *args[:-2], '--max_iters=4', '--eval_interval=4', '--init_from=resume', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'training pictures 24 -> 25 (the batches are drawn anew)' in result.stdout
+    # with pictures held out, another count shuffles other ones into the validation split: refused
+    held = ['--val_size=4', '--out_dir=held']
+    assert run_here('train.py', *args, *held, cwd=tmp_path).returncode == 0
+    Image.new('L', (28, 28), 99).save(tmp_path / 'grow' / 'train' / 'b' / 'new.png')
+    result = run_here('train.py', *args[:-2], *held, '--max_iters=4', '--eval_interval=4', '--init_from=resume',
+                      cwd=tmp_path)
+    assert_one_line_error(result, "held/ckpt.pt trained on 21 pictures holding out val_size=4; the training split now "
+                                  "leaves 22, and the pictures held out would be others", code=2)
 
 
 def test_a_linear_probe_resumed_as_a_whole_fine_tune_names_the_way_that_works(trained_run, synthetic_data, tmp_path,

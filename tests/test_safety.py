@@ -244,6 +244,9 @@ def test_fine_tuning_on_the_source_s_own_data_holds_out_no_picture_it_trained_on
     result = run_here('train.py', *args, '--val_size=300', '--out_dir=ft', cwd=tmp_path)
     assert_one_line_error(result, f"trained on mnist in {synthetic_data} holding out val_size=0; with val_size=300, "
                                   f"pictures it trained on would be in this run's validation split", code=2)
+    os.symlink(synthetic_data, tmp_path / 'link')  # the same folder by another path
+    result = run_here('train.py', *args, '--val_size=300', f'--data_dir={tmp_path / "link"}', '--out_dir=ft', cwd=tmp_path)
+    assert_one_line_error(result, "holding out val_size=0; with val_size=300, pictures it trained on", code=2)
     assert run_here('train.py', *args, '--out_dir=ft', cwd=tmp_path).returncode == 0
 
 
