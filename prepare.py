@@ -279,12 +279,16 @@ def read_file(paths, labels, size, channels, i):
 
 
 def split_dir(data_dir, split):
+    """train/; for the test split test/ or val/, the first labelled by class folders or a label file of its own, else
+    the last: Tiny-ImageNet's and ImageNet's test/ hold no labels, their val/ does."""
     names = ('train',) if split == 'train' else ('test', 'val')
-    for name in names:
-        if os.path.isdir(os.path.join(data_dir, name)):
-            return os.path.join(data_dir, name)
-    die(f"no {' or '.join(n + '/' for n in names)} in data_dir={data_dir!r}; a folder dataset is laid out as "
-        f"{FOLDER_LAYOUT}")
+    found = [os.path.join(data_dir, n) for n in names if os.path.isdir(os.path.join(data_dir, n))]
+    if not found:
+        die(f"no {' or '.join(n + '/' for n in names)} in data_dir={data_dir!r}; a folder dataset is laid out as "
+            f"{FOLDER_LAYOUT}")
+    labelled = (f for f in found if class_names(f) not in ([], ['images'])
+                or any(os.path.isfile(os.path.join(f, name)) for name in LABEL_FILES))
+    return next(labelled, found[-1])
 
 
 def class_names(folder):

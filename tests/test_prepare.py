@@ -207,6 +207,8 @@ def test_tiny_imagenet_s_and_imagenet_s_flat_validation_folders_are_read_by_thei
     # Tiny-ImageNet: val/images/*.JPEG, and val/val_annotations.txt: name, class, then a box, tab-separated
     flat_validation(root, 'val_annotations.txt', lambda names: [f"{n}\t{n.split('_')[0]}\t0\t0\t8\t8" for n in names],
                     'images')
+    os.makedirs(os.path.join(root, 'test', 'images'))  # and test/images/, which Tiny-ImageNet ships unlabelled
+    Image.new('RGB', (16, 16)).save(os.path.join(root, 'test', 'images', 'test_0.JPEG'))
     tiny = load_split('folder', root, 'test')
     assert tiny.classes == sorted(COLOURS) and torch.equal(torch.sort(tiny.labels).values, sorted_test.labels)
     # ImageNet (Kaggle's files): val/*.JPEG and LOC_val_solution.csv: ImageId,PredictionString "wnid x y x y ..."
