@@ -9,13 +9,15 @@ from dataclasses import fields
 
 from model import ViTConfig
 from support.checkpoint import model_config
-from support.errors import die, note
+from support.errors import die, import_or_die, note
 
 
 def check_config(c, dataset):
     """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. dataset:
     prepare.py's entry (its shape, when known without its files; whether it is digits, which a mirror changes)."""
     shape, digits = dataset.shape, dataset.digits
+    if c['wandb_log']:  # missing, it is said before anything is fetched or prepared
+        import_or_die('wandb', "wandb_log=True")
     for key, value in c.items():
         if isinstance(value, float) and not math.isfinite(value):
             die(f"{key}={value!r} must be a finite number", 2)

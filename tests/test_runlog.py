@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from conftest import FAST, REPO, TINY, assert_one_line_error, read_jsonl, run_script
+from conftest import FAST, REPO, TINY, assert_one_line_error, grey_folder, read_jsonl, run_script
 
 
 def test_a_run_says_where_it_came_from(trained_run):
@@ -68,5 +68,7 @@ def test_wandb_itself_writes_an_offline_run(synthetic_data, tmp_path):
 
 def test_without_wandb_wandb_log_says_how_to_get_it(synthetic_data, tmp_path, run_here, monkeypatch):
     monkeypatch.setitem(sys.modules, 'wandb', None)  # as if it were not installed
-    result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--wandb_log=True', cwd=tmp_path)
+    root = grey_folder(str(tmp_path / 'fresh'))  # a dataset not yet prepared
+    result = run_here('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--wandb_log=True', cwd=tmp_path)
     assert_one_line_error(result, "wandb_log=True needs wandb, which is not installed", code=2)
+    assert 'decoded' not in result.stdout  # said before the dataset is prepared
