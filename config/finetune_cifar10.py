@@ -1,8 +1,8 @@
 # CIFAR-10 at 224 x 224 from torchvision's ViT-B/16 (ImageNet-1k weights), on one GPU:
 # $ python train.py config/finetune_cifar10.py
 # The 32 x 32 pictures stay 32 x 32 on the device and each batch is resized to the model's 224 (bilinear).
-# The optimizer follows the published fine-tuning recipes for pretrained ViTs at this batch: AdamW at 1e-4 with weight
-# decay 0.05 and a cosine decay (DeiT's and timm's; the ViT paper used SGD at 0.001-0.03 at batch 512 and 10k steps for
+# The optimizer: AdamW at 1e-4, a tenth of a rate that trains from scratch, with the weight decay of DeiT's training
+# recipe (0.05) and a cosine decay (the ViT paper fine-tuned with SGD at 0.001-0.03 at batch 512 and 10k steps for
 # CIFAR), clip 1. The ViT paper reports about 98% for ViT-B/16 pre-trained on ImageNet-21k and fine-tuned at 384; the
 # weights torchvision has are ImageNet-1k's, so expect less (timm's AugReg ViT-B/16, --init_from=timm:
 # vit_base_patch16_224.augreg2_in21k_ft_in1k, are ImageNet-21k's).

@@ -3,7 +3,7 @@
 # $ python train.py config/finetune_flowers102.py
 # Its train split (1,020 pictures, 10 a class) trains, its test split (6,149) tests; torchvision's val split is not
 # used.
-# The recipe: AdamW at 1e-4, weight decay 0.05, cosine, clip 1, label smoothing 0.1 (DeiT's and timm's fine-tuning, at a
+# The recipe: AdamW at 1e-4, weight decay 0.05 (DeiT's training recipe's), cosine, clip 1, label smoothing 0.1 (at a
 # small batch; the ViT paper fine-tuned Flowers-102 for 500 steps of SGD at batch 512), random-resized crops and mirror
 # images, the weights' own normalization and test crop (0.9).
 # NOT MEASURED: no pretrained weights nor Flowers-102 can be fetched on the machine this was written on (2026-12-06, a

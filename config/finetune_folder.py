@@ -12,8 +12,8 @@
 # float32). ViT-Ti/16 (--init_from=timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k) is three times cheaper for some
 # points less; on a GPU,
 # --init_from=timm:vit_base_patch16_224.augreg2_in21k_ft_in1k.
-# The optimizer follows the published fine-tuning recipes for these weights at a small batch: AdamW at 1e-4 with
-# weight decay 0.05 and a cosine decay (DeiT's and timm's fine-tuning; the ViT paper's SGD at 0.001-0.03 is for batch
+# The optimizer, at a small batch: AdamW at 1e-4, a tenth of a rate that trains from scratch, with the weight decay of
+# DeiT's training recipe (0.05) and a cosine decay (the ViT paper fine-tuned with SGD at 0.001-0.03 at batch
 # 512), a short warmup, gradient clipping at 1, label smoothing 0.1. A rate of 1e-3, which trains a small model from
 # scratch, washes the pretrained features out.
 # NOT MEASURED: no pretrained weights can be fetched on the machine this was written on (2026-12-06, a 2-core CPU, no

@@ -2,7 +2,7 @@
 # ViT-S/16 (AugReg, ImageNet-21k then 1k), on a GPU or, slowly, a CPU (pip install timm):
 # $ python train.py config/finetune_pets.py
 # Its trainval split (3,680 pictures) trains, its test split (3,669) tests.
-# The recipe: AdamW at 1e-4, weight decay 0.05, cosine, clip 1, label smoothing 0.1 (DeiT's and timm's fine-tuning, at a
+# The recipe: AdamW at 1e-4, weight decay 0.05 (DeiT's training recipe's), cosine, clip 1, label smoothing 0.1 (at a
 # small batch; the ViT paper fine-tuned Pets for 500 steps of SGD at batch 512), random-resized crops and mirror images,
 # the weights' own normalization and test crop (0.9).
 # NOT MEASURED: no pretrained weights nor the Pets files can be fetched on the machine this was written on (2026-12-06,
