@@ -33,11 +33,18 @@ def test_each_start_of_a_run_is_recorded_and_its_log_carries_on(copy_of_run, tra
     assert log.index('step 200:') < log.index('step 210:')  # appended, not started anew
 
 
-def test_plot_names_each_run_s_machine(trained_run, tmp_path, run_here):
-    result = run_here('plot.py', str(trained_run.out), str(trained_run.out), f'--out={tmp_path / "two.png"}', cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_plot_names_each_run_s_machine(trained_run, tmp_path, monkeypatch):
+    import plot
     from support.runlog import machine
-    assert machine(trained_run.out / 'run.json').endswith(', float32')
+    where = machine(trained_run.out / 'run.json')
+    assert where.endswith(', float32')
+    figures = []
+    monkeypatch.setattr(plot.plt, 'close', figures.append)  # the figures, kept to be read
+    plot.plot_runs([trained_run.out], str(tmp_path / 'one.png'))
+    plot.plot_runs([trained_run.out, trained_run.out], str(tmp_path / 'two.png'), labels=['a', 'b'])
+    one, two = figures
+    assert where in one._suptitle.get_text()  # one run: its machine in the title
+    assert all(where in text.get_text() for text in two.axes[0].get_legend().get_texts())  # several: in each label
 
 
 def test_wandb_logs_what_metrics_jsonl_holds_and_the_config(synthetic_data, tmp_path, run_here, monkeypatch):
