@@ -134,6 +134,8 @@ elif init_from == 'resume':
     start = checkpoint.from_checkpoint(ckpt_path, config, flags, world_size)
 else:
     start = pretrained.from_source(init_from, config, flags)
+if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
+    run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
 # the data: found from its files' names and headers, checked, then prepared once (prepare.py: uint8 arrays on disk)
 found = prepare.find(dataset, data_dir, start.store_size)
 model_config = start.settle(found.shape, found.classes)  # the model's arguments, settled once
@@ -141,8 +143,6 @@ rules.check_against_data(config, found, world_size)
 data = prepare.load(found)
 if ddp and master:
     dist.barrier()
-if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
-    run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
 train_idx, val_idx = prepare.held_out(len(data.train[1]), val_size)
 on_device = fits_on_device(data.train[0].nbytes, device, data_placement)  # else each batch is read from the map
 (train_x, train_y), (test_x, test_y) = (tuple(t.to(device) for t in split) if on_device else split

@@ -79,3 +79,12 @@ def test_without_wandb_wandb_log_says_how_to_get_it(synthetic_data, tmp_path, ru
     result = run_here('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--wandb_log=True', cwd=tmp_path)
     assert_one_line_error(result, "wandb_log=True needs wandb, which is not installed", code=2)
     assert 'decoded' not in result.stdout  # said before the dataset is prepared
+
+
+def test_log_txt_holds_what_the_run_printed_from_the_dataset_s_preparation_on(tmp_path, run_here):
+    root = grey_folder(str(tmp_path / 'fresh'))  # prepared by this run
+    result = run_here('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--batch_size=8', '--max_iters=2',
+                      '--eval_interval=2', '--out_dir=out', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / 'out' / 'log.txt').read_text()
+    assert 'fresh train: decoded 24 pictures' in log and 'done: test acc' in log
