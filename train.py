@@ -134,12 +134,12 @@ elif init_from == 'resume':
     start = checkpoint.from_checkpoint(ckpt_path, config, flags, world_size)
 else:
     start = pretrained.from_source(init_from, config, flags)
-if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
-    run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
 # the data: found from its files' names and headers, checked, then prepared once (prepare.py: uint8 arrays on disk)
 found = prepare.find(dataset, data_dir, start.store_size)
 model_config = start.settle(found.shape, found.classes)  # the model's arguments, settled once
 rules.check_against_data(config, found, world_size)
+if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
+    run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
 data = prepare.load(found)
 if ddp and master:
     dist.barrier()

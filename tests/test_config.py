@@ -77,9 +77,11 @@ def test_values_that_cannot_mean_anything_for_the_data_stop_at_start(flag, messa
         flag = str(tmp_path / flag)
     if flag == '--store_size=32':
         flag = '--store_size=32 --img_size=28'.split()
+    cache = tmp_path / 'cache'  # nothing prepared there: a check that needs no pixel comes before any decoding
     result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', *([flag] if isinstance(flag, str) else flag),
-                      '--out_dir=out', cwd=tmp_path)
+                      '--out_dir=out', cwd=tmp_path, env={'XDG_CACHE_HOME': str(cache)})
     assert_one_line_error(result, message, code=2)
+    assert 'decoded' not in result.stdout and not any(cache.rglob('*.u8'))
     assert not (tmp_path / 'out' / 'metrics.jsonl').exists()
 
 
