@@ -256,8 +256,11 @@ def test_nothing_the_run_decides_reads_the_test_split(synthetic_data, tmp_path, 
     real = safety.stop_if_diverged
     monkeypatch.setattr(safety, 'stop_if_diverged', lambda loss, *a: seen.append(loss) or real(loss, *a))
     result = run_here('train.py', *TINY, f'--data_dir={synthetic_data}', '--max_iters=20', '--eval_interval=10',
-                      '--val_size=200', '--out_dir=out', cwd=tmp_path)
+                      '--val_size=200', '--out_dir=out', cwd=tmp_path, keep_globals=True)
     assert result.returncode == 0, result.stderr
+    # the held-out pictures are read from the training split's map by index, never copied out of it
+    images, _, indices = result.globals['splits']['val']
+    assert images is result.globals['data'].train[0] and len(indices) == 200
     records = read_jsonl(tmp_path / 'out' / 'metrics.jsonl')
     tested = {r['test_loss'] for r in records if 'test_loss' in r} | {r['val_loss'] for r in records if 'val_loss' in r}
     assert seen and not tested & set(seen)
