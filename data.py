@@ -82,6 +82,7 @@ def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=Fal
         x = torch.where(mirrored.view(B, 1, 1, 1), x.flip(3), x)
     return x
 
+
 def whitening(x, patch_size, eps=5e-4):
     """The matrix (d, d), d = C * patch_size ** 2, that decorrelates the patches of pictures x (B, C, H, W) and brings
     each of their principal directions to unit variance (airbench's first layer): a patch embedding W started as
