@@ -73,7 +73,7 @@ n_classes = 10  # the head's size barely moves the step's cost
 vit_config = start.settle(shape, [str(c) for c in range(n_classes)])
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
-aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_') and k != 'aug_flip_alternate'}
+aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
 generator = torch.Generator(device=device)
 
 

@@ -77,9 +77,9 @@ def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=Fal
         whole = torch.randint(-crop, crop + 1, (2, B), device=x.device, generator=generator) if crop else 0
         shift = u[2:] * translate + whole
         x = affine(x, u[0] * math.radians(rotate), 1 + u[1] * scale, shift[0], shift[1])
-    if flip is not False:  # True: a random half of the pictures; or a bool for each picture
-        mirrored = torch.rand(B, device=x.device, generator=generator) < 0.5 if flip is True else flip.to(x.device)
-        x = torch.where(mirrored.view(B, 1, 1, 1), x.flip(3), x)
+    if flip:
+        mirrored = torch.rand(B, 1, 1, 1, device=x.device, generator=generator) < 0.5
+        x = torch.where(mirrored, x.flip(3), x)
     return x
 
 

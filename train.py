@@ -56,7 +56,6 @@ aug_rotate = 0.0  # random rotation of up to this many degrees
 aug_scale = 0.0  # random zoom by up to this fraction
 aug_crop = 0  # random shift by up to this many whole pixels (a random crop of the picture padded by that many)
 aug_flip = False  # mirror half of the images left to right (never digits)
-aug_flip_alternate = False  # with aug_flip: each picture mirrored every other epoch, from a draw of its own (airbench)
 aug_rrc_scale = 0.0  # random-resized crops of at least this share of the area, to img_size (with store_size; 0 = off)
 # model
 n_layer = 4  # transformer blocks
@@ -151,8 +150,7 @@ on_device = fits_on_device(data.train[0].nbytes, device, data_placement)  # else
 # pixels as the weights expect them: the training split's statistics from scratch, the checkpoint's or the source's
 data_mean, data_std = (start.mean, start.std) if start.mean else (data.mean, data.std)
 mean, std = (torch.tensor(s, device=device).view(-1, 1, 1) for s in (data_mean, data_std))
-aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_') and 'flip' not in k}
-first_flip = torch.rand(len(train_y), generator=torch.Generator().manual_seed(seed * 1_000_037 % 2 ** 64)) < 0.5
+aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
 global_batch = batch_size * gradient_accumulation_steps * world_size
 steps_per_epoch = len(train_idx) // global_batch
 
@@ -172,8 +170,7 @@ def get_batch(it, micro_step):
     x, y = train_x[idx].to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)  # uint8 pictures
     draw = (it * gradient_accumulation_steps + micro_step) * world_size + rank
     generator = torch.Generator(device=device).manual_seed((seed * 1_000_033 + draw) % 2 ** 64)
-    flip = aug_flip and (first_flip[idx] != bool(epoch % 2) if aug_flip_alternate else True)
-    x = augment(x.float() / 255, generator, size=model_config.img_size, flip=flip, **aug)  # data.py: shifts, crops
+    x = augment(x.float() / 255, generator, size=model_config.img_size, **aug)  # data.py: shifts, crops, mirrors
     return model_input(x, model_config, mean, std, start.test_crop if not aug_rrc_scale else 1.0), y
 
 # the model, and its optimizers

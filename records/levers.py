@@ -81,7 +81,6 @@ SUITES = {
     'cifar10_fp32': (['records/recipes/cifar10_cpu_2026-12-06.py', '--dataset=folder', '--tta_shift=0',
                       '--dtype=float32', '--muon_momentum_warmup=150'], 800, 128, 5000, {
         'baseline': [],
-        'alternating flips': ['--aug_flip_alternate=True'],
         'crops of 2 px (not 4)': ['--aug_crop=2'],
         'batch 256 (lr x1.4)': ['--batch_size=256', '--muon_lr=0.028', '--learning_rate=2.8e-3'],
         'whitened patch embedding': ['--whiten_patches=True'],
