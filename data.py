@@ -82,15 +82,6 @@ def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=Fal
         x = torch.where(mirrored, x.flip(3), x)
     return x
 
-
-def whitening(x, patch_size, eps=5e-4):
-    """The matrix (d, d), d = C * patch_size ** 2, that decorrelates the patches of pictures x (B, C, H, W) and brings
-    each of their principal directions to unit variance (airbench's first layer): a patch embedding W started as
-    W @ whitening sees every direction of the patches alike."""
-    patches = F.unfold(x.double(), patch_size, stride=patch_size).transpose(1, 2).flatten(0, 1)  # conv weights order
-    variances, directions = torch.linalg.eigh(patches.T.cov())
-    return directions @ torch.diag((variances.clamp(min=0) + eps).rsqrt()) @ directions.T
-
 # -----------------------------------------------------------------------------
 # evaluation
 

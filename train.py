@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import prepare
-from data import augment, model_input, predict, whitening
+from data import augment, model_input, predict
 from model import ViT
 from support import checkpoint, pretrained, rules, safety
 from support.device import (autocast, fits_on_device, global_mean, peak_flops, pick_device, pick_dtype, rng_states,
@@ -68,7 +68,6 @@ bias = True  # biases in the linear layers and LayerNorms
 pool = 'cls'  # what the head reads: the 'cls' token or the 'mean' patch token
 pos_embd = 'learned'  # 'learned' or 'sincos'
 pos_std = 0.02  # init std of a learned position embedding
-whiten_patches = False  # from scratch: the patch embedding starts on whitened patches of 5,000 training pictures
 qk_norm = False  # LayerNorm on queries and keys
 norm_eps = 1e-5  # LayerNorm's epsilon
 # optimizer
@@ -176,10 +175,6 @@ def get_batch(it, micro_step):
 # the model, and its optimizers
 model = start.load_weights(ViT(model_config), data.classes).to(device)  # the start's weights: none from scratch
 raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
-if whiten_patches and init_from == 'scratch':  # the same sample on every process, before DDP copies process 0's
-    sample = model_input(train_x[train_idx[:5000]].to(device), model_config, mean, std)
-    w = model.patch_embd.weight
-    w.data = (w.flatten(1).double() @ whitening(sample, model_config.patch_size)).view_as(w).to(w.dtype)
 if linear_probe:  # the pretrained features stay as they are; only the new head learns
     model.requires_grad_(False).head.requires_grad_(True)
 optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,

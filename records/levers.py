@@ -83,7 +83,6 @@ SUITES = {
         'baseline': [],
         'crops of 2 px (not 4)': ['--aug_crop=2'],
         'batch 256 (lr x1.4)': ['--batch_size=256', '--muon_lr=0.028', '--learning_rate=2.8e-3'],
-        'whitened patch embedding': ['--whiten_patches=True'],
     }),
     'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],
