@@ -33,7 +33,11 @@ class RunLog:
         write(self.metrics, ''.join(json.dumps(r) + '\n' for r in kept), 'w')
         path = os.path.join(out_dir, 'run.json')
         starts = read_json(path).get('starts', []) if iter_num else []
-        starts.append(dict(iter=iter_num, **provenance(config, device, dtype)))
+        # a resume carries on its wandb run: the id its first start chose
+        wandb_id = next((s['wandb_id'] for s in starts if 'wandb_id' in s), os.urandom(4).hex()) \
+            if config['wandb_log'] else None
+        start = dict(iter=iter_num, **provenance(config, device, dtype))
+        starts.append(start | ({'wandb_id': wandb_id} if wandb_id else {}))
         write(path, json.dumps(dict(starts=starts), indent=1), 'w')
         # line-buffered: a run killed at any moment has logged every line it printed
         self.log = open(os.path.join(out_dir, 'log.txt'), 'a' if iter_num else 'w', encoding='utf-8', errors='replace',
@@ -43,7 +47,8 @@ class RunLog:
         self.wandb = None
         if config['wandb_log']:  # optional: imported only when a run asks for it, as nanoGPT does
             self.wandb = import_or_die('wandb', "wandb_log=True")
-            self.wandb.init(project=config['wandb_project'], name=config['wandb_run_name'], config=config)
+            self.wandb.init(project=config['wandb_project'], name=config['wandb_run_name'], config=config, id=wandb_id,
+                            resume='allow')
 
     def write(self, record):
         write(self.metrics, json.dumps(record) + '\n', 'a')

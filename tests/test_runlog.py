@@ -59,6 +59,11 @@ def test_wandb_logs_what_metrics_jsonl_holds_and_the_config(synthetic_data, tmp_
     assert init == 'init' and config['project'] == 'nanovit' and config['name'] == 'tiny'
     assert config['config']['max_iters'] == 20 and finish == ('finish',)
     assert [(record, step) for _, record, step in logged] == [(r, r['iter']) for r in read_jsonl(tmp_path / 'out' / 'metrics.jsonl')]
+    calls.clear()  # a resume carries on the same wandb run
+    result = run_here('train.py', *FAST, f'--data_dir={synthetic_data}', '--max_iters=30', '--eval_interval=10',
+                      '--wandb_log=True', '--wandb_run_name=tiny', '--out_dir=out', '--init_from=resume', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert calls[0][1]['id'] == config['id'] and calls[0][1]['resume'] == 'allow'
 
 
 @pytest.mark.slow
