@@ -11,10 +11,13 @@
 # step, ../shared/tools/ref_step.py, 35-45 ms), on that JPEG folder, its prepared dataset already there, seed 1337,
 # 2026-12-06: 80.44% test accuracy in 21m09s of wall time for the whole process, 332 ms a step, 152 TFLOP of training
 # (records/runs/cifar10_cpu-bf16-2026-12-06/; on 2026-12-02: 80.45% in 25m36s). Without native bf16 (the AVX2 kind,
-# float32, its step 920 ms: 2.0x this machine's float32 step) 3600 steps take about an hour; half of them
-# (--dtype=float32 --max_iters=1800 --eval_interval=1800 --muon_momentum_warmup=150) reached 76.46% in 16m07s here,
-# about 32 minutes there: 80% in half an hour on the AVX2 kind is not reached
-# (records/runs/cifar10_cpu-fp32-2026-12-06/).
+# float32, its step 920 ms: 2-2.3x this machine's float32 step) 3600 steps take about an hour. Half of them, with
+# smaller crops (+1.1 points on the held-out split in float32, records/README.md):
+# $ python train.py config/cifar10_cpu.py --dataset=folder --data_dir=../shared/cifar10 --dtype=float32 \
+#       --max_iters=1800 --eval_interval=1800 --muon_momentum_warmup=150 --aug_crop=2
+# reached 76.98% in 14m00s here (398 ms a step, 76 TFLOP, seed 1337; records/runs/cifar10_cpu-fp32-crops2-2026-12-06/;
+# with 4 px crops 76.46% in 16m07s), about 32 minutes there by the step ratio: 80% in half an hour on the AVX2 kind is
+# not reached.
 out_dir = 'out-cifar10-cpu'
 dataset = 'cifar10'
 eval_interval = 3600  # once, at the end: 9 views of the 10,000 test pictures (most of the time outside the steps)
