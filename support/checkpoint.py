@@ -66,13 +66,13 @@ class Start:
 
     def load_states(self, optimizers, scaler, rank, world_size, n_train):
         """A resumed run's optimizer moments, loss scale and (for the same number of processes) RNG state, with a note
-        when it trains on another count of pictures; then the start lets go of what it held."""
-        held_out = self.config.get('val_size', 0) if self.resumed else 0
-        if held_out and self.n_train != n_train:  # held_out's fixed shuffle of another count holds out other pictures
-            die(f"{self.path} trained on {self.n_train} pictures holding out val_size={held_out}; the training split "
-                f"now leaves {n_train}, and the pictures held out would be others, some it trained on: restore the "
-                f"dataset's files, or start a new run", 2)
+        when it trains on another count of pictures (refused while it holds some out); then the start lets go of what
+        it held."""
         if self.resumed and self.n_train != n_train:
+            if self.config.get('val_size', 0):  # held_out's fixed shuffle of another count holds out other pictures
+                die(f"{self.path} trained on {self.n_train} pictures holding out val_size={self.config['val_size']}; "
+                    f"the training split now leaves {n_train}, and the pictures held out would be others, some it "
+                    f"trained on: restore the dataset's files, or start a new run", 2)
             note(f"resuming with training pictures {self.n_train} -> {n_train} (the batches are drawn anew)")
         if self.resumed:
             load_optimizer_states(optimizers, self.states['optimizer'], self.path)
