@@ -38,26 +38,22 @@ class ViTConfig:
         for name in ('img_size', 'patch_size', 'in_chans', 'n_classes', 'n_layer', 'n_head', 'n_embd'):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if not 0 < self.mlp_ratio < 1e6 or int(self.mlp_ratio * self.n_embd) < 1:
-            raise ValueError(f"mlp_ratio={self.mlp_ratio} must be positive (the MLP needs at least one unit)")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if not 0 <= self.pos_std < 1e6:
-            raise ValueError(f"pos_std={self.pos_std} must be 0 or more")
-        if not 0 < self.norm_eps < 1:
-            raise ValueError(f"norm_eps={self.norm_eps} must be in (0, 1)")
-        if self.img_size % self.patch_size != 0:
-            raise ValueError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.pool not in ('cls', 'mean'):
-            raise ValueError(f"pool={self.pool!r} must be 'cls' or 'mean'")
-        if self.n_registers < 0:
-            raise ValueError(f"n_registers={self.n_registers} must be 0 or more")
-        if self.pos_embd not in ('learned', 'sincos'):
-            raise ValueError(f"pos_embd={self.pos_embd!r} must be 'learned' or 'sincos'")
-        if self.pos_embd == 'sincos' and self.n_embd % 4 != 0:
-            raise ValueError(f"pos_embd='sincos' needs n_embd divisible by 4, got n_embd={self.n_embd}")
+        rules = [('mlp_ratio', 0 < self.mlp_ratio < 1e6 and int(self.mlp_ratio * self.n_embd) >= 1,
+                  "must be positive (the MLP needs at least one unit)"),
+                 ('dropout', 0 <= self.dropout < 1, "must be in [0, 1)"),
+                 ('pos_std', 0 <= self.pos_std < 1e6, "must be 0 or more"),
+                 ('norm_eps', 0 < self.norm_eps < 1, "must be in (0, 1)"),
+                 ('img_size', self.img_size % self.patch_size == 0,
+                  f"is not divisible by patch_size={self.patch_size}"),
+                 ('n_embd', self.n_embd % self.n_head == 0, f"is not divisible by n_head={self.n_head}"),
+                 ('pool', self.pool in ('cls', 'mean'), "must be 'cls' or 'mean'"),
+                 ('n_registers', self.n_registers >= 0, "must be 0 or more"),
+                 ('pos_embd', self.pos_embd in ('learned', 'sincos'), "must be 'learned' or 'sincos'"),
+                 ('n_embd', self.pos_embd != 'sincos' or self.n_embd % 4 == 0,
+                  "must be divisible by 4 for pos_embd='sincos'")]
+        for name, holds, rule in rules:
+            if not holds:
+                raise ValueError(f"{name}={getattr(self, name)!r} {rule}")
 
     @property
     def grid(self):
@@ -122,7 +118,8 @@ class Attention(nn.Module):
         """softmax(QK^T / sqrt(d)), (B, n_head, T, T): what the fused kernel of forward() applies but never
         writes out. For looking inside the model (sample.py), not for training."""
         q, k, _ = self.heads(x)
-        return attention_probs(q, k)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        return F.softmax(att.float(), dim=-1).to(q.dtype)
 
     def forward(self, x):
         B, T, C = x.shape
@@ -131,11 +128,6 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
-
-
-def attention_probs(q, k):
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-    return F.softmax(att.float(), dim=-1).to(q.dtype)
 
 
 class MLP(nn.Module):

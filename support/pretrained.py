@@ -1,13 +1,10 @@
 """
-Where a fine-tuning run starts: timm's ViTs (init_from='timm:NAME': AugReg, DeiT, DeiT III, DINOv2 with or
-without registers, their weights through timm's loader and the Hugging Face cache), torchvision's ImageNet ViTs
-(through torchvision's weights API and torch's cache), or another nanoViT run. Each becomes model.py's ViT by names
-alone, the positions of the tokens before the patches folded into those tokens; timm and torchvision are imported
-only when a run names them. What fine-tuning may change of the source: the classes (a new zero head), the picture
-size (the position embedding resampled on its grid), dropout.
+Where a fine-tuning run starts: a timm ViT (init_from='timm:NAME'), a torchvision ImageNet ViT, or another nanoViT
+run, each as model.py's ViT by names alone (the positions of the tokens before the patches folded into those tokens).
+timm and torchvision are imported only when a run names them.
 """
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 
 import torch
 
@@ -18,25 +15,12 @@ from support.errors import die, import_or_die
 # torchvision's ViT builders: what their weights do not say (the heads)
 TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 16, 'vit_h_14': 16}
 
-
-@dataclass
-class Source:
-    """A model to start from: its ViTConfig's fields, its weights under model.py's names (None: its shape alone),
-    the pixel normalization it was trained with, its test crop, and the names of its classes (None: unknown)."""
-    model_args: dict
-    state_dict: dict
-    mean: list
-    std: list
-    crop: float = 0.875
-    classes: list = None
-    config: dict = None  # a nanoViT run's config
-
 # -----------------------------------------------------------------------------
 # timm
 
 
 def timm_source(init_from, weights):
-    """A timm ViT as a Source: its architecture from a random-weight copy (one line, before anything is fetched or
+    """A timm ViT as a Start: its architecture from a random-weight copy (one line, before anything is fetched or
     decoded, for a name timm does not know or a model model.py cannot express), then its pretrained weights."""
     timm = import_or_die('timm', f"init_from={init_from!r}")
     name = init_from.removeprefix('timm:')
@@ -64,8 +48,8 @@ def timm_source(init_from, weights):
             die(f"init_from={init_from!r}: timm could not load its weights ({type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); offline, put them in the Hugging "
                 f"Face cache ($HF_HOME/hub) and set HF_HUB_OFFLINE=1")
-    return Source(args, from_timm(model.state_dict(), model) if weights else None, list(cfg['mean']), list(cfg['std']),
-                  cfg.get('crop_pct', 0.875))
+    return Start(args, 0, list(cfg['mean']), list(cfg['std']), weights=from_timm(model.state_dict(), model) if weights
+                 else None, crop=cfg.get('crop_pct', 0.875))
 
 
 def timm_refusal(model):
@@ -123,27 +107,15 @@ def from_timm(state, model):
 # torchvision
 
 
-def is_torchvision_name(init_from):
-    return init_from.split(':')[0] in TORCHVISION_VITS
-
-
-def torchvision_weights(init_from):
-    """The torchvision weights entry that init_from names ('vit_b_16' or 'vit_b_16:IMAGENET1K_SWAG_E2E_V1')."""
+def torchvision_source(init_from, weights):
+    """A torchvision ViT ('vit_b_16' or 'vit_b_16:IMAGENET1K_SWAG_E2E_V1') as a Start: its architecture from its name
+    and weights' meta-data alone, then its ImageNet weights, from torch's cache or fetched into it."""
     from torchvision.models import get_model_weights
     name, _, weights_name = init_from.partition(':')
     enum = get_model_weights(name)
-    if not weights_name:
-        return enum.DEFAULT
-    if weights_name not in enum.__members__:
+    if weights_name and weights_name not in enum.__members__:
         die(f"init_from={init_from!r}: {name} has no weights {weights_name!r}; it has {', '.join(enum.__members__)}", 2)
-    return enum[weights_name]
-
-
-def torchvision_source(init_from, weights):
-    """A torchvision ViT as a Source: its architecture from its name and weights' meta-data alone, then its ImageNet
-    weights, from torch's cache or fetched into it."""
-    entry = torchvision_weights(init_from)
-    name = init_from.split(':')[0]
+    entry = enum[weights_name] if weights_name else enum.DEFAULT
     width, depth = {'b': (768, 12), 'l': (1024, 24), 'h': (1280, 32)}[name.split('_')[1]]
     transforms = entry.transforms()
     args = dict(asdict(ViTConfig()), img_size=transforms.crop_size[0], patch_size=int(name.rsplit('_', 1)[1]),
@@ -151,7 +123,7 @@ def torchvision_source(init_from, weights):
                 n_embd=width, mlp_ratio=4.0, bias=True, pool='cls', pos_embd='learned', qk_norm=False, norm_eps=1e-6)
     crop = transforms.crop_size[0] / transforms.resize_size[0]
     if not weights:
-        return Source(args, None, list(transforms.mean), list(transforms.std), crop)
+        return Start(args, 0, list(transforms.mean), list(transforms.std), crop=crop)
     path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(entry.url))
     try:
         state = entry.get_state_dict(progress=True, weights_only=True)
@@ -161,8 +133,8 @@ def torchvision_source(init_from, weights):
                 f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
         die(f"init_from={init_from!r}: no weights at {path}, and fetching {entry.url} failed "
             f"({type(e).__name__}); offline, put that file there (torchvision looks in $TORCH_HOME/hub/checkpoints)")
-    return Source(args, from_torchvision(state, args, path), list(transforms.mean), list(transforms.std), crop,
-                  list(entry.meta['categories']))
+    return Start(args, 0, list(transforms.mean), list(transforms.std), list(entry.meta['categories']),
+                 from_torchvision(state, args, path), crop=crop)
 
 
 def from_torchvision(state, args, path):
@@ -193,7 +165,7 @@ def from_torchvision(state, args, path):
 
 
 def read_run(init_from):
-    """Another nanoViT run (its out_dir or its ckpt.pt) as a Source."""
+    """Another nanoViT run (its out_dir or its ckpt.pt) as a Start."""
     path = os.path.expanduser(init_from)
     path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
     if not os.path.isfile(path):
@@ -201,9 +173,9 @@ def read_run(init_from):
             f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS), timm:NAME, nor a nanoViT run's out_dir or "
             f"ckpt.pt", 2)
     checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'data_mean', 'data_std', 'classes', 'config'))
-    return Source(saved_model_args(checkpoint, path), checkpoint['model'], checkpoint['data_mean'],
-                  checkpoint['data_std'], checkpoint.get('test_crop', 0.875), checkpoint['classes'],
-                  checkpoint['config'])
+    return Start(saved_model_args(checkpoint, path), 0, checkpoint['data_mean'], checkpoint['data_std'],
+                 checkpoint['classes'], checkpoint['model'], config=checkpoint['config'],
+                 crop=checkpoint.get('test_crop', 0.875))
 
 
 def check_held_out(init_from, source, config):
@@ -223,7 +195,7 @@ def from_source(init_from, config, flags, weights=True):
     weights is False (bench.py times the shape alone), its weights with the position embedding resampled to that side.
     A timm or torchvision ViT's architecture is known before any fetch: whatever is wrong with it stops first."""
     fetch = timm_source if init_from.startswith('timm:') else \
-        torchvision_source if is_torchvision_name(init_from) else None
+        torchvision_source if init_from.split(':')[0] in TORCHVISION_VITS else None
     source = fetch(init_from, weights=False) if fetch else read_run(init_from)
     if not fetch:
         check_held_out(init_from, source.config, config)
@@ -233,8 +205,8 @@ def from_source(init_from, config, flags, weights=True):
     model_config(dict(args, n_classes=1))
     if fetch and weights:  # all is known to work: now the weights
         source = fetch(init_from, weights=True)
-    state = source.state_dict
+    state = source.weights
     if state is not None and args['pos_embd'] == 'learned':
         state = dict(state, pos_embd=resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size']))
-    return Start(args, config['store_size'] or args['img_size'], source.mean, source.std, source.classes, state,
-                 path=init_from, crop=source.crop)
+    return replace(source, model_args=args, store_size=config['store_size'] or args['img_size'], weights=state,
+                   path=init_from, config=None)
