@@ -1,11 +1,7 @@
 """
-What a run saves, and where a run starts.
-A checkpoint (out_dir/ckpt.pt) holds tensors and plain types only, so torch.load(path, weights_only=True) reads it
-anywhere: the model's weights and arguments, the optimizers', GradScaler's and RNG states, the iteration, the run's
-config, its classes, its pixel statistics and the side its dataset was prepared at.
-A run starts from scratch, from its own checkpoint (resume) or from a pretrained source (support/pretrained.py).
-Each way yields a Start, which settles the model once the dataset is found, and which train.py, sample.py and
-bench.py read alike: nothing after it asks the checkpoint or the source again.
+What a run saves (out_dir/ckpt.pt: tensors and plain types only, so torch.load(path, weights_only=True) reads it),
+and where a run starts: from scratch, its own checkpoint (resume) or a pretrained source (support/pretrained.py).
+Each way yields a Start, which settles the model once the dataset is found: nothing after it asks again.
 """
 import math
 import os
@@ -141,7 +137,14 @@ def from_checkpoint(path, config=None, flags=(), world_size=1):
                        else "resume with the run's own config"), 2)
         args = architecture_of(args, config, flags, 'the checkpoint', f"{path} holds a run with {{}} but this run "
                                f"asks for {{}}; resume with the run's own config")
-        changes = resume_changes(saved, len(checkpoint['rng']), config, world_size)
+        processes = len(checkpoint['rng'])
+        changes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved[k] != v]
+        if processes != world_size:
+            changes.append(f"processes {processes} -> {world_size} (dropout draws new numbers)")
+        images, now = (c['batch_size'] * c['gradient_accumulation_steps'] * n
+                       for c, n in ((saved, processes), (config, world_size)))
+        if images != now:
+            changes.append(f"images per iteration {images} -> {now}")
         if changes:
             note(f"resuming with changes: {', '.join(changes)}")
     # 'val_loss': what checkpoints written before 2026-12-06 called the loss the guard compares (a test loss then)
@@ -150,19 +153,6 @@ def from_checkpoint(path, config=None, flags=(), world_size=1):
                  checkpoint['model'], checkpoint['iter_num'], train_loss,
                  {k: checkpoint[k] for k in ('optimizer', 'scaler', 'rng')}, checkpoint['config'],
                  checkpoint['n_train'], path, resumed=True, crop=checkpoint.get('test_crop', 0.875))
-
-
-def resume_changes(saved, processes, config, world_size):
-    """The notes a resume prints: every config key that changed, and how many processes and images per iteration, if
-    those changed."""
-    notes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in config.items() if k != 'init_from' and saved[k] != v]
-    if processes != world_size:
-        notes.append(f"processes {processes} -> {world_size} (dropout draws new numbers)")
-    images = saved['batch_size'] * saved['gradient_accumulation_steps'] * processes
-    now = config['batch_size'] * config['gradient_accumulation_steps'] * world_size
-    if images != now:
-        notes.append(f"images per iteration {images} -> {now}")
-    return notes
 
 # -----------------------------------------------------------------------------
 # the file

@@ -40,12 +40,6 @@ def pick_device(requested, local_rank=None):
     return device, reason
 
 
-def cpu_has_native_bf16():
-    # AVX-512 BF16 (Zen 4, Cooper Lake+) or AMX (Sapphire Rapids+) run bf16 matmuls natively;
-    # elsewhere bf16 is emulated and slower than fp32
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 def native_dtypes(device_type, capability=None, native_cpu_bf16=None):
     """[(dtype, reason)] this device runs well, the one dtype='auto' picks first; capability and
     native_cpu_bf16 are looked up when not given. bench.py times them all."""
@@ -61,7 +55,9 @@ def native_dtypes(device_type, capability=None, native_cpu_bf16=None):
                     ('float32', "no tensor cores for float32")]
         return [('float32', f"sm{major}{minor} has no tensor cores")]
     if device_type == 'cpu':
-        if cpu_has_native_bf16() if native_cpu_bf16 is None else native_cpu_bf16:
+        if native_cpu_bf16 is None:  # elsewhere than AVX-512 BF16 (Zen 4, Cooper Lake+) or AMX, bf16 is emulated, slow
+            native_cpu_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        if native_cpu_bf16:
             return [('bfloat16', "this CPU has native bf16 (AVX-512 BF16 or AMX)"), ('float32', "exact")]
         return [('float32', "this CPU has no native bf16")]
     return [('float32', f"{device_type}: float32 is the safe choice"), ('float16', "half-precision ALUs")]
@@ -158,12 +154,9 @@ def peak_flops(device, dtype):
     return next((peaks.get(dtype) for fragment, peaks in PEAK_FLOPS if fragment in name), None)
 
 
-DEVICE_SHARE = 0.25  # a dataset goes to the GPU whole when it takes at most this share of the GPU's memory
-
-
 def fits_on_device(nbytes, device, data_placement):
     """Whether a training split of nbytes goes to the device whole ('device') or stays on disk, each batch gathered
-    from its memory map ('stream'). 'auto': whole on a GPU when it takes at most DEVICE_SHARE of its memory; on a
+    from its memory map ('stream'). 'auto': whole on a GPU when it takes at most a quarter of its memory; on a
     CPU, streamed, which is no slower: the operating system keeps what fits of the file in memory, shared by every
     process that maps it, and nothing is copied into the process."""
     if data_placement != 'auto':
@@ -171,7 +164,7 @@ def fits_on_device(nbytes, device, data_placement):
     kind = device.split(':')[0]
     memory = (torch.cuda.get_device_properties(device).total_memory if kind == 'cuda' else
               torch.mps.recommended_max_memory() if kind == 'mps' else 0)
-    return nbytes <= DEVICE_SHARE * memory
+    return nbytes <= memory / 4
 
 
 def synchronize(device_type):

@@ -101,23 +101,22 @@ def header(path, size):
 def survey(paths, size):
     """(C, H, W) the pictures at paths decode to (size > 0: H = W = size), from their headers alone: C is 1 only when
     every one is grey. One line when none of them is a picture, or their sides differ."""
-    sides, channels, failed = np.zeros((len(paths), 2), dtype=np.int32), np.zeros(len(paths), dtype=np.int8), {}
-    for i, path in enumerate(paths):
+    sides, channels, why = set(), 1, None
+    for path in paths:
         hw, c = header(path, size)
         if hw is None:
-            failed[i] = c
+            why = why or c
         else:
-            sides[i], channels[i] = hw, c
-    good = np.ones(len(paths), dtype=bool)
-    good[list(failed)] = False
-    if not good.any():
-        die(f"none of the {len(paths)} pictures decodes, for instance {paths[0]} ({failed[0]})")
-    found = np.unique(sides[good], axis=0)
-    if len(found) > 1:
+            sides.add(hw)
+            channels = max(channels, c)
+    if not sides:
+        die(f"none of the {len(paths)} pictures decodes, for instance {paths[0]} ({why})")
+    if len(sides) > 1:
+        found = sorted(sides)
         listed = ', '.join(f"{w}x{h}" for h, w in found[:4])
         die(f"the pictures have different sizes ({listed}{', ...' if len(found) > 4 else ''}); "
             f"set --img_size=N to resize the shorter side to N and cut out the centre N x N")
-    return (int(channels[good].max()), *found[0].tolist())
+    return (channels, *sides.pop())
 
 
 def pictures_below(folder):

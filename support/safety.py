@@ -35,16 +35,13 @@ def claim_out_dir(out_dir, init_from, ckpt_path):
     try:
         os.makedirs(out_dir, exist_ok=True)
         lock = open(os.path.join(out_dir, 'lock'), 'a+')
-    except OSError as e:
-        die(f"out_dir={out_dir!r} is not writable: {e.strerror}")
-    if not hold(lock, wait=False):
-        lock.seek(0)
-        die(f"out_dir={out_dir!r} is in use by another run ({lock.read().strip() or 'unknown process'}): "
-            f"wait for it to finish, stop it, or choose another --out_dir", 2)
-    if init_from != 'resume' and os.path.exists(ckpt_path):
-        die(f"{ckpt_path} already holds a run; carry it on with --init_from=resume, or to start over delete "
-            f"{out_dir} (or choose another --out_dir)", 2)
-    try:
+        if not hold(lock, wait=False):
+            lock.seek(0)
+            die(f"out_dir={out_dir!r} is in use by another run ({lock.read().strip() or 'unknown process'}): "
+                f"wait for it to finish, stop it, or choose another --out_dir", 2)
+        if init_from != 'resume' and os.path.exists(ckpt_path):
+            die(f"{ckpt_path} already holds a run; carry it on with --init_from=resume, or to start over delete "
+                f"{out_dir} (or choose another --out_dir)", 2)
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
