@@ -1,9 +1,8 @@
 """
 Time the training step of a config, the step train.py's loop runs (a batch augmented and normalized on the device,
 forward, backward, clip, optimizer step), for every dtype this device runs well, eager and compiled, next to
-torchvision's VisionTransformer with the same dims. Its keys are train.py's, with train.py's defaults (read from
-train.py's source), so configs and overrides mean what they mean there; random pictures of the dataset's shape stand
-in for the data, which is never read:
+torchvision's VisionTransformer with the same dims. Its keys and defaults are train.py's; random pictures of the
+dataset's shape stand in for the data:
 $ python bench.py config/mnist.py
 $ python bench.py config/cifar10.py --batch_size=512 --device=cuda --optimizer=muon
 $ python bench.py --init_from=vit_b_16 --batch_size=64 --device=cuda   # a pretrained ViT's shape, no weights needed
@@ -87,8 +86,9 @@ def get_batch(step):
 class Candidate:
     """One way to run the step (ours eager or compiled, torchvision's; a dtype), with its timings so far."""
 
-    def __init__(self, impl, mode, dtype, model, optimizers):
+    def __init__(self, impl, mode, dtype, model, loss_of, optimizers):
         self.impl, self.mode, self.dtype, self.model, self.optimizers = impl, mode, dtype, model, optimizers
+        self.loss_of = loss_of  # a batch's loss
         self.scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
         self.ctx = autocast(device_type, dtype)
         self.steps, self.optimizer_parts, self.memory = [], [], 0.0
@@ -99,7 +99,7 @@ class Candidate:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         with self.ctx:
-            _, loss = self.model(get_batch(step), labels, label_smoothing)
+            loss = self.loss_of(get_batch(step))
         self.scaler.scale(loss).backward()
         synchronize(device_type)  # only so the optimizer's share can be told apart
         t1 = time.perf_counter()
@@ -123,30 +123,22 @@ def ours(mode, dtype):
     model = ViT(vit_config).to(device)
     optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
                                       muon_momentum, device_type, dtype, layer_decay)
-    return (torch.compile(model) if mode == 'compiled' else model), list(optimizers.values())
-
-
-class TorchvisionViT(torch.nn.Module):
-    """torchvision's ViT behind our model's interface: (images, targets, label_smoothing) -> (logits, loss)."""
-
-    def __init__(self):
-        super().__init__()
-        from torchvision.models import VisionTransformer
-        c = vit_config
-        self.vit = VisionTransformer(image_size=c.img_size, patch_size=c.patch_size, num_layers=c.n_layer,
-                                     num_heads=c.n_head, hidden_dim=c.n_embd, mlp_dim=int(c.mlp_ratio * c.n_embd),
-                                     dropout=c.dropout, num_classes=n_classes)
-
-    def forward(self, x, y, label_smoothing):
-        logits = self.vit(x.expand(-1, 3, -1, -1))  # it takes 3-channel images
-        return logits, F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    fast = torch.compile(model) if mode == 'compiled' else model
+    return model, lambda x: fast(x, labels, label_smoothing)[1], list(optimizers.values())
 
 
 def theirs():
-    model = TorchvisionViT().to(device)
-    # as a user would: plain AdamW over all parameters, eager
-    return model, [torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(beta1, beta2),
-                                     weight_decay=weight_decay)]
+    """torchvision's VisionTransformer of the same dims, trained as a user would: plain AdamW over all parameters."""
+    from torchvision.models import VisionTransformer
+    c = vit_config
+    vit = VisionTransformer(image_size=c.img_size, patch_size=c.patch_size, num_layers=c.n_layer, num_heads=c.n_head,
+                            hidden_dim=c.n_embd, mlp_dim=int(c.mlp_ratio * c.n_embd), dropout=c.dropout,
+                            num_classes=n_classes).to(device)
+
+    def loss_of(x):  # it takes 3-channel pictures
+        return F.cross_entropy(vit(x.expand(-1, 3, -1, -1)).float(), labels, label_smoothing=label_smoothing)
+    return vit, loss_of, [torch.optim.AdamW(vit.parameters(), lr=learning_rate, betas=(beta1, beta2),
+                                            weight_decay=weight_decay)]
 
 
 def matmul_flops(dtype, n=2048):
