@@ -6,13 +6,8 @@ $ python prepare.py --dataset=cifar10
 $ python prepare.py --dataset=folder --data_dir=~/pets --store_size=224
 $ python prepare.py --dataset=torchvision:Flowers102 --store_size=128
 A prepared dataset is a folder in ~/.cache/nanovit ($XDG_CACHE_HOME/nanovit), named for the data and its side:
-    train.u8, test.u8    the pictures, N x C x H x W bytes
-    train.i64, test.i64  their labels, N little-endian int64
-    meta.json            the shape, the classes, the training pictures' mean and std, the key of the files it was
-                         made from, what the decode skipped, and a CRC-32 of all of these bytes
-One process of a node writes it (a lock; the others wait, then map it), in a folder of its own that is renamed
-into place when whole: a kill or a full disk leaves nothing that looks prepared. Every start checks the CRC; a
-damaged copy, or one made from other files, is prepared again.
+train.u8 and test.u8 (the pictures, N x C x H x W bytes), train.i64 and test.i64 (their labels) and meta.json.
+It is written in a folder of its own renamed into place when whole, and checked (a CRC-32) at every start.
 """
 import hashlib
 import json
@@ -167,8 +162,8 @@ def find_torchvision(name, folder, data_dir, size):
     data_dir = os.path.abspath(data_dir)
     path = prepared_path(data_dir, name, size)
     files = sorted_files(os.path.join(data_dir, folder)) if folder else []
-    if files and (prepared := open_prepared(path, files_key(data_dir, files, size))):
-        return found_prepared(name, prepared, files_key(data_dir, files, size))
+    if files and (prepared := open_prepared(path, key := files_key(data_dir, files, size))):
+        return found_prepared(name, prepared, key)
     import torchvision
     kind = getattr(torchvision.datasets, name, None)
     if not isinstance(kind, type) or not issubclass(kind, torchvision.datasets.VisionDataset):
@@ -206,11 +201,10 @@ def open_torchvision(kind, data_dir, split, folder):
     for way in ways:
         try:
             return kind(data_dir, download=True, **way) if 'download' in parameters else kind(data_dir, **way)
-        except ValueError as e:  # a split this class does not have
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
         except Exception as e:
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
-            break
+            if not isinstance(e, ValueError):  # a ValueError: a split this class does not have; try the next name
+                break
     where = os.path.join(data_dir, folder) if folder else data_dir
     holds = f"it holds {', '.join(sorted(os.listdir(where))) or 'nothing'}" if os.path.isdir(where) else \
         "it does not exist"
@@ -256,8 +250,8 @@ def find_folder(data_dir, size):
         files[split], labels[split] = (labelled_pictures if flat else class_pictures)(data_dir, root, classes, left_out)
     if left_out:
         shown = ', '.join(os.path.relpath(p, data_dir) for p in left_out[:3]) + (', ...' if len(left_out) > 3 else '')
-        print(f"note: left out {len(left_out)} files in {data_dir} that are not pictures by their name or not regular "
-              f"files ({shown})")
+        note(f"left out {len(left_out)} files in {data_dir} that are not pictures by their name or not regular files "
+             f"({shown})")
     name = os.path.basename(data_dir)
     path, key = prepared_path(data_dir, name, size), files_key(data_dir, files['train'] + files['test'], size, classes)
     if prepared := open_prepared(path, key):
@@ -407,12 +401,8 @@ def load(found):
     return prepared
 
 
-class Stopped(Exception):
-    """SIGTERM (Colab's stop button, a preemption) while a dataset is prepared: stop as Ctrl-C does."""
-
-
 def stop_preparing(signum, frame):
-    raise Stopped(signum)
+    raise KeyboardInterrupt(signum)  # SIGTERM (Colab's stop button, a preemption): stop as Ctrl-C does
 
 
 def write_dataset(found):
@@ -439,16 +429,14 @@ def write_dataset(found):
         if os.path.exists(found.path):
             shutil.rmtree(found.path)
         os.rename(tmp, found.path)
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        die(f"could not write the prepared dataset {found.path}: {e.strerror or e}; nothing half-made is left, the "
-            f"next start prepares it again (free some space on that disk, or point XDG_CACHE_HOME elsewhere)")
-    except (KeyboardInterrupt, Stopped) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        die(f"stopped while preparing the dataset {found.path}; nothing half-made is left, the next start prepares it "
-            f"again", 128 + (e.args[0] if isinstance(e, Stopped) else signal.SIGINT))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            die(f"could not write the prepared dataset {found.path}: {e.strerror or e}; nothing half-made is left, the "
+                f"next start prepares it again (free some space on that disk, or point XDG_CACHE_HOME elsewhere)")
+        if isinstance(e, KeyboardInterrupt):
+            die(f"stopped while preparing the dataset {found.path}; nothing half-made is left, the next start prepares "
+                f"it again", 128 + (e.args[0] if e.args else signal.SIGINT))
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
