@@ -14,7 +14,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 import prepare
-from data import grey, model_input, predict
+from data import model_input, predict
 from model import ViT
 from support.checkpoint import from_checkpoint
 from support.device import autocast, pick_device, pick_dtype
@@ -68,12 +68,6 @@ def border_pixels(grey):
     return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
 
 
-def grey_of(pixels):
-    """(H, W, C) uint8 -> (H, W) float luminance (data.grey: ITU-R 601, as PIL's convert('L'))."""
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
-    return (x if x.shape[1] == 1 else grey(x))[0, 0].numpy()
-
-
 def image_paths(spec):
     """The pictures a --image value names: a file (its name may hold commas), a folder, or a,b,c."""
     parts = [spec] if os.path.exists(spec) else [p for p in spec.split(',') if p]
@@ -97,10 +91,9 @@ def as_the_model_sees(path):
     """(uint8 (C, S, S) as the model takes it, what to show of the original, a note or ''): digits get MNIST's
     preprocessing, other pictures a resize of the shorter side and a centre crop, as folder datasets do."""
     c = model.config
-    if digits:
-        original = read_image(path)
-        return to_mnist(grey_of(original))[None], original, ''
     original = read_image(path)
+    if digits:  # PIL makes it grey (ITU-R 601, as data.grey)
+        return to_mnist(read_image(path, channels=1)[:, :, 0].astype(np.float32))[None], original, ''
     pixels = read_image(path, size=start.store_size or c.img_size, channels=c.in_chans)
     note = f" (made {'colour' if c.in_chans == 3 else 'grey'}: the model takes {c.in_chans}-channel pictures)" \
         if original.shape[2] != c.in_chans else ''
@@ -229,8 +222,7 @@ def report_test_split():
 
 def draw_confusion(true, predicted):
     n = len(classes)
-    confusion = torch.zeros(n, n, dtype=torch.long)
-    confusion.index_put_((true, predicted), torch.ones(len(true), dtype=torch.long), accumulate=True)
+    confusion = torch.bincount(true * n + predicted, minlength=n * n).view(n, n)  # [true, predicted]
     fig, ax = plt.subplots(figsize=(6.5, 6))
     ax.imshow(confusion.float().log1p(), cmap='Blues')
     if n <= 20:  # counts in the cells while they are readable
@@ -259,12 +251,8 @@ def attention_rollout(model, x):
             x = block(x)
         # row t of rollout is what token t gathered from each token: weigh the rows as the pooling weighs the
         # tokens (the cls token alone, or the patches alike), then keep the patches' shares
-        pooled = torch.zeros(rollout.shape[:2], device=x.device)
-        if model.config.pool == 'cls':
-            pooled[:, 0] = 1
-        else:
-            pooled[:, model.config.n_prefix:] = 1
-        weights = (pooled[:, None] @ rollout)[:, 0, model.config.n_prefix:]
+        read = rollout[:, :1] if model.config.pool == 'cls' else rollout[:, model.config.n_prefix:]
+        weights = read.sum(dim=1)[:, model.config.n_prefix:]
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights.view(-1, model.config.grid, model.config.grid)
 
