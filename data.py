@@ -86,19 +86,21 @@ def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=Fal
 # evaluation
 
 
-def tta_views(images, pixels):
-    """What test-time augmentation looks at: images (B, C, H, W) and, for pixels > 0, 8 copies moved by pixels in every
-    direction (the 3 x 3 neighbourhood of shifts), filled with black: windows of the padded pictures."""
+def shifted_views(images, pixels, count=9):
+    """What test-time augmentation looks at: images (B, C, H, W) and, for pixels > 0, copies moved by pixels, filled
+    with black (windows of the padded pictures): count=9, in every direction (the 3 x 3 neighbourhood of shifts);
+    count=5, up, down, left and right (the 3 x 3's middle row and column)."""
     if not pixels:
         return [images]
     H, W = images.shape[-2:]
     padded = F.pad(images, (pixels, pixels, pixels, pixels))
-    moves = (2 * pixels, pixels, 0)
-    return [padded[..., top:top + H, left:left + W] for top in moves for left in moves]
+    moves = [(top, left) for top in (2 * pixels, pixels, 0) for left in (2 * pixels, pixels, 0)
+             if count == 9 or pixels in (top, left)]
+    return [padded[..., top:top + H, left:left + W] for top, left in moves]
 
 
-def predict(model, images, mean, std, crop=1.0, tta_shift=0):
+def predict(model, images, mean, std, crop=1.0, tta_shift=0, tta_views=9):
     """The logits an evaluation reports for uint8 images: the model's, or with tta_shift > 0 their mean over the
-    tta_views (shifted before the model's crop and resize, as the training augmentation shifts)."""
-    views = tta_views(images, tta_shift)
+    shifted_views (shifted before the model's crop and resize, as the training augmentation shifts)."""
+    views = shifted_views(images, tta_shift, tta_views)
     return sum(model(model_input(view, model.config, mean, std, crop))[0].float() for view in views) / len(views)

@@ -137,7 +137,7 @@ def classify(images_uint8):
     probs = []
     for batch in images_uint8.split(500):
         with ctx:
-            logits = predict(model, batch.to(device), start.mean, start.std, start.test_crop, tta_shift)
+            logits = predict(model, batch.to(device), start.mean, start.std, start.test_crop, tta_shift, tta_views)
         probs.append(F.softmax(logits, dim=1))
     return torch.cat(probs)
 
@@ -199,7 +199,8 @@ def report_test_split():
     correct = predicted == test_y
     print(f"test accuracy: {100 * correct.float().mean().item():.2f}% ({correct.sum().item()}/{len(test_y)}) "
           f"| checkpoint at iter {start.iter_num}" + (f", trained on {trained_on}" if trained_on else "")
-          + (f" | test-time augmentation: the mean of 9 views shifted by up to {tta_shift} px" if tta_shift else ""))
+          + (f" | test-time augmentation: the mean of {tta_views} views shifted by up to {tta_shift} px" if tta_shift
+             else ""))
     print("class  images  accuracy  name")
     for c, name in enumerate(classes):
         mask = test_y == c
@@ -291,7 +292,7 @@ model.to(device).eval()  # the training split's statistics and class names trave
 # shown in figures and lines: a class folder's name that is not UTF-8 appears escaped (\udce9)
 classes = [c.encode('utf-8', 'backslashreplace').decode() for c in start.classes]
 digits = prepare.get_dataset(run['dataset']).digits
-tta_shift = run['tta_shift']  # evaluated as the run was
+tta_shift, tta_views = run['tta_shift'], run.get('tta_views', 9)  # evaluated as the run was (9: before tta_views)
 trained_on = machine(os.path.join(out_dir, 'run.json'))  # the hardware its run.json names
 if image:
     classify_pictures(image_paths(image))

@@ -50,7 +50,8 @@ val_size = 0  # hold out this many training pictures (a fixed choice) as the val
 batch_size = 32  # images per process per micro-step
 gradient_accumulation_steps = 1  # micro-steps per update: the batch of an update is their sum
 eval_batch_size = 500  # pictures per forward pass in an evaluation
-tta_shift = 0  # test-time augmentation: evaluate on the mean logits of each picture and its 8 shifts by N pixels
+tta_shift = 0  # test-time augmentation: evaluate on the mean logits of each picture and its shifts by N pixels
+tta_views = 9  # how many: 9 (the 3 x 3 neighbourhood of shifts) or 5 (the picture moved up, down, left, right too)
 aug_translate = 0.0  # random shift of up to this many pixels (0 = no augmentation)
 aug_rotate = 0.0  # random rotation of up to this many degrees
 aug_scale = 0.0  # random zoom by up to this fraction
@@ -172,19 +173,18 @@ def get_batch(it, micro_step):
     x = augment(x.float() / 255, generator, size=model_config.img_size, **aug)  # data.py: shifts, crops, mirrors
     return model_input(x, model_config, mean, std, start.test_crop if not aug_rrc_scale else 1.0), y
 
-# the model, and its optimizers
-model = start.load_weights(ViT(model_config), data.classes).to(device)  # the start's weights: none from scratch
-raw_model = model  # the plain module: what gets saved, whatever wraps it for speed or DDP
+# the model (raw_model: the plain module, what gets saved, whatever wraps it for speed or DDP), and its optimizers
+raw_model = start.load_weights(ViT(model_config), data.classes).to(device)  # the start's weights: none from scratch
 if linear_probe:  # the pretrained features stay as they are; only the new head learns
-    model.requires_grad_(False).head.requires_grad_(True)
-optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2), muon_momentum,
-                                  device_type, dtype, layer_decay)  # {'adamw': ..., 'muon': ...}
+    raw_model.requires_grad_(False).head.requires_grad_(True)
+optimizers = configure_optimizers(raw_model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
+                                  muon_momentum, device_type, dtype, layer_decay)  # {'adamw': ..., 'muon': ...}
 peak_lrs = [[group['lr'] for group in opt.param_groups] for opt in optimizers.values()]  # layer_decay scales them
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))  # fp16 gradients underflow without it
 start.load_states(optimizers.values(), scaler, rank, world_size, len(train_idx))  # a resumed run's moments, RNG
 iter_num, checkpoint_loss = start.iter_num, start.train_loss  # a diverged run must not replace that checkpoint
 x, y = get_batch(iter_num, 0)
-model, compile_note = try_compile(model, compile, ctx, x, y, max_iters - iter_num)
+model, compile_note = try_compile(raw_model, compile, ctx, x, y, max_iters - iter_num)
 eval_model = model  # evaluation skips the DDP wrapper: it needs no gradient sync
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
@@ -215,7 +215,7 @@ def evaluate(images, labels, indices):
     for idx in indices[rank::world_size].split(eval_batch_size):  # this process's share
         x, y = images[idx].to(device), labels[idx].to(device)
         with ctx:
-            logits = predict(eval_model, x, mean, std, start.test_crop, tta_shift)
+            logits = predict(eval_model, x, mean, std, start.test_crop, tta_shift, tta_views)
         sums += torch.stack([F.cross_entropy(logits, y, reduction='sum'), (logits.argmax(dim=1) == y).sum()])
     if ddp:
         dist.all_reduce(sums)
@@ -277,7 +277,8 @@ while iter_num < max_iters:
         ms = 1000 * (time.time() - t0) / (iter_num - logged_iter)
         warm = logged_iter > start.iter_num
         interval_ms += [ms] if warm else []
-        evaluating = eval_seconds or (len(val_idx) + len(test_y)) * (9 if tta_shift else 1) * ms / 3000 / global_batch
+        views = tta_views if tta_shift else 1
+        evaluating = eval_seconds or (len(val_idx) + len(test_y)) * views * ms / 3000 / global_batch
         evals_left = max_iters // eval_interval - (iter_num - 1) // eval_interval + (max_iters % eval_interval > 0)
         eta = (max_iters - iter_num) * ms / 1000 + evals_left * evaluating  # the steps and evaluations left
         safety.stop_if_diverged(mean_loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
@@ -310,8 +311,7 @@ while iter_num < max_iters:
             redraw(out_dir)
         t0 = time.time()  # the clock leaves the evaluation out
 
-    signum = stop.requested()
-    if signum and not last:
+    if (signum := stop.requested()) and not last:  # Ctrl-C or SIGTERM
         if losses[logged_iter - iter_num:]:  # a model that diverged since the last log line is never saved
             loss = global_mean(losses[logged_iter - iter_num:], ddp)
             safety.stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)

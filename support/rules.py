@@ -30,7 +30,7 @@ def check_config(c, dataset):
                                                         'label_smoothing', 'aug_scale', 'aug_rrc_scale')]
     rules += [(k, c[k] in options, ' or '.join(map(repr, options))) for k, options in (
         ('optimizer', ('adamw', 'muon')), ('lr_schedule', ('cosine', 'linear')),
-        ('data_placement', ('auto', 'device', 'stream')))]
+        ('data_placement', ('auto', 'device', 'stream')), ('tta_views', (9, 5)))]
     rules += [
         ('learning_rate', c['learning_rate'] > 0, 'positive'), ('muon_lr', c['muon_lr'] > 0, 'positive'),
         ('min_lr', c['min_lr'] <= c['learning_rate'], f"at most learning_rate={c['learning_rate']!r} (lower min_lr "

@@ -43,6 +43,7 @@ def test_config_file_errors_exit_2(content, message, tmp_path, run_here):
     ('--learning_rate=-1.0', "learning_rate=-1.0 must be positive"), ('--beta2=1.5', "beta2=1.5 must be in [0, 1)"),
     ('--label_smoothing=2.0', "label_smoothing=2.0 must be in [0, 1)"),
     ('--grad_clip=-1.0', "grad_clip=-1.0 must be 0 or more"), ('--tta_shift=-1', "tta_shift=-1 must be 0 or more"),
+    ('--tta_views=8', "tta_views=8 must be 9 or 5"),
     ('--warmup_iters=-1', "warmup_iters=-1 must be 0 or more"), (f'--seed={2 ** 63}', f"seed={2 ** 63} must be in [0, 2**63)"),
     ('--optimizer=sgd', "optimizer='sgd' must be 'adamw' or 'muon'"), ('--max_iters=0', "max_iters=0 must be at least 1"),
     ('--val_size=-1', "val_size=-1 must be 0 or more"),

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from data import affine, augment, grey, model_input, predict, tta_views
+from data import affine, augment, grey, model_input, predict, shifted_views
 from model import ViTConfig
 
 
@@ -61,13 +61,15 @@ def test_augment_crop_and_flip_keep_every_picture_a_shifted_or_mirrored_copy():
 
 
 
-def test_tta_views_are_the_picture_and_its_eight_shifts():
-    views = tta_views(dot(10, 10), 2)
+def test_shifted_views_are_the_picture_and_its_eight_or_four_shifts():
+    views = shifted_views(dot(10, 10), 2)
     assert [where(v) for v in views] == [[(10 + dy, 10 + dx)] for dy in (-2, 0, 2) for dx in (-2, 0, 2)]
-    one = tta_views(dot(10, 10), 0)
+    plus = shifted_views(dot(10, 10), 2, count=5)  # the middle row and column of the 3 x 3: no diagonal move
+    assert [where(v) for v in plus] == [[(8, 10)], [(10, 8)], [(10, 10)], [(10, 12)], [(12, 10)]]
+    one = shifted_views(dot(10, 10), 0)
     assert len(one) == 1 and torch.equal(one[0], dot(10, 10))
     pictures = (torch.rand(3, 3, 8, 8) * 255).to(torch.uint8)  # uint8, as the test split is kept
-    assert all(v.dtype == torch.uint8 and v.shape == pictures.shape for v in tta_views(pictures, 1))
+    assert all(v.dtype == torch.uint8 and v.shape == pictures.shape for v in shifted_views(pictures, 1))
 
 
 def test_predict_averages_the_logits_of_the_views():
@@ -78,6 +80,8 @@ def test_predict_averages_the_logits_of_the_views():
     assert predict(model, centre, [0.0], [1.0], tta_shift=1).item() == pytest.approx(1.0)  # every view keeps the dot
     # moved up by one pixel, the top row leaves the picture: 3 of the 9 views lose the dot
     assert predict(model, border, [0.0], [1.0], tta_shift=1).item() == pytest.approx(6 / 9)
+    # of the 5 views, the one moved up alone loses it
+    assert predict(model, border, [0.0], [1.0], tta_shift=1, tta_views=5).item() == pytest.approx(4 / 5)
 
 
 def test_the_model_s_input_from_any_picture():
