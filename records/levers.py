@@ -77,9 +77,9 @@ SUITES = {
         '2 epochs with both': ['--max_iters=936', '--lr_schedule=linear', '--min_lr=0', '--muon_momentum_warmup=150'],
         '2.5 epochs with both': ['--max_iters=1170', '--lr_schedule=linear', '--min_lr=0', '--muon_momentum_warmup=150'],
         '2.5 epochs with both and 5 test-time views': ['--max_iters=1170', '--lr_schedule=linear', '--min_lr=0',
-                                                    '--muon_momentum_warmup=150', '--tta_views=5'],
+                                                       '--muon_momentum_warmup=150', '--tta_views=5'],
         '2.25 epochs with both and 5 test-time views': ['--max_iters=1053', '--lr_schedule=linear', '--min_lr=0',
-                                                     '--muon_momentum_warmup=150', '--tta_views=5'],
+                                                        '--muon_momentum_warmup=150', '--tta_views=5'],
     }),
     # the float32 path (the AVX2 kind's) of today's recipe, toward 80% in 30 minutes there (2026-12-06)
     'cifar10_fp32': (['records/recipes/cifar10_cpu_2026-12-06.py', '--dataset=folder', '--tta_shift=0',
