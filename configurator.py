@@ -24,8 +24,8 @@ def _config_error(message):
 def _checked(key, value, source):
     """value converted to the type of the key's default, or a config error naming both."""
     default = globals()[key]
-    if isinstance(default, float) and type(value) is int:  # not a bool: True is no float
-        value = float(value)
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)  # an int, or numpy's float64 from a config file's arithmetic
     if type(value) is type(default):
         return value
     _config_error(f"{source}: {key} must be {type(default).__name__} (default {default!r}), got {value!r}")

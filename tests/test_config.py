@@ -22,6 +22,22 @@ def test_configurator_errors_exit_2(args, message, tmp_path, run_here):
     assert_one_line_error(result, message, code=2)
 
 
+def test_a_float_key_takes_an_int_or_numpy_float_as_a_float_and_refuses_a_bool(tmp_path, monkeypatch):
+    # a config file that computes with numpy hands over a numpy float64
+    (tmp_path / 'numbers.py').write_text("import numpy as np\nlearning_rate = np.float64(2e-3) * 2\nmin_lr = 0\n")
+    monkeypatch.setattr(sys, 'argv', ['train.py', str(tmp_path / 'numbers.py')])
+    namespace = {'learning_rate': 1e-3, 'min_lr': 1e-5, 'config_keys': ['learning_rate', 'min_lr']}
+    with open(os.path.join(REPO, 'configurator.py')) as f:
+        configurator = f.read()
+    exec(configurator, namespace)
+    assert type(namespace['learning_rate']) is float and namespace['learning_rate'] == 4e-3
+    assert type(namespace['min_lr']) is float and namespace['min_lr'] == 0.0
+    monkeypatch.setattr(sys, 'argv', ['train.py', '--min_lr=True'])
+    with pytest.raises(SystemExit) as stopped:
+        exec(configurator, dict(namespace, min_lr=1e-5))
+    assert stopped.value.code == 2
+
+
 @pytest.mark.parametrize('content,message', [
     ("max_iter = 3\n", "bad.py: unknown config key 'max_iter'; did you mean max_iters?"),
     ("betas = (0.9, 0.95)\n", "bad.py: unknown config key 'betas'; did you mean beta2?"),
