@@ -476,8 +476,8 @@ def write_split(folder, split, found, crc):
                     counts[c] += np.bincount(kept[:, c].reshape(-1), minlength=256)
                 labels.append(label)
                 progress.update(min(start + batch, pictures.n))
-    except RuntimeError as e:
-        if 'DataLoader worker' not in str(e):
+    except (RuntimeError, ConnectionError) as e:  # torch names a killed worker, unless its pipe breaks first
+        if isinstance(e, RuntimeError) and 'DataLoader worker' not in str(e):
             raise
         die(f"a process decoding the {pictures.n} pictures died (killed, or out of memory?); nothing was prepared")
     labels = torch.cat(labels).numpy().astype('<i8')
