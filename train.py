@@ -51,7 +51,7 @@ batch_size = 32  # images per process per micro-step
 gradient_accumulation_steps = 1  # micro-steps per update: the batch of an update is their sum
 eval_batch_size = 500  # pictures per forward pass in an evaluation
 tta_shift = 0  # test-time augmentation: evaluate on the mean logits of each picture and its shifts by N pixels
-tta_views = 9  # how many: 9 (the 3 x 3 neighbourhood of shifts) or 5 (the picture moved up, down, left, right too)
+tta_views = 9  # how many: 9 (the 3 x 3 neighbourhood of shifts) or 5 (the picture and its shifts up, down, left, right)
 aug_translate = 0.0  # random shift of up to this many pixels (0 = no augmentation)
 aug_rotate = 0.0  # random rotation of up to this many degrees
 aug_scale = 0.0  # random zoom by up to this fraction
