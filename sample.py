@@ -135,7 +135,7 @@ def classify(images_uint8):
     """Class probabilities for uint8 images (B, C, H, W), in batches, as the run's evaluation computed them
     (with its test-time augmentation, if it had one)."""
     probs = []
-    for batch in images_uint8.split(500):
+    for batch in images_uint8.split(run['eval_batch_size']):
         with ctx:
             logits = predict(model, batch.to(device), start.mean, start.std, start.test_crop, tta_shift, tta_views)
         probs.append(F.softmax(logits, dim=1))

@@ -49,7 +49,7 @@ store_size = 0  # keep the prepared pictures at this side, larger than img_size 
 val_size = 0  # hold out this many training pictures (a fixed choice) as the validation split, to choose settings on
 batch_size = 32  # images per process per micro-step
 gradient_accumulation_steps = 1  # micro-steps per update: the batch of an update is their sum
-eval_batch_size = 500  # pictures per forward pass in an evaluation
+eval_batch_size = 128  # pictures per forward pass in an evaluation (on a CPU larger ones are slower per picture)
 tta_shift = 0  # test-time augmentation: evaluate on the mean logits of each picture and its shifts by N pixels
 tta_views = 9  # how many: 9 (the 3 x 3 neighbourhood of shifts) or 5 (the picture and its shifts up, down, left, right)
 aug_translate = 0.0  # random shift of up to this many pixels (0 = no augmentation)
@@ -299,9 +299,9 @@ while iter_num < max_iters:
         losses = []
         safety.stop_if_diverged(train_loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler)
         if master:
-            print(f"step {iter_num}: train loss {train_loss:.4f}, " + ', '.join(
-                f"{name} loss {loss:.4f}, {name} acc {100 * acc:.2f}%" for name, (loss, acc) in scores.items()))
-            run_log.write(dict(iter=iter_num, train_loss=train_loss, **{
+            scored = ', '.join(f"{s} loss {loss:.4f}, {s} acc {100 * acc:.2f}%" for s, (loss, acc) in scores.items())
+            print(f"step {iter_num}: train loss {train_loss:.4f}, {scored} (evaluated in {eval_seconds:.1f}s)")
+            run_log.write(dict(iter=iter_num, train_loss=train_loss, eval_seconds=eval_seconds, **{
                 f"{name}_{what}": value for name, s in scores.items() for what, value in zip(('loss', 'acc'), s)}))
         if always_save_checkpoint or last:
             checkpoint_loss = train_loss

@@ -31,6 +31,7 @@ def test_reaches_high_accuracy_and_logs(trained_run):
     assert [r['iter'] for r in evals] == [100, 200] and not any('val_acc' in r for r in records)  # none held out
     assert [r['iter'] for r in records if 'loss' in r] == list(range(10, 201, 10))
     assert evals[-1]['test_acc'] >= 0.9, evals
+    assert all(r['eval_seconds'] > 0 for r in evals) and f"(evaluated in {evals[-1]['eval_seconds']:.1f}s)" in stdout
     assert f"done: test acc {100 * evals[-1]['test_acc']:.2f}%" in stdout
     model, _ = model_of(out)
     assert f"{3 * model.flops_per_image() * 32 * 200 / 1e12:.3g} TFLOP of training" in stdout
@@ -142,7 +143,8 @@ def test_streamed_from_the_store_or_whole_in_memory_the_same_losses(synthetic_da
         assert result.returncode == 0, result.stderr
         assert ('on the device' if placement == 'device' else 'read from ') in result.stdout
         runs[placement] = [r for r in read_jsonl(tmp_path / placement / 'metrics.jsonl')]
-    without_time = {p: [{k: v for k, v in r.items() if k != 'ms'} for r in records] for p, records in runs.items()}
+    timings = ('ms', 'eval_seconds')
+    without_time = {p: [{k: v for k, v in r.items() if k not in timings} for r in records] for p, records in runs.items()}
     assert without_time['device'] == without_time['stream'] and len(without_time['device']) == 21
 
 
