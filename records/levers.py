@@ -87,6 +87,12 @@ SUITES = {
         'baseline': [],
         'crops of 2 px (not 4)': ['--aug_crop=2'],
         'batch 256 (lr x1.4)': ['--batch_size=256', '--muon_lr=0.028', '--learning_rate=2.8e-3'],
+        # cheaper steps, more of them in the same time (the step ratios by bench.py, float32, 2026-12-06)
+        'crops of 2 px and an MLP 2x wide (not 4x) for 1000 steps': ['--aug_crop=2', '--mlp_ratio=2.0',
+                                                                     '--max_iters=1000'],
+        'crops of 2 px and 3 layers (not 4) for 940 steps': ['--aug_crop=2', '--n_layer=3', '--max_iters=940'],
+        'crops of 2 px and 3 layers with an MLP 2x wide for 1300 steps': ['--aug_crop=2', '--n_layer=3',
+                                                                          '--mlp_ratio=2.0', '--max_iters=1300'],
     }),
     'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],
