@@ -93,6 +93,8 @@ SUITES = {
         'crops of 2 px and 3 layers (not 4) for 940 steps': ['--aug_crop=2', '--n_layer=3', '--max_iters=940'],
         'crops of 2 px and 3 layers with an MLP 2x wide for 1300 steps': ['--aug_crop=2', '--n_layer=3',
                                                                           '--mlp_ratio=2.0', '--max_iters=1300'],
+        'crops of 2 px and 2 layers with an MLP 2x wide for 1600 steps': ['--aug_crop=2', '--n_layer=2',
+                                                                          '--mlp_ratio=2.0', '--max_iters=1600'],
     }),
     'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],
