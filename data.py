@@ -43,8 +43,7 @@ def affine(x, angle, zoom, shift_x, shift_y):
     _, _, H, W = x.shape
     cos, sin = angle.cos() / zoom, angle.sin() / zoom
     # affine_grid maps each output pixel to where it samples the input, in [-1, 1] units (a pixel is 2 / size)
-    theta = torch.stack([torch.stack([cos, -sin, -shift_x * 2 / W], 1),
-                         torch.stack([sin, cos, -shift_y * 2 / H], 1)], 1)
+    theta = torch.stack([cos, -sin, -shift_x * 2 / W, sin, cos, -shift_y * 2 / H], 1).view(-1, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False)
 

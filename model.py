@@ -89,8 +89,7 @@ def sincos_pos_embd(grid_size, dim):
     A quarter of the channels each for sin(y), cos(y), sin(x), cos(x) at geometric frequencies."""
     y, x = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing='ij')
     omega = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
-    y = y.flatten()[:, None] * omega[None, :]
-    x = x.flatten()[:, None] * omega[None, :]
+    y, x = (t.flatten()[:, None] * omega[None, :] for t in (y, x))
     return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
 
 
@@ -122,12 +121,10 @@ class Attention(nn.Module):
         return F.softmax(att.float(), dim=-1).to(q.dtype)
 
     def forward(self, x):
-        B, T, C = x.shape
         q, k, v = self.heads(x)
         # SDPA picks the fastest kernel the hardware has (flash, memory-efficient, or a fused CPU one)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        return self.resid_dropout(self.proj(y.transpose(1, 2).flatten(2)))
 
 
 class MLP(nn.Module):
@@ -242,9 +239,7 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.pool(self.ln_f(x)))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        loss = None if targets is None else F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
         return logits, loss
 
     def layer_id(self, name):

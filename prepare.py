@@ -72,20 +72,16 @@ class Prepared:
     note: str = ''  # what preparing it found worth saying of the files, e.g. the pictures it skipped
 
 
-def checksum(path, meta, crc=0):
-    """CRC-32 of a prepared dataset's files and of its meta (all but the checksum), read in 4 MiB pieces: what catches
-    a damaged file (a zeroed region, a disk error, a digit edited), at about 1.5 GB/s from the page cache (CIFAR-10's
-    176 MiB in 0.11 s on a 2-core EPYC); it is not proof against tampering."""
-    piece = bytearray(4 << 20)
+def checksum(path, meta):
+    """CRC-32 of a prepared dataset's files and of its meta (all but the checksum), read in 4 MiB pieces: it catches a
+    damaged file (a zeroed region, a disk error, a digit edited) at about 1.5 GB/s, not tampering."""
+    piece, crc = bytearray(4 << 20), 0
     for name in (f"{split}.{kind}" for split in SPLITS for kind in ('u8', 'i64')):
         with open(os.path.join(path, name), 'rb', buffering=0) as f:
             while size := f.readinto(piece):
                 crc = zlib.crc32(memoryview(piece)[:size], crc)
-    return f"{zlib.crc32(meta_bytes(meta), crc):08x}"
-
-
-def meta_bytes(meta):
-    return json.dumps({k: v for k, v in meta.items() if k != 'checksum'}, sort_keys=True).encode()
+    meta = json.dumps({k: v for k, v in meta.items() if k != 'checksum'}, sort_keys=True).encode()
+    return f"{zlib.crc32(meta, crc):08x}"
 
 
 def open_prepared(path, key):
@@ -151,8 +147,7 @@ class Found:
 
 
 def found_prepared(name, prepared, key):
-    images = prepared.train[0]
-    return Found(name, prepared.path, key, prepared.classes, tuple(images.shape[1:]),
+    return Found(name, prepared.path, key, prepared.classes, tuple(prepared.train[0].shape[1:]),
                  {split: len(getattr(prepared, split)[1]) for split in SPLITS}, prepared=prepared)
 
 
@@ -197,7 +192,6 @@ def open_torchvision(kind, data_dir, split, folder):
     if not ways:
         die(f"dataset='torchvision:{kind.__name__}' has no train and test splits (no train= or split= argument); "
             f"sort its pictures into a folder dataset instead", 2)
-    reason = ''
     for way in ways:
         try:
             return kind(data_dir, download=True, **way) if 'download' in parameters else kind(data_dir, **way)
@@ -412,15 +406,15 @@ def write_dataset(found):
     previous = signal.signal(signal.SIGTERM, stop_preparing)
     try:
         os.makedirs(tmp)
-        meta, crc, notes = dict(version=VERSION, key=found.key, classes=found.classes, shape=list(found.shape)), 0, []
+        meta, notes = dict(version=VERSION, key=found.key, classes=found.classes, shape=list(found.shape)), []
         for split in SPLITS:
-            n, counts, crc, skipped = write_split(tmp, split, found, crc)
+            n, counts, skipped = write_split(tmp, split, found)
             meta.setdefault('sizes', {})[split] = n
             notes += [skipped] if skipped else []
             if split == 'train':
                 meta['mean'], meta['std'] = mean_std(counts)
         meta['note'] = '; '.join(notes)
-        meta['checksum'] = f"{zlib.crc32(meta_bytes(meta), crc):08x}"
+        meta['checksum'] = checksum(tmp, meta)
         with open(os.path.join(tmp, 'meta.json'), 'w') as f:
             json.dump(meta, f)
         for name in os.listdir(tmp):  # on disk before the rename says it is whole
@@ -429,16 +423,14 @@ def write_dataset(found):
         if os.path.exists(found.path):
             shutil.rmtree(found.path)
         os.rename(tmp, found.path)
-    except BaseException as e:
+    except OSError as e:
+        die(f"could not write the prepared dataset {found.path}: {e.strerror or e}; nothing half-made is left, the "
+            f"next start prepares it again (free some space on that disk, or point XDG_CACHE_HOME elsewhere)")
+    except KeyboardInterrupt as e:
+        die(f"stopped while preparing the dataset {found.path}; nothing half-made is left, the next start prepares "
+            f"it again", 128 + (e.args[0] if e.args else signal.SIGINT))
+    finally:  # whatever stopped it (renamed into place, tmp is gone already)
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            die(f"could not write the prepared dataset {found.path}: {e.strerror or e}; nothing half-made is left, the "
-                f"next start prepares it again (free some space on that disk, or point XDG_CACHE_HOME elsewhere)")
-        if isinstance(e, KeyboardInterrupt):
-            die(f"stopped while preparing the dataset {found.path}; nothing half-made is left, the next start prepares "
-                f"it again", 128 + (e.args[0] if e.args else signal.SIGINT))
-        raise
-    finally:
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -446,11 +438,11 @@ def write_dataset(found):
 MAX_BROKEN_SHARE = 0.1
 
 
-def write_split(folder, split, found, crc):
+def write_split(folder, split, found):
     """Decode a split's pictures in order into folder/<split>.u8 and .i64, by one process per core (DataLoader's
     workers, which end with this process), one piece at a time: the memory used stays that of a few pieces, whatever
-    the count of pictures. A few broken pictures are skipped and named. Returns (pictures kept, per-channel
-    histograms of their values, the CRC-32 so far, a note of what was skipped or '')."""
+    the count of pictures. Returns (pictures kept, per-channel histograms of their values, a note of the broken
+    pictures skipped or '')."""
     pictures, batch = found.pictures[split], 64
     # elsewhere than Linux a worker is spawned, which would run the script that imported this module anew
     workers = os.cpu_count() if sys.platform == 'linux' and pictures.n > 1000 else 0
@@ -471,9 +463,7 @@ def write_split(folder, split, found, crc):
                     die(f"{pictures.name(start + int(torch.nonzero(good)[j]))} has label {int(label[j])}, outside the "
                         f"{len(found.classes)} classes 0..{len(found.classes) - 1}")
                 f.write(kept.tobytes())
-                crc = zlib.crc32(kept, crc)
-                for c in range(found.shape[0]):
-                    counts[c] += np.bincount(kept[:, c].reshape(-1), minlength=256)
+                counts += [np.bincount(channel.reshape(-1), minlength=256) for channel in kept.swapaxes(0, 1)]
                 labels.append(label)
                 progress.update(min(start + batch, pictures.n))
     except (RuntimeError, ConnectionError) as e:  # torch names a killed worker, unless its pipe breaks first
@@ -483,7 +473,7 @@ def write_split(folder, split, found, crc):
     labels = torch.cat(labels).numpy().astype('<i8')
     print(f"{found.name} {split}: decoded {len(labels)} pictures in {time.time() - progress.t0:.1f}s")
     labels.tofile(os.path.join(folder, f"{split}.i64"))
-    return len(labels), counts, zlib.crc32(labels, crc), skipped_note(found, split, broken, labels)
+    return len(labels), counts, skipped_note(found, split, broken, labels)
 
 
 def skipped_note(found, split, broken, kept_labels):
@@ -547,9 +537,8 @@ class Progress:
 
 
 def held_out(n, val_size):
-    """(training indices, validation indices) of a training split of n pictures: val_size of them held out to choose
-    settings on, the same ones for every run and seed (a fixed shuffle), so that the test split is left for the final
-    figure."""
+    """(training indices, validation indices) of a split of n pictures: val_size held out to choose settings on, the
+    same ones for every run and seed (a fixed shuffle), so that the test split is left for the final figure."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     return order[val_size:].sort().values, order[:val_size].sort().values
 

@@ -41,9 +41,10 @@ def to_mnist(grey):
     """A picture of one digit as a grey float array, any size, either polarity, made into what MNIST's
     digits are: white on black, cropped to the stroke, fitted into 20x20 and placed in 28x28 with its
     centre of mass at the centre. Returns uint8 (28, 28)."""
-    if np.median(border_pixels(grey)) > 127:  # dark ink on light paper: invert to white on black
-        grey = 255 - grey
-    grey = np.clip(grey - np.median(border_pixels(grey)), 0, None)  # the background to zero
+    paper = np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))  # the border's usual grey
+    if paper > 127:  # dark ink on light paper: invert to white on black
+        grey, paper = 255 - grey, 255 - paper
+    grey = np.clip(grey - paper, 0, None)  # the background to zero
     if grey.max() <= 0:
         raise ValueError("the picture is blank")
     grey = grey * (255 / grey.max())
@@ -62,10 +63,6 @@ def to_mnist(grey):
     canvas = np.zeros((28, 28), dtype=np.float32)
     canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
     return np.clip(canvas, 0, 255).astype(np.uint8)
-
-
-def border_pixels(grey):
-    return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
 
 
 def image_paths(spec):
@@ -286,9 +283,8 @@ run = start.config
 device_type = device.split(':')[0]
 dtype = dtype or ('auto' if run['dtype'] == 'float16' and device_type == 'cpu' else run['dtype'])  # fp16 is for GPUs
 ctx = autocast(device_type, pick_dtype(dtype, device_type)[0])
-model = ViT(start.settle())
-start.load_weights(model, start.classes)
-model.to(device).eval()  # the training split's statistics and class names travel in the checkpoint: no training data
+# the training split's statistics and class names travel in the checkpoint: no training data
+model = start.load_weights(ViT(start.settle()), start.classes).to(device).eval()
 # shown in figures and lines: a class folder's name that is not UTF-8 appears escaped (\udce9)
 classes = [c.encode('utf-8', 'backslashreplace').decode() for c in start.classes]
 digits = prepare.get_dataset(run['dataset']).digits

@@ -24,12 +24,10 @@ RUN_KEYS = ('dataset', 'optimizer', 'linear_probe', 'val_size')
 
 @dataclass
 class Start:
-    """What a run's start decides: the model's arguments (in_chans, img_size and n_classes None where the data decides
-    them), the side the dataset is prepared at (store_size, 0: the pictures' own), the pixel normalization (None: the
-    training split's statistics), the classes of the weights' head, the weights and a resumed run's states."""
-    model_args: dict
-    store_size: int
-    mean: list = None
+    """What a run's start decides, settled once the dataset is found."""
+    model_args: dict  # ViTConfig's arguments: in_chans, img_size and n_classes None where the data decides them
+    store_size: int  # the side the dataset is prepared at (0: the pictures' own)
+    mean: list = None  # the pixel normalization; None: the training split's statistics
     std: list = None
     classes: list = None  # the classes of the weights' head: other classes get a new zero head, or stop a resume
     weights: dict = None  # the model's state, under model.py's names

@@ -8,11 +8,9 @@ from torch import nn
 
 def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, betas, muon_momentum, device_type,
                          dtype, layer_decay=1.0):
-    """{'adamw': AdamW, 'muon': Muon}, optimizers that together own every parameter of model that trains
-    (requires_grad), each group at its peak lr (the schedule scales them). 'adamw': AdamW for all. 'muon': Muon for
-    the blocks' weight matrices (q, k and v orthogonalized each on its own), AdamW for the rest: patch embedding,
-    positions, the learned tokens, norms, biases and the head, as Muon is meant to be used. layer_decay < 1: each
-    layer nearer the input learns slower (BEiT's and MAE's fine-tuning)."""
+    """{'adamw': AdamW, 'muon': Muon}, owning together every parameter that trains, each group at its peak lr. 'muon':
+    Muon for the blocks' weight matrices (q, k and v orthogonalized each on its own), AdamW for the rest, as Muon is
+    meant to be used. layer_decay < 1: each layer nearer the input learns slower (BEiT's and MAE's fine-tuning)."""
     # decay the weight matrices of the linear and conv layers only: never position embeddings or the learned tokens
     # (3-D, but not weights, which nanoGPT's "decay every tensor of 2 or more dims" would catch), LayerNorm gains,
     # LayerScale's scales or biases
@@ -38,9 +36,8 @@ def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay,
     optimizers = {'adamw': torch.optim.AdamW(adamw, lr=learning_rate, betas=betas, fused=fused)}
     if muon:
         # bf16 only where the run's dtype says the hardware has it: emulated, it is ~9x slower than fp32
-        ns_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
         optimizers['muon'] = Muon(muon, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay,
-                                  ns_dtype=ns_dtype)
+                                  ns_dtype=torch.bfloat16 if dtype == 'bfloat16' else torch.float32)
     return optimizers
 
 

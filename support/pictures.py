@@ -84,31 +84,21 @@ def orientation(picture):
     return picture.getexif().get(0x0112, 1) if picture.format != 'PNG' or 'exif' in picture.info else 1
 
 
-def header(path, size):
-    """((H, W) the picture decodes to, its channels), from its header alone; (None, why) for no picture."""
-    from PIL import Image
-    try:
-        with Image.open(path) as picture:
-            w, h = picture.size
-            if orientation(picture) in (5, 6, 7, 8):  # turned a quarter: read_image transposes it
-                w, h = h, w
-            grey = picture.mode in GREY_MODES or picture.mode.startswith('I')
-            return ((size, size) if size else (h, w)), 1 if grey else 3
-    except Exception as e:
-        return None, f"not a picture PIL can read ({type(e).__name__})"
-
-
 def survey(paths, size):
     """(C, H, W) the pictures at paths decode to (size > 0: H = W = size), from their headers alone: C is 1 only when
     every one is grey. One line when none of them is a picture, or their sides differ."""
+    from PIL import Image
     sides, channels, why = set(), 1, None
     for path in paths:
-        hw, c = header(path, size)
-        if hw is None:
-            why = why or c
-        else:
-            sides.add(hw)
-            channels = max(channels, c)
+        try:
+            with Image.open(path) as picture:
+                w, h = picture.size
+                if orientation(picture) in (5, 6, 7, 8):  # turned a quarter: read_image transposes it
+                    w, h = h, w
+                sides.add((size, size) if size else (h, w))
+                channels = max(channels, 1 if picture.mode in GREY_MODES or picture.mode.startswith('I') else 3)
+        except Exception as e:
+            why = why or f"not a picture PIL can read ({type(e).__name__})"
     if not sides:
         die(f"none of the {len(paths)} pictures decodes, for instance {paths[0]} ({why})")
     if len(sides) > 1:

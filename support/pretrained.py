@@ -134,10 +134,10 @@ def torchvision_source(init_from, weights):
         die(f"init_from={init_from!r}: no weights at {path}, and fetching {entry.url} failed "
             f"({type(e).__name__}); offline, put that file there (torchvision looks in $TORCH_HOME/hub/checkpoints)")
     return Start(args, 0, list(transforms.mean), list(transforms.std), list(entry.meta['categories']),
-                 from_torchvision(state, args, path), crop=crop)
+                 from_torchvision(state, path), crop=crop)
 
 
-def from_torchvision(state, args, path):
+def from_torchvision(state, path):
     """torchvision's VisionTransformer state_dict under model.py's names. Its cls token gets a position of its
     own in the position embedding: a constant, which folds into the token."""
     if not isinstance(state, dict) or 'conv_proj.weight' not in state or 'encoder.pos_embedding' not in state:
@@ -149,15 +149,13 @@ def from_torchvision(state, args, path):
             'head.weight': state['heads.head.weight'], 'head.bias': state['heads.head.bias']}
     names = {'ln_1': 'ln_1', 'self_attention.in_proj_': 'attn.qkv.', 'self_attention.out_proj.': 'attn.proj.',
              'ln_2': 'ln_2', 'mlp.0.': 'mlp.fc.', 'mlp.3.': 'mlp.proj.'}
-    for i in range(args['n_layer']):
-        prefix = f'encoder.layers.encoder_layer_{i}.'
-        for key, value in state.items():
-            if key.startswith(prefix):
-                rest = key[len(prefix):]
-                theirs = next((t for t in names if rest.startswith(t)), None)
-                if theirs is None:
-                    die(f"{path}: {key} has no place in model.py's ViT")
-                ours[f'blocks.{i}.{names[theirs]}{rest[len(theirs):]}'] = value
+    for key, value in state.items():
+        if key.startswith('encoder.layers.encoder_layer_'):
+            i, rest = key.removeprefix('encoder.layers.encoder_layer_').split('.', 1)
+            theirs = next((t for t in names if rest.startswith(t)), None)
+            if theirs is None:
+                die(f"{path}: {key} has no place in model.py's ViT")
+            ours[f'blocks.{i}.{names[theirs]}{rest[len(theirs):]}'] = value
     return ours
 
 # -----------------------------------------------------------------------------

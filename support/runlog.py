@@ -36,7 +36,10 @@ class RunLog:
         # a resume carries on its wandb run: the id its first start chose
         wandb_id = next((s['wandb_id'] for s in starts if 'wandb_id' in s), os.urandom(4).hex()) \
             if config['wandb_log'] else None
-        start = dict(iter=iter_num, **provenance(config, device, dtype))
+        # this start's command, config, code, versions and hardware
+        start = dict(iter=iter_num, started=time.strftime('%Y-%m-%d %H:%M:%S %z'), cwd=os.getcwd(),
+                     command=shlex.join(['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]]), config=config,
+                     commit=commit(), versions=versions(), hardware=hardware(device), dtype=dtype)
         starts.append(start | ({'wandb_id': wandb_id} if wandb_id else {}))
         write(path, json.dumps(dict(starts=starts), indent=1), 'w')
         # line-buffered: a run killed at any moment has logged every line it printed
@@ -124,13 +127,6 @@ def read_metrics(path):
 # where a run came from
 
 
-def provenance(config, device, dtype):
-    """The command, config, code, versions and hardware of this start of a run."""
-    return dict(started=time.strftime('%Y-%m-%d %H:%M:%S %z'), cwd=os.getcwd(),
-                command=shlex.join(['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]]), config=config,
-                commit=commit(), versions=versions(), hardware=hardware(device), dtype=dtype)
-
-
 def commit():
     """The repository's commit, and whether its tracked files differ from it; None outside a git checkout."""
     try:
@@ -158,8 +154,7 @@ def hardware(device):
     cpu = dict(model=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads())
     try:
         with open('/proc/cpuinfo') as f:
-            info = f.read()
-        lines = info.splitlines()
+            lines = f.read().splitlines()
         cpu['model'] = next(line.split(':', 1)[1].strip() for line in lines if line.startswith('model name'))
         flags = next(line.split(':', 1)[1].split() for line in lines if line.startswith('flags'))
         cpu['flags'] = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
