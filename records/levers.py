@@ -95,6 +95,15 @@ SUITES = {
                                                                           '--mlp_ratio=2.0', '--max_iters=1300'],
         'crops of 2 px and 2 layers with an MLP 2x wide for 1600 steps': ['--aug_crop=2', '--n_layer=2',
                                                                           '--mlp_ratio=2.0', '--max_iters=1600'],
+        # on top of 3 layers with an MLP 2x wide (their steps by bench.py's float32 ratios to its step, 2026-12-06)
+        '3 layers with an MLP 2x wide and Muon lr 0.03 (not 0.02)': [
+            '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=1300', '--muon_lr=0.03'],
+        '3 layers with an MLP 2x wide and Muon lr 0.015 (not 0.02)': [
+            '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=1300', '--muon_lr=0.015'],
+        '3 layers with an MLP 2x wide 96 wide (not 128) for 1950 steps': [
+            '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=1950', '--n_embd=96'],
+        '3 layers with an MLP 1x wide for 1570 steps': [
+            '--aug_crop=2', '--n_layer=3', '--mlp_ratio=1.0', '--max_iters=1570'],
     }),
     'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],
