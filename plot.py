@@ -20,14 +20,14 @@ def plot_runs(out_dirs, path, labels=None):
     against iteration, one colour per run, one line style per split."""
     matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    titles = []
     for i, out_dir in enumerate(out_dirs):
         records = read_metrics(os.path.join(out_dir, 'metrics.jsonl'))
         logs = [r for r in records if 'loss' in r]
-        label = labels[i] if labels else os.path.basename(os.path.normpath(out_dir))
+        name = os.path.basename(os.path.normpath(out_dir))
         where = machine(os.path.join(out_dir, 'run.json'))  # the run's hardware, from the record it keeps
-        label += f" ({where})" if where and len(out_dirs) > 1 else ''
-        titles.append(f"{os.path.basename(os.path.normpath(out_dir))}: {where}" if where else '')
+        label = (labels[i] if labels else name) + (f" ({where})" if where and len(out_dirs) > 1 else '')
+        if where and len(out_dirs) == 1:
+            fig.suptitle(f"{name}: {where}", fontsize=9)
         color = f"C{i}"
         ax_loss.plot([r['iter'] for r in logs], [r['loss'] for r in logs], color=color, alpha=0.5,
                      label=f"{label} train")
@@ -43,8 +43,6 @@ def plot_runs(out_dirs, path, labels=None):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if len(out_dirs) == 1 and titles[0]:
-        fig.suptitle(titles[0], fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fig.savefig(path, dpi=100)

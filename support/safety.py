@@ -1,9 +1,6 @@
 """
-Never lose a run: the run's folder and how a run stops.
-- claim_out_dir: one run per out_dir at a time, and a finished or stopped run never overwritten unasked
-- stop_if_diverged: a diverged model never replaces the last good checkpoint
-- StopSignals: Ctrl-C and SIGTERM checkpoint and exit within one iteration, and say how to resume
-(support/checkpoint.py writes the checkpoints themselves, atomically.)
+Never lose a run: one run per out_dir (claim_out_dir), no diverged model saved over a good checkpoint
+(stop_if_diverged), Ctrl-C and SIGTERM checkpointing within one iteration (StopSignals). checkpoint.py writes them.
 """
 import atexit
 import math
@@ -25,10 +22,9 @@ from support.locks import hold
 
 
 def claim_out_dir(out_dir, init_from, ckpt_path):
-    """Create out_dir and hold its lock for as long as this process lives; refuse a second run in it, a fresh start
-    over a checkpoint, and a resume without one. The operating system drops the lock when the process ends, however it
-    ends, so a killed run never leaves it stuck. A run that stops before its first checkpoint (bad input found at
-    start) leaves nothing behind. Returns the open lock file: the lock lasts while it is open."""
+    """Create out_dir and hold its lock while this process lives (locks.py: a killed run never leaves it stuck); refuse
+    a second run in it, a fresh start over a checkpoint, and a resume without one. A run that stops before its first
+    checkpoint leaves nothing behind. Returns the open lock file: the lock lasts while it is open."""
     if init_from == 'resume' and not os.path.isfile(ckpt_path):
         die(f"no checkpoint at {ckpt_path} to resume (train one first, or point out_dir at the run's folder)")
     atexit.register(forget_a_failed_start, out_dir, ckpt_path, os.path.isdir(out_dir))
