@@ -12,14 +12,14 @@
 # 2026-12-06: 80.44% test accuracy in 21m09s of wall time for the whole process, 332 ms a step, 152 TFLOP of training
 # (records/runs/cifar10_cpu-bf16-2026-12-06/; on 2026-12-02: 80.45% in 25m36s). Without native bf16 (the AVX2 kind,
 # float32, its step 920 ms: 2-2.3x this machine's float32 step) 3600 steps take about an hour. For that kind, a model
-# with cheaper steps and more of them (3 layers, an MLP 2x wide: a step 0.56x; +2.97 points on the held-out split in
-# float32 over the 4-layer model in the same time, with crops of 2 px, records/README.md):
+# with cheaper steps and more of them (3 layers, an MLP 2x wide, 64 wide: a step 0.22x; +5.65 points on the held-out
+# split in float32 over the 4-layer model in less time, with crops of 2 px, records/README.md):
 # $ python train.py config/cifar10_cpu.py --dataset=folder --data_dir=../shared/cifar10 --dtype=float32 --n_layer=3 \
-#       --mlp_ratio=2.0 --max_iters=2925 --eval_interval=2925 --muon_momentum_warmup=150 --aug_crop=2
-# reached 78.46% in 12m57s here (247 ms a step, 64 TFLOP, seed 1337, each evaluation pass 128 pictures: train.py's
-# default since 2026-12-06, 0.71x the time of 1000 in float32; records/runs/cifar10_cpu-fp32-3layers-mlp2-2026-12-06/),
-# about 30 minutes there by the step ratio (920 ms there against 398 ms here for the 4-layer float32 step). Before:
-# the 4-layer model for 1800 steps, 76.98% in 14m00s. 80% in half an hour on the AVX2 kind is not reached.
+#       --mlp_ratio=2.0 --n_embd=64 --max_iters=7800 --eval_interval=7800 --muon_momentum_warmup=150 --aug_crop=2
+# reached 79.88% in 12m42s here (95 ms a step, 48 TFLOP, seed 1337, 2026-12-06; the reference step 34-36 ms;
+# records/runs/cifar10_cpu-fp32-3layers-mlp2-64wide-2026-12-06/), about 29 minutes there by the step ratio (920 ms
+# there against 398 ms here for the 4-layer float32 step). Before: 96 wide for 4388 steps 79.46% in 12m53s, 128 wide
+# for 2925 steps 78.46% in 12m57s. 80% in half an hour on the AVX2 kind is not reached (0.12 short, one seed).
 out_dir = 'out-cifar10-cpu'
 dataset = 'cifar10'
 eval_interval = 3600  # once, at the end: 9 views of the 10,000 test pictures (most of the time outside the steps)

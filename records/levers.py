@@ -104,6 +104,14 @@ SUITES = {
             '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=1950', '--n_embd=96'],
         '3 layers with an MLP 1x wide for 1570 steps': [
             '--aug_crop=2', '--n_layer=3', '--mlp_ratio=1.0', '--max_iters=1570'],
+        '3 layers with an MLP 2x wide 64 wide for 2900 steps': [
+            '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=2900', '--n_embd=64'],
+        '4 layers with an MLP 2x wide 96 wide for 1600 steps': [
+            '--aug_crop=2', '--n_layer=4', '--mlp_ratio=2.0', '--max_iters=1600', '--n_embd=96'],
+        '3 layers with an MLP 2x wide 48 wide for 4080 steps': [
+            '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=4080', '--n_embd=48'],
+        '3 layers with an MLP 2x wide 64 wide for 2900 steps and Muon lr 0.015': [
+            '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=2900', '--n_embd=64', '--muon_lr=0.015'],
     }),
     'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],
