@@ -98,8 +98,6 @@ SUITES = {
         # on top of 3 layers with an MLP 2x wide (their steps by bench.py's float32 ratios to its step, 2026-12-06)
         '3 layers with an MLP 2x wide and Muon lr 0.03 (not 0.02)': [
             '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=1300', '--muon_lr=0.03'],
-        '3 layers with an MLP 2x wide and Muon lr 0.015 (not 0.02)': [
-            '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=1300', '--muon_lr=0.015'],
         '3 layers with an MLP 2x wide 96 wide (not 128) for 1950 steps': [
             '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=1950', '--n_embd=96'],
         '3 layers with an MLP 1x wide for 1570 steps': [
