@@ -451,9 +451,10 @@ def write_split(folder, split, found):
                                          generator=torch.Generator())  # its seed draw leaves the run's random state be
     progress = Progress(f"preparing {found.name} {split}", pictures.n)
     counts, labels, broken = np.zeros((found.shape[0], 256), dtype=np.int64), [], []
+    batches = iter(loader)
     try:
         with open(os.path.join(folder, f"{split}.u8"), 'wb') as f:
-            for start, (pixels, label, why) in zip(range(0, pictures.n, batch), loader):
+            for start, (pixels, label, why) in zip(range(0, pictures.n, batch), batches):
                 broken += [(start + i, w) for i, w in enumerate(why) if w]
                 good = torch.tensor([not w for w in why])
                 kept, label = pixels[good].numpy(), label[good]
@@ -469,6 +470,11 @@ def write_split(folder, split, found):
     except (RuntimeError, ConnectionError) as e:  # torch names a killed worker, unless its pipe breaks first
         if isinstance(e, RuntimeError) and 'DataLoader worker' not in str(e):
             raise
+        # end the other workers now, not when the error's traceback is freed; until they are, torch's SIGCHLD handler
+        # raises anew for the dead one whenever any child process ends, so it waits meanwhile
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+        batches._shutdown_workers()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
         die(f"a process decoding the {pictures.n} pictures died (killed, or out of memory?); nothing was prepared")
     labels = torch.cat(labels).numpy().astype('<i8')
     print(f"{found.name} {split}: decoded {len(labels)} pictures in {time.time() - progress.t0:.1f}s")
