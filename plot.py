@@ -3,7 +3,7 @@ Training curves from the metrics.jsonl that train.py writes to each out_dir.
 One run (train.py calls this at every evaluation), drawn into out-mnist/curves.png:
 $ python plot.py out-mnist
 Several runs overlaid on one figure, for comparisons: yours over a record's (records/runs/ hold their metrics)
-$ python plot.py out-cifar10-cpu records/runs/cifar10_cpu-bf16-2026-12-06 --out=compare.png --labels="mine,the record"
+$ python plot.py out-cifar10-cpu records/runs/cifar10_cpu-fp32-avx2-2026-12-07 --out=compare.png --labels="mine,the record"
 """
 import os
 import sys

@@ -1,5 +1,5 @@
 """
-Does starting from pretrained weights pay, with the data we have? Pretrain config/cifar10_cpu.py's ViT on
+Does starting from pretrained weights pay, with the data we have? Pretrain the CPU CIFAR-10 ViT of 2026-12-02 on
 five CIFAR-10 classes, then fine-tune it on the other five with 100 pictures a class, next to the same
 model trained from scratch on those 500 pictures for the same steps and seeds, and the fine-tuning knobs
 one at a time. The two datasets are folders of links into a CIFAR-10 folder dataset, made in out_dir; every
