@@ -527,6 +527,7 @@ def test_a_run_killed_while_preparing_leaves_no_decoder_and_no_lock(signum, tmp_
     assert [name for name in os.listdir(cache / 'nanovit') if name.endswith('.tmp')] == []
 
 
+@pytest.mark.slow  # a whole run under a fault, 5-10 s: in the slow pass (.ci/run runs both)
 def test_a_full_disk_is_one_line_that_names_it(tmp_path):
     root = tmp_path / 'pictures'
     for c in ('a', 'b'):

@@ -186,7 +186,7 @@ FAMILIES = ['vit_tiny_patch16_224.augreg_in21k_ft_in1k',  # AugReg: a cls token 
             pytest.param('deit_small_patch16_224.fb_in1k', marks=slow),  # DeiT
             'deit3_small_patch16_224.fb_in1k',  # DeiT III: LayerScale, positions for the patches alone
             pytest.param('vit_small_patch14_dinov2.lvd142m', marks=slow),  # DINOv2: LayerScale, no head, 518 px
-            'vit_small_patch14_reg4_dinov2.lvd142m',  # DINOv2 with 4 registers
+            pytest.param('vit_small_patch14_reg4_dinov2.lvd142m', marks=slow),  # DINOv2 with 4 registers (518 px: 6 s)
             pytest.param('vit_small_patch8_224.dino', marks=slow),  # patch 8 (DINO, no head)
             pytest.param('vit_base_patch32_224.augreg_in21k_ft_in1k', marks=slow)]  # patch 32
 

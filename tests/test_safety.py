@@ -47,6 +47,7 @@ def resume(run_here, trained_run, copy_of_run):
     return run
 
 
+@pytest.mark.slow  # a whole run under a fault, 5-10 s: in the slow pass (.ci/run runs both)
 def test_a_stop_comes_within_one_iteration_whatever_log_interval(synthetic_data, tmp_path):
     # no log line for 100000 iterations, and checkpoints that take 3 s to write: SIGTERM still stops the run
     # at once, says so, and a second signal during the save is noted, not obeyed
@@ -67,6 +68,7 @@ def test_a_stop_comes_within_one_iteration_whatever_log_interval(synthetic_data,
     assert not os.path.exists(tmp_path / 'out' / 'ckpt.pt.tmp')
 
 
+@pytest.mark.slow  # a whole run under a fault, 5-10 s: in the slow pass (.ci/run runs both)
 def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_lives(synthetic_data, tmp_path, run_here):
     args = [*RUN, f'--data_dir={synthetic_data}', '--max_iters=100000', '--eval_interval=100000', '--out_dir=out']
     first = start_script('train.py', *args, cwd=tmp_path)
@@ -131,6 +133,7 @@ def test_a_metrics_file_with_a_line_that_is_not_a_record(copy_of_run, resume, ru
     assert_one_line_error(run_here('plot.py', 'out', cwd=copy_of_run.parent), "line 2: not a metrics record")
 
 
+@pytest.mark.slow  # a whole run under a fault, 5-10 s: in the slow pass (.ci/run runs both)
 def test_a_full_disk_keeps_the_old_checkpoint_and_no_temporary_file(copy_of_run, synthetic_data, resume):
     cwd, ckpt = copy_of_run.parent, copy_of_run / 'ckpt.pt'
     before = digest(ckpt)
