@@ -285,8 +285,8 @@ while iter_num < max_iters:
         lrs = {name: max(group['lr'] for group in opt.param_groups) for name, opt in optimizers.items()}  # as stepped
         if master:
             print(f"iter {iter_num}/{max_iters}: loss {mean_loss:.4f}, lr "
-                  + ', '.join(f"{v:.1e} ({k})" for k, v in lrs.items()) + f", time {ms:.2f}ms"
-                  + (f", eta {duration(eta)}" if warm else " (warm-up)")
+                  + ', '.join(f"{v:.1e} ({k})" for k, v in lrs.items()) + f", time {ms:.2f}ms, eta {duration(eta)}"
+                  + " (warm-up)" * (not warm)  # the first eta, from the warm-up's pace: near the start, a rough one
                   + (f", mfu {100 * flops_per_iter / (ms / 1000) / peak:.1f}%" if peak else ""))
             run_log.write(dict(iter=iter_num, loss=mean_loss, ms=ms, lr=lrs['adamw'], muon_lr=lrs.get('muon')))
         logged_iter, t0 = iter_num, time.time()

@@ -7,11 +7,13 @@
 # one). Before, with four evaluations: 95.22% in 25m41s (1040 ms/iter, 2026-12-02; the batches drawn otherwise then)
 # and 94.58% in 22m14s (2026-11-28, a Zen 4 EPYC): half an epoch leaves the seed's draw of batches about a point of
 # say. The 97% goal is open (records/README.md).
+# On a 2-core AMD EPYC with AVX2 and no AVX-512 (float32, reference step about 75 ms), 2026-12-07: 2.6 s a step, and
+# the first line, 26 s in, gave the whole run's eta: 52m27s, two evaluations included (not run to its end).
 # What moved it (records/README.md, "config/mnist.py"): a position embedding that starts at std 1.0, not
 # 0.02; a learning rate of 3e-4, not 1e-3; LayerNorm on queries and keys (qk_norm).
 out_dir = 'out-mnist'
 eval_interval = 500  # twice, half way and at the end: on a CPU each evaluation of the 10,000 pictures costs minutes
-log_interval = 50
+log_interval = 10  # on a CPU the first line, with the eta of the whole run (steps and evaluations), comes early
 
 n_layer = 4
 n_head = 4

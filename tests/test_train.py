@@ -3,6 +3,7 @@ logs and saves, the schedule, the held-out split, test-time shifts, and the same
 comes."""
 import math
 import os
+import re
 import signal
 
 import pytest
@@ -26,6 +27,7 @@ def model_of(out):
 def test_reaches_high_accuracy_and_logs(trained_run):
     out, stdout = trained_run.out, trained_run.stdout
     assert 'iter 10/200: loss' in stdout and 'step 200: train loss' in stdout and ', test acc ' in stdout
+    assert re.search(r'iter 10/200: .*, time [\d.]+ms, eta \d+m\d\ds \(warm-up\)\n', stdout)  # at once
     records = read_jsonl(out / 'metrics.jsonl')
     evals = [r for r in records if 'test_acc' in r]
     assert [r['iter'] for r in evals] == [100, 200] and not any('val_acc' in r for r in records)  # none held out
