@@ -471,10 +471,10 @@ def write_split(folder, split, found):
         if isinstance(e, RuntimeError) and 'DataLoader worker' not in str(e):
             raise
         # end the other workers now, not when the error's traceback is freed; until they are, torch's SIGCHLD handler
-        # raises anew for the dead one whenever any child process ends, so it waits meanwhile
-        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
-        batches._shutdown_workers()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+        # raises anew for the dead one whenever any child process ends, so it is set aside meanwhile
+        handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        batches._shutdown_workers()  # what the loader's __del__ calls
+        signal.signal(signal.SIGCHLD, handler)
         die(f"a process decoding the {pictures.n} pictures died (killed, or out of memory?); nothing was prepared")
     labels = torch.cat(labels).numpy().astype('<i8')
     print(f"{found.name} {split}: decoded {len(labels)} pictures in {time.time() - progress.t0:.1f}s")
