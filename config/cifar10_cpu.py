@@ -11,7 +11,9 @@
 # Measured, its prepared dataset already there, the whole process timed:
 # - 2-core AMD EPYC with AVX2 and no AVX-512 (lscpu: "AMD EPYC", no avx512f or avx512_bf16; its reference step,
 #   ../shared/tools/ref_step.py, 78-79 ms around the run), 2026-12-07, seed 1337: 80.96% test accuracy in 19m35s,
-#   146 ms a step, 48 TFLOP of training (records/runs/cifar10_cpu-fp32-avx2-2026-12-07/).
+#   146 ms a step, 48 TFLOP of training (records/runs/cifar10_cpu-fp32-avx2-2026-12-07/); seed 2, this file as it
+#   is: 81.18% in 18m56s (142 ms a step; reference step 54-60 ms; records/runs/cifar10_cpu-fp32-avx2-seed2-2026-12-07/).
+#   The mean of the two: 81.07% in 19m16s.
 # - 2-core AMD EPYC with AVX-512 BF16 (reference step 34-51 ms), 2026-12-06, the same values given as flags: seed 1337
 #   80.94% in 12m31s (94 ms a step), seed 2 81.23% in 10m29s (a faster hour)
 #   (records/runs/cifar10_cpu-fp32-3layers-mlp2-64wide-muon015{,-seed2}-2026-12-06/).
