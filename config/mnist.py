@@ -8,7 +8,8 @@
 # and 94.58% in 22m14s (2026-11-28, a Zen 4 EPYC): half an epoch leaves the seed's draw of batches about a point of
 # say. The 97% goal is open (records/README.md).
 # On a 2-core AMD EPYC with AVX2 and no AVX-512 (float32, reference step about 75 ms), 2026-12-07: 2.6 s a step, and
-# the first line, 26 s in, gave the whole run's eta: 52m27s, two evaluations included (not run to its end).
+# the first line, after 10 steps (about half a minute), gave the whole run's eta: 52m27s, two evaluations included
+# (not run to its end).
 # What moved it (records/README.md, "config/mnist.py"): a position embedding that starts at std 1.0, not
 # 0.02; a learning rate of 3e-4, not 1e-3; LayerNorm on queries and keys (qk_norm).
 out_dir = 'out-mnist'
