@@ -8,13 +8,13 @@ $ python bench.py config/cifar10.py --batch_size=512 --device=cuda --optimizer=m
 $ python bench.py --init_from=vit_b_16 --batch_size=64 --device=cuda   # a pretrained ViT's shape, no weights needed
 Prints a table and writes it as JSON to bench_out.
 """
-import ast
 import json
 import os
 import resource
 import statistics
 import sys
 import time
+import timeit
 
 import torch
 from torch.nn import functional as F
@@ -30,12 +30,10 @@ from support.pretrained import from_source
 from support.runlog import hardware
 
 # -----------------------------------------------------------------------------
-# train.py's keys with its defaults, read from its source (a script is never imported), then the benchmark's own
+# train.py's keys with its defaults: its block of plain assignments, run here (a script is never imported); then ours
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')) as _f:
-    _defaults = ast.parse(_f.read()).body
-_defaults = _defaults[:next(i for i, node in enumerate(_defaults) if ast.unparse(node).startswith('config_keys ='))]
-globals().update({node.targets[0].id: ast.literal_eval(node.value) for node in _defaults
-                  if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)})
+    _train = _f.read().split('\nconfig_keys =')[0]
+exec(_train[_train.index('# default config values'):])
 dtype = 'auto'  # 'auto' here: every dtype this device runs well
 torchvision_vit = True  # also time torchvision's VisionTransformer with the same dims
 bench_warmup = 5  # untimed steps first (compilation, allocator warm-up)
@@ -63,22 +61,19 @@ modes = ['eager'] + (['compiled'] if not blocker else [])
 # the model as train.py would build it; random pictures of the data's shape stand in for the data
 start = from_scratch(config) if init_from == 'scratch' else from_source(init_from, config, flags, weights=False)
 shape = prepare.get_dataset(dataset).shape if init_from == 'scratch' else (3, *[start.model_args['img_size']] * 2)
-if shape is None:  # a folder dataset: its channels and size are in its files, which the bench does not read
-    if not start.store_size:
-        die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels "
-            "assumed)", 2)
-    shape = (3, start.store_size, start.store_size)
+if shape is None and not start.store_size:  # a folder dataset: its shape is in its files, which the bench never reads
+    die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
+shape = shape or (3, start.store_size, start.store_size)
 n_classes = 10  # the head's size barely moves the step's cost
 vit_config = start.settle(shape, [str(c) for c in range(n_classes)])
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
 aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
-generator = torch.Generator(device=device)
 
 
 def get_batch(step):
     # as train.py's get_batch, from pictures already on the device: augmented, then as the model takes them
-    x = augment(images.float() / 255, generator.manual_seed(step), size=vit_config.img_size, **aug)
+    x = augment(images.float() / 255, torch.Generator(device=device).manual_seed(step), size=vit_config.img_size, **aug)
     crop = start.test_crop if not aug_rrc_scale else 1.0
     return model_input(x, vit_config, [0.5] * shape[0], [0.25] * shape[0], crop)
 
@@ -86,12 +81,29 @@ def get_batch(step):
 class Candidate:
     """One way to run the step (ours eager or compiled, torchvision's; a dtype), with its timings so far."""
 
-    def __init__(self, impl, mode, dtype, model, loss_of, optimizers):
-        self.impl, self.mode, self.dtype, self.model, self.optimizers = impl, mode, dtype, model, optimizers
-        self.loss_of = loss_of  # a batch's loss
+    def __init__(self, impl, mode, dtype):
+        self.impl, self.mode, self.dtype = impl, mode, dtype
+        if impl == 'nanoViT':  # as train.py builds it
+            self.model = ViT(vit_config).to(device)
+            optimizers = configure_optimizers(self.model, optimizer, learning_rate, muon_lr, weight_decay,
+                                              (beta1, beta2), muon_momentum, device_type, dtype, layer_decay)
+            self.optimizers = list(optimizers.values())
+            fast = torch.compile(self.model) if mode == 'compiled' else self.model
+            self.loss_of = lambda x: fast(x, labels, label_smoothing)[1]  # a batch's loss
+        else:  # torchvision's VisionTransformer of the same dims, trained as a user would: AdamW on every parameter
+            from torchvision.models import VisionTransformer
+            c = vit_config
+            self.model = VisionTransformer(image_size=c.img_size, patch_size=c.patch_size, num_layers=c.n_layer,
+                                           num_heads=c.n_head, hidden_dim=c.n_embd, mlp_dim=int(c.mlp_ratio * c.n_embd),
+                                           dropout=c.dropout, num_classes=n_classes).to(device)
+            self.optimizers = [torch.optim.AdamW(self.model.parameters(), lr=learning_rate, betas=(beta1, beta2),
+                                                 weight_decay=weight_decay)]
+            # it takes 3-channel pictures
+            self.loss_of = lambda x: F.cross_entropy(self.model(x.expand(-1, 3, -1, -1)).float(), labels,
+                                                     label_smoothing=label_smoothing)
         self.scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
         self.ctx = autocast(device_type, dtype)
-        self.steps, self.optimizer_parts, self.memory = [], [], 0.0
+        self.steps, self.optimizer_parts, self.memory = [], [], 0.0 if device_type == 'cuda' else None  # MiB
 
     def step(self, step, timed):
         """train.py's iteration: forward, backward, clip the unscaled gradients, step, clear."""
@@ -119,39 +131,11 @@ class Candidate:
                 self.memory = max(self.memory, torch.cuda.max_memory_allocated() / 2 ** 20)
 
 
-def ours(mode, dtype):
-    model = ViT(vit_config).to(device)
-    optimizers = configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, (beta1, beta2),
-                                      muon_momentum, device_type, dtype, layer_decay)
-    fast = torch.compile(model) if mode == 'compiled' else model
-    return model, lambda x: fast(x, labels, label_smoothing)[1], list(optimizers.values())
-
-
-def theirs():
-    """torchvision's VisionTransformer of the same dims, trained as a user would: plain AdamW over all parameters."""
-    from torchvision.models import VisionTransformer
-    c = vit_config
-    vit = VisionTransformer(image_size=c.img_size, patch_size=c.patch_size, num_layers=c.n_layer, num_heads=c.n_head,
-                            hidden_dim=c.n_embd, mlp_dim=int(c.mlp_ratio * c.n_embd), dropout=c.dropout,
-                            num_classes=n_classes).to(device)
-
-    def loss_of(x):  # it takes 3-channel pictures
-        return F.cross_entropy(vit(x.expand(-1, 3, -1, -1)).float(), labels, label_smoothing=label_smoothing)
-    return vit, loss_of, [torch.optim.AdamW(vit.parameters(), lr=learning_rate, betas=(beta1, beta2),
-                                            weight_decay=weight_decay)]
-
-
 def matmul_flops(dtype, n=2048):
-    """Measured FLOP/s of one big matmul in dtype: the CPU's practical ceiling."""
-    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
-    for _ in range(3):
-        a @ a
-    synchronize(device_type)
-    t0 = time.perf_counter()
-    for _ in range(10):
-        a @ a
-    synchronize(device_type)
-    return 10 * 2 * n ** 3 / (time.perf_counter() - t0)
+    """Measured FLOP/s of one big matmul in dtype, on the CPU: its practical ceiling."""
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    timeit.timeit(lambda: a @ a, number=3)  # warm-up
+    return 10 * 2 * n ** 3 / timeit.timeit(lambda: a @ a, number=10)
 
 
 flops_per_step = 3 * ViT(vit_config).flops_per_image() * batch_size
@@ -160,8 +144,7 @@ name = machine['gpu']['name'] if 'gpu' in machine else \
     f"{machine['cpu']['model']} CPU, {torch.get_num_threads()} threads"
 print(f"bench: {name} | torch {torch.__version__} | {dataset} {'x'.join(map(str, shape))}, batch {batch_size} | "
       f"n_layer {vit_config.n_layer}, n_head {vit_config.n_head}, n_embd {vit_config.n_embd}, "
-      f"patch {vit_config.patch_size}"
-      f"{f' ({init_from})' if init_from != 'scratch' else ''} | optimizer {optimizer} | "
+      f"patch {vit_config.patch_size}{f' ({init_from})' if init_from != 'scratch' else ''} | optimizer {optimizer} | "
       f"{flops_per_step / 1e9:.1f} GFLOP per step" + (f" | compile skipped: {blocker}" if blocker else ""))
 # every candidate is built and warmed up, then timed a step at a time in turn, round after round: a machine
 # whose speed drifts (a shared or throttled CPU) slows every candidate alike, and the medians compare fairly
@@ -170,9 +153,9 @@ candidates = []
 for dtype in dtypes:
     ceilings[dtype] = (peak_flops(device, dtype), 'peak') if device_type == 'cuda' else \
         (matmul_flops(dtype), 'matmul') if device_type == 'cpu' else (None, None)
-    candidates += [Candidate('nanoViT', mode, dtype, *ours(mode, dtype)) for mode in modes]
+    candidates += [Candidate('nanoViT', mode, dtype) for mode in modes]
     if torchvision_vit:
-        candidates.append(Candidate('torchvision', 'eager', dtype, *theirs()))
+        candidates.append(Candidate('torchvision', 'eager', dtype))
 for step in range(bench_warmup + bench_iters):
     for candidate in candidates:
         candidate.step(step, timed=step >= bench_warmup)
@@ -183,11 +166,10 @@ for c in candidates:
     rows.append(dict(impl=c.impl, mode=c.mode, dtype=c.dtype, ms_per_iter=1000 * seconds,
                      optimizer_share=statistics.median(c.optimizer_parts) / seconds, images_per_s=batch_size / seconds,
                      tflops=achieved / 1e12, utilization=achieved / ceiling if ceiling else None,
-                     ceiling=ceiling_kind if ceiling else None,
-                     peak_memory_mib=c.memory if device_type == 'cuda' else None))
+                     ceiling=ceiling_kind if ceiling else None, peak_memory_mib=c.memory))
     r = rows[-1]
     util = f"{100 * r['utilization']:.1f}% of {ceiling_kind}" if ceiling else "n/a"
-    mem = f"{r['peak_memory_mib']:.0f} MiB" if r['peak_memory_mib'] is not None else "-"
+    mem = f"{c.memory:.0f} MiB" if c.memory is not None else "-"
     print(f"{c.impl:12s} {c.mode:9s} {c.dtype:9s} {r['ms_per_iter']:9.2f} ms/iter "
           f"(optimizer {100 * r['optimizer_share']:4.1f}%) "
           f"{r['images_per_s']:8.0f} img/s {r['tflops']:7.2f} TFLOP/s  {util:>18s}  {mem}")

@@ -50,19 +50,14 @@ def to_mnist(grey):
     grey = grey * (255 / grey.max())
     rows, cols = np.nonzero(grey > 0.2 * 255)  # the stroke, without faint noise
     grey = grey[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    h, w = grey.shape
-    scale = 20 / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    digit = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float32)
+    size = [max(1, round(side * 20 / max(grey.shape))) for side in grey.shape[::-1]]  # (w, h), the longer side 20
+    digit = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize(size, Image.LANCZOS))
     # shift so that the centre of mass lands on the centre pixel of the 28x28 canvas
-    mass = digit.sum()
-    cy = (digit.sum(axis=1) * np.arange(digit.shape[0])).sum() / mass
-    cx = (digit.sum(axis=0) * np.arange(digit.shape[1])).sum() / mass
-    top = int(np.clip(round(13.5 - cy), 0, 28 - digit.shape[0]))
-    left = int(np.clip(round(13.5 - cx), 0, 28 - digit.shape[1]))
-    canvas = np.zeros((28, 28), dtype=np.float32)
+    centre = (np.indices(digit.shape) * digit).sum(axis=(1, 2)) / digit.sum()  # (row, column)
+    top, left = (int(np.clip(round(13.5 - c), 0, 28 - side)) for c, side in zip(centre, digit.shape))
+    canvas = np.zeros((28, 28), dtype=np.uint8)
     canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
-    return np.clip(canvas, 0, 255).astype(np.uint8)
+    return canvas
 
 
 def image_paths(spec):
@@ -85,16 +80,16 @@ def image_paths(spec):
 
 
 def as_the_model_sees(path):
-    """(uint8 (C, S, S) as the model takes it, what to show of the original, a note or ''): digits get MNIST's
+    """(uint8 (S, S, C) as the model takes it, what to show of the original, a note or ''): digits get MNIST's
     preprocessing, other pictures a resize of the shorter side and a centre crop, as folder datasets do."""
     c = model.config
     original = read_image(path)
     if digits:  # PIL makes it grey (ITU-R 601, as data.grey)
-        return to_mnist(read_image(path, channels=1)[:, :, 0].astype(np.float32))[None], original, ''
+        return to_mnist(read_image(path, channels=1)[:, :, 0].astype(np.float32))[:, :, None], original, ''
     pixels = read_image(path, size=start.store_size or c.img_size, channels=c.in_chans)
     note = f" (made {'colour' if c.in_chans == 3 else 'grey'}: the model takes {c.in_chans}-channel pictures)" \
         if original.shape[2] != c.in_chans else ''
-    return pixels.transpose(2, 0, 1), original, note  # the user's picture as it is, beside what the model sees
+    return pixels, original, note  # the user's picture as it is, beside what the model sees
 
 
 def save_figure(fig, name):
@@ -109,9 +104,10 @@ def save_figure(fig, name):
     print(f"wrote {path}")
 
 
-def show(ax, pixels):
-    """Draw a (H, W, C) uint8 picture: grey with a grey colour map, colour as it is."""
+def show(ax, pixels, title='', **style):
+    """Draw a (H, W, C) uint8 picture, titled: grey with a grey colour map, colour as it is."""
     ax.imshow(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, cmap='gray' if pixels.shape[2] == 1 else None)
+    ax.set_title(title, **style)
     ax.axis('off')
 
 
@@ -122,20 +118,19 @@ def show_grid(pictures, titles, colors, name, heading, cols=8):
     for ax in axes.flat:
         ax.axis('off')
     for ax, pixels, title, color in zip(axes.flat, pictures, titles, colors):
-        show(ax, pixels)
-        ax.set_title(title, fontsize=7, color=color)
+        show(ax, pixels, title, fontsize=7, color=color)
     save_figure(fig, name)
 
 
 @torch.no_grad()
 def classify(images_uint8):
     """Class probabilities for uint8 images (B, C, H, W), in batches, as the run's evaluation computed them
-    (with its test-time augmentation, if it had one)."""
+    (with its test-time augmentation, if it had one); on the CPU."""
     probs = []
     for batch in images_uint8.split(run['eval_batch_size']):
         with ctx:
             logits = predict(model, batch.to(device), start.mean, start.std, start.test_crop, tta_shift, tta_views)
-        probs.append(F.softmax(logits, dim=1))
+        probs.append(F.softmax(logits, dim=1).cpu())
     return torch.cat(probs)
 
 
@@ -148,7 +143,7 @@ def classify_pictures(paths):
         except ValueError as e:
             bad.append(f"{path} ({e})")
             continue
-        probs = classify(torch.from_numpy(np.ascontiguousarray(seen))[None].to(device))[0]
+        probs = classify(torch.from_numpy(seen).permute(2, 0, 1)[None])[0]
         top = probs.topk(min(3, len(classes)))
         print(f"{path}: " + ', '.join(f"{classes[c]} ({100 * p:.1f}%)"
                                       for p, c in zip(top.values.tolist(), top.indices.tolist())) + note)
@@ -156,23 +151,20 @@ def classify_pictures(paths):
         while name in used:
             name += '_'
         used.add(name)
+        fig, (ax_in, ax_seen, ax_p) = plt.subplots(1, 3, figsize=(11, 3.2))
+        show(ax_in, original, 'your picture')
+        show(ax_seen, seen, f"the model sees ({seen.shape[1]}x{seen.shape[0]})")
+        best = top.indices[0].item()
+        ax_p.bar(range(len(probs)), probs.tolist(), color=['C3' if c == best else 'C0' for c in range(len(probs))])
+        ax_p.set(ylim=(0, 1), title=f"prediction: {classes[best]}")
+        ax_p.set_xticks(range(len(probs)), classes, fontsize=7,
+                        rotation=90 if len(classes) > 10 or max(map(len, classes)) > 3 else 0)
+        save_figure(fig, f"input-{name}.png")  # which makes figures_dir
         seen_path = os.path.join(figures_dir, f"input-{name}-seen.png")  # exactly what the model was given
         try:
-            os.makedirs(figures_dir, exist_ok=True)
-            picture = seen.transpose(1, 2, 0)
-            Image.fromarray(picture.squeeze(2) if seen.shape[0] == 1 else picture).save(seen_path)
+            Image.fromarray(seen[:, :, 0] if seen.shape[2] == 1 else seen).save(seen_path)
         except OSError as e:
             die(f"could not write {seen_path}: {e.strerror}")
-        fig, (ax_in, ax_seen, ax_p) = plt.subplots(1, 3, figsize=(11, 3.2))
-        show(ax_in, original)
-        ax_in.set_title('your picture')
-        show(ax_seen, seen.transpose(1, 2, 0))
-        ax_seen.set_title(f"the model sees ({seen.shape[2]}x{seen.shape[1]})")
-        ax_p.bar(range(len(probs)), probs.tolist(), color=['C0'] * len(probs))
-        ax_p.patches[top.indices[0]].set_color('C3')
-        ax_p.set(xticks=range(len(probs)), ylim=(0, 1), title=f"prediction: {classes[top.indices[0]]}")
-        ax_p.set_xticklabels(classes, rotation=90 if len(classes) > 10 or max(map(len, classes)) > 3 else 0, fontsize=7)
-        save_figure(fig, f"input-{name}.png")
     if bad:
         die(f"could not read {len(bad)} of the {len(paths)} pictures: {'; '.join(bad)}")
 
@@ -190,9 +182,7 @@ def report_test_split():
         die(f"the pictures in {folder} are {found.shape[-1]}x{found.shape[-2]}, not square: give --data_dir a folder "
             f"like the run's")
     test_x, test_y = prepare.load(found).test  # the pictures stay on disk, mapped
-    test_y = test_y.to(device)
-    probs = classify(test_x)
-    confidence, predicted = probs.max(dim=1)
+    confidence, predicted = classify(test_x).max(dim=1)
     correct = predicted == test_y
     print(f"test accuracy: {100 * correct.float().mean().item():.2f}% ({correct.sum().item()}/{len(test_y)}) "
           f"| checkpoint at iter {start.iter_num}" + (f", trained on {trained_on}" if trained_on else "")
@@ -202,7 +192,7 @@ def report_test_split():
     for c, name in enumerate(classes):
         mask = test_y == c
         print(f"{c:5d}  {mask.sum().item():6d}  {100 * correct[mask].float().mean().item():7.2f}%  {name}")
-    pictures = test_x.permute(0, 2, 3, 1).cpu().numpy()
+    pictures = test_x.permute(0, 2, 3, 1).numpy()
     pred, true = predicted.tolist(), test_y.tolist()
     first = range(min(32, len(true)))
     show_grid(pictures[:32], [f"{classes[pred[i]]} / {classes[true[i]]}" for i in first],
@@ -213,25 +203,22 @@ def report_test_split():
     show_grid(pictures[mistakes], [f"{classes[pred[i]]} ({100 * confidence[i].item():.0f}%) / {classes[true[i]]}"
                                    for i in mistakes], ['red'] * len(mistakes), "mistakes.png",
               "the most confident mistakes: predicted (confidence) / true")
-    draw_confusion(test_y.cpu(), predicted.cpu())
+    draw_confusion(test_y, predicted)
     if n_attention:
         draw_attention(test_x[:n_attention], pictures[:n_attention], pred)
 
 
 def draw_confusion(true, predicted):
     n = len(classes)
-    confusion = torch.bincount(true * n + predicted, minlength=n * n).view(n, n)  # [true, predicted]
+    confusion = torch.bincount(true * n + predicted, minlength=n * n).view(n, n).numpy()  # [true, predicted]
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    ax.imshow(confusion.float().log1p(), cmap='Blues')
+    ax.imshow(np.log1p(confusion), cmap='Blues')
     if n <= 20:  # counts in the cells while they are readable
-        for t in range(n):
-            for p in range(n):
-                ax.text(p, t, confusion[t, p].item(), ha='center', va='center', fontsize=7,
-                        color='white' if t == p else 'black')
-    ax.set(xlabel='predicted', ylabel='true', xticks=range(n), yticks=range(n),
-           title=f"confusion matrix ({len(true)} test images)")
-    ax.set_xticklabels(classes, rotation=90, fontsize=7)
-    ax.set_yticklabels(classes, fontsize=7)
+        for (t, p), count in np.ndenumerate(confusion):
+            ax.text(p, t, count, ha='center', va='center', fontsize=7, color='white' if t == p else 'black')
+    ax.set(xlabel='predicted', ylabel='true', title=f"confusion matrix ({len(true)} test images)")
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), classes, fontsize=7)
     save_figure(fig, "confusion.png")
 
 
@@ -251,8 +238,7 @@ def attention_rollout(model, x):
         # tokens (the cls token alone, or the patches alike), then keep the patches' shares
         read = rollout[:, :1] if model.config.pool == 'cls' else rollout[:, model.config.n_prefix:]
         weights = read.sum(dim=1)[:, model.config.n_prefix:]
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights.view(-1, model.config.grid, model.config.grid)
+    return (weights / weights.sum(dim=-1, keepdim=True)).view(-1, model.config.grid, model.config.grid)
 
 
 def draw_attention(images_uint8, pictures, pred):
@@ -263,8 +249,7 @@ def draw_attention(images_uint8, pictures, pred):
     size = pictures.shape[1]
     fig, axes = plt.subplots(2, len(pictures), figsize=(1.8 * len(pictures), 3.8), squeeze=False)
     for i, pixels in enumerate(pictures):
-        show(axes[0, i], pixels)
-        axes[0, i].set_title(f"pred {classes[pred[i]]}", fontsize=8)
+        show(axes[0, i], pixels, f"pred {classes[pred[i]]}", fontsize=8)
         show(axes[1, i], pixels)
         axes[1, i].imshow(maps[i], cmap='inferno', alpha=0.6, extent=(-0.5, size - 0.5, size - 0.5, -0.5),
                           interpolation='bilinear')
