@@ -22,19 +22,16 @@ def _config_error(message):
 
 
 def _checked(key, value, source):
-    """value converted to the type of the key's default, or a config error naming both."""
+    """value converted to the type of the key's default, or a config error naming both (or the key, unknown)."""
+    if key not in config_keys:
+        close = get_close_matches(key, config_keys, n=1)
+        _config_error(f"{source}: unknown config key {key!r}" + (f"; did you mean {close[0]}?" if close else ""))
     default = globals()[key]
     if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = float(value)  # an int, or numpy's float64 from a config file's arithmetic
     if type(value) is type(default):
         return value
     _config_error(f"{source}: {key} must be {type(default).__name__} (default {default!r}), got {value!r}")
-
-
-def _unknown_key(key, source):
-    close = get_close_matches(key, config_keys, n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    _config_error(f"{source}: unknown config key {key!r}{hint}")
 
 
 def _run_config_file(path):
@@ -67,20 +64,14 @@ for _arg in sys.argv[1:]:
             _config_error(f"config file not found: {_arg}")
         print(f"Overriding config with {_arg}")
         for _key, _value in _run_config_file(_arg).items():
-            if _key not in config_keys:
-                _unknown_key(_key, _arg)
             globals()[_key] = _checked(_key, _value, _arg)
     else:
         if '=' not in _arg:
             _config_error(f"{_arg}: overrides are written --key=value")
         _key, _text = _arg[2:].split('=', 1)
-        if _key not in config_keys:
-            _unknown_key(_key, _arg)
-        try:
-            _value = literal_eval(_text)
+        try:  # a string key takes the text as it is: --out_dir=2024 is a folder, not a number
+            _value = _text if isinstance(globals().get(_key), str) else literal_eval(_text)
         except (SyntaxError, ValueError):
             _value = _text  # a bare word is a string: --device=cpu
-        if isinstance(globals()[_key], str):
-            _value = _text  # a string key takes the text as it is: --out_dir=2024 is a folder, not a number
         globals()[_key] = _checked(_key, _value, _arg)
         print(f"Overriding: {_key} = {globals()[_key]!r}")

@@ -20,6 +20,7 @@ ARCHITECTURE = ('patch_size', 'n_layer', 'n_head', 'n_embd', 'mlp_ratio', 'bias'
                 'norm_eps', 'layer_scale', 'n_registers')
 # a resume on other data, with other optimizer moments or with another held-out split is another run
 RUN_KEYS = ('dataset', 'optimizer', 'linear_probe', 'val_size')
+ADDED_LATER = ('layer_scale', 'n_registers')  # ViTConfig fields older checkpoints lack: their defaults are those models
 
 
 @dataclass
@@ -56,12 +57,14 @@ class Start:
             args.update(in_chans=args['in_chans'] or shape[0], img_size=args['img_size'] or shape[-1])
         if classes:
             args['n_classes'] = args['n_classes'] or len(classes)
-        return model_config(args)
+        try:
+            return ViTConfig(**args)
+        except (TypeError, ValueError) as e:
+            die(f"bad model config: {e}", 2)
 
     def load_states(self, optimizers, scaler, rank, world_size, n_train):
-        """A resumed run's optimizer moments, loss scale and (for the same number of processes) RNG state, with a note
-        when it trains on another count of pictures (refused while it holds some out); then the start lets go of what
-        it held."""
+        """A resumed run's optimizer moments, loss scale and (for the same number of processes) RNG state; then the
+        start lets go of what it held."""
         if self.resumed and self.n_train != n_train:
             if self.config.get('val_size', 0):  # held_out's fixed shuffle of another count holds out other pictures
                 die(f"{self.path} trained on {self.n_train} pictures holding out val_size={self.config['val_size']}; "
@@ -76,22 +79,24 @@ class Start:
         self.weights = self.states = None
 
     def load_weights(self, model, classes):
-        """model with the start's weights loaded (none from scratch); a head trained for other classes is left out:
-        model's own zero head starts every class at equal odds."""
-        if self.weights is not None:
-            state = dict(self.weights)
-            if self.classes != classes:
-                state['head.weight'], state['head.bias'] = model.head.weight.detach(), model.head.bias.detach()
-            load_model_state(model, state, self.path)
+        """model with the start's weights loaded (none from scratch), naming every key that does not fit; a head
+        trained for other classes is left out: model's own zero head starts every class at equal odds."""
+        if self.weights is None:
+            return model
+        # before 2026-12-06 the cls token was the pooling's: pool.token
+        state = {('cls_token' if k == 'pool.token' else k): v for k, v in self.weights.items()}
+        if self.classes != classes:
+            state['head.weight'], state['head.bias'] = model.head.weight.detach(), model.head.bias.detach()
+        own = model.state_dict()
+        problems = [f"missing {k}" for k in own.keys() - state.keys()]
+        problems += [f"unexpected {k}" for k in state.keys() - own.keys()]
+        problems += [f"{k} is {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
+                     for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+        if problems:
+            die(f"{self.path} does not fit this model: {'; '.join(sorted(problems)[:6])}"
+                + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
+        model.load_state_dict(state)
         return model
-
-
-def model_config(args):
-    """ViTConfig(**args), or one line saying what is impossible about them."""
-    try:
-        return ViTConfig(**args)
-    except (TypeError, ValueError) as e:
-        die(f"bad model config: {e}", 2)
 
 
 def from_scratch(config):
@@ -121,7 +126,7 @@ def from_checkpoint(path, config=None, flags=(), world_size=1):
     the checkpoint's run as it was (sample.py)."""
     checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num', 'config',
                                              'classes', 'rng', 'data_mean', 'data_std', 'store_size', 'n_train'))
-    args = saved_model_args(checkpoint, path)
+    args = checkpoint['model_args']
     if config:
         if checkpoint['iter_num'] >= config['max_iters']:
             die(f"{path} is at iter {checkpoint['iter_num']}, already at max_iters={config['max_iters']}; raise "
@@ -185,8 +190,9 @@ def checkpoint_of(model, optimizers, scaler, iter_num, train_loss, config, class
             'n_train': n_train, 'store_size': start.store_size, 'test_crop': start.test_crop, 'rng': rngs}
 
 
-def load_checkpoint(path, keys=('model', 'model_args')):
-    """The checkpoint dict at path, holding at least keys, or one line saying why there is none to use."""
+def load_checkpoint(path, keys):
+    """The checkpoint dict at path, holding at least keys, its model_args every ViTConfig field (a field this version
+    added: its default), or one line saying why there is none to use."""
     if not os.path.isfile(path):
         die(f"no checkpoint at {path} (train one first, or point out_dir at the run's folder)")
     try:
@@ -195,45 +201,20 @@ def load_checkpoint(path, keys=('model', 'model_args')):
     except Exception as e:
         die(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"[:300])
-    if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
-        die(f"{path} is not a nanoViT checkpoint (no 'model' and 'model_args' in it)")
+    if not (isinstance(checkpoint, dict) and 'model' in checkpoint and isinstance(checkpoint.get('model_args'), dict)):
+        die(f"{path} is not a nanoViT checkpoint (it needs 'model' and a dict 'model_args')")
     missing = [k for k in keys if k not in checkpoint]
     if missing:
         die(f"{path} lacks {', '.join(missing)}: saved by another version of nanoViT, or edited")
-    return checkpoint
-
-
-def saved_model_args(checkpoint, path):
-    """The ViTConfig fields a checkpoint's model_args hold (the fields this version added: their defaults), or one
-    line: a key this version does not know, or one it lacks."""
     args, known = checkpoint['model_args'], {f.name: f.default for f in fields(ViTConfig)}
-    if not isinstance(args, dict):
-        die(f"{path}: model_args is not a dict")
     unknown = sorted(set(args) - set(known))
     missing = [k for k in known if k not in args and k not in ADDED_LATER]
     if unknown:
         die(f"{path}: model_args hold {', '.join(unknown)}, which this version of nanoViT does not know")
     if missing:
         die(f"{path}: model_args lack {', '.join(missing)}: saved by another version of nanoViT, or edited")
-    return {k: args.get(k, known[k]) for k in known}
-
-
-ADDED_LATER = ('layer_scale', 'n_registers')  # ViTConfig fields older checkpoints lack: their defaults are those models
-
-
-def load_model_state(model, state_dict, path):
-    """Load weights into model, naming every key that does not fit."""
-    # before 2026-12-06 the cls token was the pooling's: pool.token
-    state_dict = {('cls_token' if k == 'pool.token' else k): v for k, v in state_dict.items()}
-    own = model.state_dict()
-    problems = [f"missing {k}" for k in own.keys() - state_dict.keys()]
-    problems += [f"unexpected {k}" for k in state_dict.keys() - own.keys()]
-    problems += [f"{k} is {tuple(state_dict[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
-                 for k in own.keys() & state_dict.keys() if own[k].shape != state_dict[k].shape]
-    if problems:
-        die(f"{path} does not fit this model: {'; '.join(sorted(problems)[:6])}"
-            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))
-    model.load_state_dict(state_dict)
+    checkpoint['model_args'] = {k: args.get(k, known[k]) for k in known}
+    return checkpoint
 
 
 def load_optimizer_states(optimizers, states, path):

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 import torch
 
 from model import ViTConfig, resample_pos_embd
-from support.checkpoint import Start, architecture_of, load_checkpoint, model_config, saved_model_args
+from support.checkpoint import Start, architecture_of, load_checkpoint
 from support.errors import die, import_or_die
 
 # torchvision's ViT builders: what their weights do not say (the heads)
@@ -27,7 +27,7 @@ def timm_source(init_from, weights):
     try:
         model = timm.create_model(name, pretrained=False)  # its shape, nothing fetched
     except RuntimeError as e:
-        close = [m for m in timm.list_models(name.split('.')[0].split('_')[0] + '*', pretrained=True)][:4]
+        close = timm.list_models(name.split('.')[0].split('_')[0] + '*', pretrained=True)[:4]
         die(f"init_from={init_from!r}: timm {timm.__version__} has no model {name!r} ({str(e).splitlines()[0]})"
             + (f"; for instance {', '.join(close)}" if close else ""), 2)
     why = timm_refusal(model)
@@ -67,10 +67,9 @@ def timm_refusal(model):
         (lambda: all(isinstance(m, nn.Identity) for m in (model.norm_pre, model.patch_embed.norm)),
          "a norm before the blocks"),
         (lambda: all(type(b).__name__ == 'Block' and type(b.mlp).__name__ == 'Mlp' and type(b.mlp.act) is nn.GELU
-                     and isinstance(b.mlp.norm, nn.Identity) and isinstance(getattr(b.attn, 'norm', None), (nn.Identity,
-                                                                                                         type(None)))
-                     for b in blocks), "blocks other than pre-norm attention and a Linear-GELU-Linear MLP (SwiGLU, "
-                                       "parallel or scaled blocks)"),
+                     and isinstance(b.mlp.norm, nn.Identity)
+                     and isinstance(getattr(b.attn, 'norm', None), (nn.Identity, type(None))) for b in blocks),
+         "blocks other than pre-norm attention and a Linear-GELU-Linear MLP (SwiGLU, parallel or scaled blocks)"),
         (lambda: all(isinstance(m, nn.LayerNorm) and m.eps == blocks[0].norm1.eps for m in model.modules()
                      if 'Norm' in type(m).__name__), "other norms than LayerNorm"),
         (lambda: all(m.bias is not None for m in model.modules() if isinstance(m, (nn.Linear, nn.LayerNorm))),
@@ -82,18 +81,16 @@ def timm_refusal(model):
 def from_timm(state, model):
     """timm's VisionTransformer state_dict under model.py's names. Where its position embedding covers the tokens
     before the patches (cls, registers), their positions are constants, folded into the tokens."""
-    covered = 0 if model.no_embed_class else model.num_prefix_tokens
+    covered = 0 if model.no_embed_class else model.num_prefix_tokens  # the tokens before the patches with a position
     pos = state['pos_embed']
+    lead = pos[:, :covered] if covered else torch.zeros_like(pos[:, :model.num_prefix_tokens])
     ours = {'patch_embd.weight': state['patch_embed.proj.weight'], 'patch_embd.bias': state['patch_embed.proj.bias'],
             'pos_embd': pos[:, covered:], 'ln_f.weight': state['norm.weight'], 'ln_f.bias': state['norm.bias']}
-    first = 0
+    ours |= {k: v for k, v in state.items() if k.startswith('head.')}  # the head, where it has one
     if model.cls_token is not None:
-        ours['cls_token'] = state['cls_token'] + (pos[:, :1] if covered else 0)
-        first = 1
+        ours['cls_token'] = state['cls_token'] + lead[:, :1]
     if model.num_reg_tokens:
-        ours['registers'] = state['reg_token'] + (pos[:, first:covered] if covered else 0)
-    if 'head.weight' in state:
-        ours['head.weight'], ours['head.bias'] = state['head.weight'], state['head.bias']
+        ours['registers'] = state['reg_token'] + lead[:, -model.num_reg_tokens:]
     names = {'norm1.': 'ln_1.', 'norm2.': 'ln_2.', 'mlp.fc1.': 'mlp.fc.', 'mlp.fc2.': 'mlp.proj.', 'ls1.': 'ls_1.',
              'ls2.': 'ls_2.', 'attn.': 'attn.'}
     for key, value in state.items():
@@ -162,7 +159,7 @@ def from_torchvision(state, path):
 # another nanoViT run, and the start of a fine-tuning run
 
 
-def read_run(init_from):
+def read_run(init_from, config):
     """Another nanoViT run (its out_dir or its ckpt.pt) as a Start."""
     path = os.path.expanduser(init_from)
     path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
@@ -171,20 +168,17 @@ def read_run(init_from):
             f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS), timm:NAME, nor a nanoViT run's out_dir or "
             f"ckpt.pt", 2)
     checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'data_mean', 'data_std', 'classes', 'config'))
-    return Start(saved_model_args(checkpoint, path), 0, checkpoint['data_mean'], checkpoint['data_std'],
-                 checkpoint['classes'], checkpoint['model'], config=checkpoint['config'],
-                 crop=checkpoint.get('test_crop', 0.875))
-
-
-def check_held_out(init_from, source, config):
-    """A run fine-tuned on the data its source trained on holds out no more pictures than the source did: the same
-    fixed shuffle puts the source's held-out pictures first, and any beyond them the source has trained on."""
+    # fine-tuned on the data its source trained on, a run holds out no more pictures than the source did: the same
+    # fixed shuffle puts the source's held-out pictures first, and any beyond them the source has trained on
+    source = checkpoint['config']
     same = source['dataset'] == config['dataset'] and os.path.realpath(os.path.expanduser(source['data_dir'])) == \
         os.path.realpath(os.path.expanduser(config['data_dir']))  # the same folder by any path, links followed
     if same and config['val_size'] > source.get('val_size', 0):
         die(f"init_from={init_from!r} trained on {config['dataset']} in {source['data_dir']} holding out "
             f"val_size={source.get('val_size', 0)}; with val_size={config['val_size']}, pictures it trained on would "
             f"be in this run's validation split: use val_size={source.get('val_size', 0)} or less", 2)
+    return Start(checkpoint['model_args'], 0, checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'],
+                 checkpoint['model'], crop=checkpoint.get('test_crop', 0.875))
 
 
 def from_source(init_from, config, flags, weights=True):
@@ -194,17 +188,15 @@ def from_source(init_from, config, flags, weights=True):
     A timm or torchvision ViT's architecture is known before any fetch: whatever is wrong with it stops first."""
     fetch = timm_source if init_from.startswith('timm:') else \
         torchvision_source if init_from.split(':')[0] in TORCHVISION_VITS else None
-    source = fetch(init_from, weights=False) if fetch else read_run(init_from)
-    if not fetch:
-        check_held_out(init_from, source.config, config)
+    source = fetch(init_from, weights=False) if fetch else read_run(init_from, config)
     args = architecture_of(source.model_args, config, flags, init_from, f"init_from={init_from!r} has {{}} but this "
                            f"run asks for {{}}: a fine-tuning run keeps the source's architecture")
     args = dict(args, img_size=config['img_size'] or args['img_size'], n_classes=None)  # the classes are the data's
-    model_config(dict(args, n_classes=1))
+    Start(args, 0).settle(classes=['a'])  # a model model.py cannot make stops here, before any fetch
     if fetch and weights:  # all is known to work: now the weights
         source = fetch(init_from, weights=True)
     state = source.weights
     if state is not None and args['pos_embd'] == 'learned':
         state = dict(state, pos_embd=resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size']))
     return replace(source, model_args=args, store_size=config['store_size'] or args['img_size'], weights=state,
-                   path=init_from, config=None)
+                   path=init_from)

@@ -1,28 +1,23 @@
 """
 The rules a value of train.py's config must meet, all of them here: one line naming the key, the value and the rule,
-and exit code 2, before anything is decoded or trained. check_config judges what a value can be alone; once the
-dataset is found (its files' names and headers), check_against_data what it can be for those pictures. The model's
-own values are ViTConfig's to check (model.py), when a run's start settles the model (support/checkpoint.py).
+and exit code 2, before anything is decoded or trained. The model's own values are ViTConfig's to check (model.py),
+when a run's start settles the model (support/checkpoint.py).
 """
 import math
-from dataclasses import fields
 
-from model import ViTConfig
-from support.checkpoint import model_config
+from support.checkpoint import from_scratch
 from support.errors import die, import_or_die, note
 
 
 def check_config(c, dataset):
     """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. dataset:
     prepare.py's entry (its shape, when known without its files; whether it is digits, which a mirror changes)."""
-    shape, digits = dataset.shape, dataset.digits
+    shape = dataset.shape
     if c['wandb_log']:  # missing, it is said before anything is fetched or prepared
         import_or_die('wandb', "wandb_log=True")
-    for key, value in c.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            die(f"{key}={value!r} must be a finite number", 2)
-    rules = [(k, c[k] >= 1, 'at least 1') for k in ('max_iters', 'batch_size', 'eval_batch_size', 'log_interval',
-                                                   'eval_interval', 'gradient_accumulation_steps')]
+    rules = [(k, math.isfinite(v), 'a finite number') for k, v in c.items() if isinstance(v, float)]
+    rules += [(k, c[k] >= 1, 'at least 1') for k in ('max_iters', 'batch_size', 'eval_batch_size', 'log_interval',
+                                                    'eval_interval', 'gradient_accumulation_steps')]
     rules += [(k, c[k] >= 0, '0 or more') for k in ('min_lr', 'warmup_iters', 'weight_decay', 'grad_clip', 'img_size',
                                                     'val_size', 'aug_crop', 'aug_translate', 'aug_rotate', 'tta_shift',
                                                     'muon_momentum_warmup')]
@@ -45,10 +40,8 @@ def check_config(c, dataset):
         if not valid:
             die(f"{key}={c[key]!r} must be {rule}", 2)
     if c['init_from'] == 'scratch':  # the model is the config's: its values fail now, before any download or decode
-        side = c['img_size'] or (shape or [c['patch_size']])[-1]  # the data's values stand in until it is found
-        model_config({f.name: c[f.name] for f in fields(ViTConfig) if f.name in c} | dict(in_chans=1, img_size=side,
-                                                                                            n_classes=1))
-    if c['aug_flip'] and digits:
+        from_scratch(c).settle(shape or (1, c['patch_size']), ['a'])  # stand-ins until the data is found
+    if c['aug_flip'] and dataset.digits:
         die(f"aug_flip=True on {c['dataset']}: a mirrored digit is another digit (use aug_translate, aug_rotate)", 2)
     if c['warmup_iters'] >= c['max_iters']:
         note(f"warmup_iters={c['warmup_iters']} is not below max_iters={c['max_iters']}: the learning rate never "
