@@ -1,10 +1,9 @@
 """
-The hardware a run uses, each choice made with its reason said out loud: the device, the dtype, whether to
-torch.compile, whether a dataset goes to the device whole, the GPU's peak FLOP/s (for MFU); and what the processes of
-a run share: the random state (dropout draws) a checkpoint carries, and means over all of them.
+The hardware a run uses, each choice made with its reason said out loud; and what the processes of a run share: the
+random state (dropout draws) a checkpoint carries, and means over all of them.
 """
+import importlib.util
 import sys
-from contextlib import nullcontext
 
 import torch
 
@@ -24,15 +23,11 @@ def pick_device(requested, local_rank=None):
     else:
         device, reason = requested, "as requested"
         kind, _, index = requested.partition(':')
-        if kind not in ('cuda', 'mps', 'cpu'):
+        count = {'cpu': 1, 'cuda': torch.cuda.device_count(), 'mps': int(torch.backends.mps.is_available())}
+        if kind not in count:
             die(f"device={requested!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", 2)
-        if kind == 'cuda' and not torch.cuda.is_available():
-            die(f"device={requested!r} but torch.cuda.is_available() is False (CPU-only PyTorch or no GPU)", 2)
-        if kind == 'cuda' and index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            die(f"device={requested!r}, but the CUDA devices here are cuda:0 to "
-                f"cuda:{torch.cuda.device_count() - 1}", 2)
-        if kind == 'mps' and not torch.backends.mps.is_available():
-            die(f"device={requested!r} but MPS is not available on this machine", 2)
+        if not count[kind] or index and (not index.isdigit() or int(index) >= count[kind]):
+            die(f"device={requested!r}, but this PyTorch sees {count[kind]} {kind} device(s) on this machine", 2)
     if device.startswith('cuda') and (device == 'cuda' or local_rank is not None):
         device = f'cuda:{local_rank or 0}'  # under torchrun, process N of a node takes its GPU N
     if device.startswith('cuda'):
@@ -75,9 +70,7 @@ def pick_dtype(requested, device_type, capability=None, native_cpu_bf16=None):
 
 
 def autocast(device_type, dtype):
-    if dtype == 'float32':
-        return nullcontext()
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+    return torch.autocast(device_type, getattr(torch, dtype), enabled=dtype != 'float32')
 
 
 def compile_blocker(device_type):
@@ -90,9 +83,7 @@ def compile_blocker(device_type):
         major, minor = torch.cuda.get_device_capability()
         if major < 7:
             return f"Triton needs compute capability >= 7.0, this GPU is sm{major}{minor}"
-        try:
-            import triton  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec('triton') is None:
             return "Triton is not installed"
     return None
 
@@ -104,9 +95,8 @@ CPU_COMPILE_FROM = 10_000
 
 def try_compile(model, compile, ctx, x, y, iterations):
     """(torch.compile(model), 'on') when compile asks for it and it pays (on a CPU: a run of CPU_COMPILE_FROM
-    iterations or more), or (model, 'off (why)'), also where compiling cannot or did not work. It compiles now, on one
-    forward and backward of the batch (x, y) whose gradients and dropout draws are then thrown away, so that a
-    compiler that fails here says so before training starts, not in the middle."""
+    iterations or more), else (model, 'off (why)'). It compiles now, on one forward and backward of (x, y), their
+    gradients and dropout draws thrown away: a compiler that fails says so before training starts, not midway."""
     if not compile:
         return model, 'off'
     blocker = compile_blocker(x.device.type) or (
@@ -114,18 +104,17 @@ def try_compile(model, compile, ctx, x, y, iterations):
         if x.device.type == 'cpu' and iterations < CPU_COMPILE_FROM else None)
     if blocker:
         return model, f"off ({blocker})"
-    rng = rng_state()
     try:
-        fast = torch.compile(model)
-        with ctx:
-            _, loss = fast(x, y)
-        loss.backward()
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == 'cuda' else []):
+            fast = torch.compile(model)
+            with ctx:
+                _, loss = fast(x, y)
+            loss.backward()
         return fast, "on"
     except Exception as e:
         return model, f"off (torch.compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
     finally:
         model.zero_grad(set_to_none=True)
-        set_rng_state(rng)
 
 
 # dense tensor-core peak FLOP/s by GPU name, first match wins (so specific names come first).
@@ -155,10 +144,9 @@ def peak_flops(device, dtype):
 
 
 def fits_on_device(nbytes, device, data_placement):
-    """Whether a training split of nbytes goes to the device whole ('device') or stays on disk, each batch gathered
-    from its memory map ('stream'). 'auto': whole on a GPU when it takes at most a quarter of its memory; on a
-    CPU, streamed, which is no slower: the operating system keeps what fits of the file in memory, shared by every
-    process that maps it, and nothing is copied into the process."""
+    """Whether a training split of nbytes goes to the device whole ('device'), or each batch is gathered from its
+    memory map ('stream'). 'auto': whole on a GPU when it takes at most a quarter of its memory; on a CPU, streamed,
+    no slower: the operating system keeps what fits of the file in memory, shared by every process that maps it."""
     if data_placement != 'auto':
         return data_placement == 'device'
     kind = device.split(':')[0]
@@ -168,15 +156,7 @@ def fits_on_device(nbytes, device, data_placement):
 
 
 def synchronize(device_type):
-    if device_type == 'cuda':
-        torch.cuda.synchronize()
-    elif device_type == 'mps':
-        torch.mps.synchronize()
-
-
-def rng_state():
-    """This process's random state (dropout draws): the CPU's, and the current GPU's where there is one."""
-    return {'cpu': torch.get_rng_state()} | ({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
+    getattr(torch, device_type).synchronize()  # torch.cpu's does nothing
 
 
 def global_mean(values, ddp):
@@ -189,11 +169,11 @@ def global_mean(values, ddp):
 
 
 def rng_states(world_size):
-    """[rng_state()] of every process of a run (under torchrun, gathered on each)."""
-    if world_size == 1:
-        return [rng_state()]
-    states = [None] * world_size
-    torch.distributed.all_gather_object(states, rng_state())
+    """Every process's random state (dropout draws: the CPU's, and the current GPU's), gathered on each."""
+    state = {'cpu': torch.get_rng_state()} | ({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
+    states = [state] * world_size
+    if world_size > 1:
+        torch.distributed.all_gather_object(states, state)
     return states
 
 

@@ -31,9 +31,8 @@ def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay,
              for (kind, scale), params in groups if kind in ('decay', 'no_decay')]
     muon = [{'params': params, 'lr': muon_lr * scale} | ({'blocks': 3} if kind == 'qkv' else {})
             for (kind, scale), params in groups if kind in ('qkv', 'muon')]
-    # the fused kernel does the whole update in one pass over the parameters (CUDA and CPU)
-    fused = device_type in ('cuda', 'cpu')
-    optimizers = {'adamw': torch.optim.AdamW(adamw, lr=learning_rate, betas=betas, fused=fused)}
+    # fused: the whole update in one pass over the parameters (CUDA and CPU have the kernel)
+    optimizers = {'adamw': torch.optim.AdamW(adamw, betas=betas, fused=device_type in ('cuda', 'cpu'))}
     if muon:
         # bf16 only where the run's dtype says the hardware has it: emulated, it is ~9x slower than fp32
         optimizers['muon'] = Muon(muon, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay,
@@ -41,7 +40,7 @@ def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay,
     return optimizers
 
 
-def orthogonalize(g, steps=5):
+def orthogonalize(g):
     """Newton-Schulz iteration toward the nearest semi-orthogonal matrix, for a batch of matrices
     (B, m, n). Keller Jordan's quintic coefficients, chosen for speed over exactness: the singular
     values land between about 0.7 and 1.2 instead of at 1, which trains as well."""
@@ -49,7 +48,7 @@ def orthogonalize(g, steps=5):
     tall = g.size(-2) > g.size(-1)
     x = g.mT if tall else g  # iterate on the wide side: the Gram matrix is the smaller one
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)  # spectral norm <= Frobenius norm = 1
-    for _ in range(steps):
+    for _ in range(5):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.mT if tall else x
@@ -69,19 +68,17 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            by_shape = {}  # the shape of an update (blocks, rows, cols) -> [(parameter, update)]
             params = [p for p in group['params'] if p.grad is not None]
-            updates = []
             for p in params:
                 momentum = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
                 momentum.lerp_(p.grad, 1 - group['momentum'])
-                update = p.grad.lerp(momentum, group['momentum'])  # Nesterov: look one step ahead
-                updates.append(update.view(group['blocks'], -1, p.size(1)))
+                update = p.grad.lerp(momentum, group['momentum']).view(group['blocks'], -1, p.size(1))  # Nesterov
+                by_shape.setdefault(update.shape, []).append((p, update))
             # one Newton-Schulz iteration for all the matrices of a shape: a few large matmuls rather than
             # many small ones (on a CPU, a third of Muon's time at the speedrun's size went to the calls)
-            for shape in {u.shape for u in updates}:
-                same = [i for i, u in enumerate(updates) if u.shape == shape]
-                done = orthogonalize(torch.cat([updates[i] for i in same]).to(self.ns_dtype)).split(shape[0])
-                for i, orthogonal in zip(same, done):
-                    p, (rows, cols) = params[i], shape[1:]
+            for (blocks, rows, cols), pairs in by_shape.items():
+                done = orthogonalize(torch.cat([u for _, u in pairs]).to(self.ns_dtype)).split(blocks)
+                for (p, _), orthogonal in zip(pairs, done):
                     p.mul_(1 - group['lr'] * group['weight_decay'])
                     p.add_(orthogonal.reshape(p.shape).to(p.dtype), alpha=-group['lr'] * max(1, rows / cols) ** 0.5)

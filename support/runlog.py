@@ -6,6 +6,7 @@ What a run writes beside its checkpoint, so that a stranger can read, rerun and 
     log.txt        everything the run printed, every start appended
 and, when the run asks for it (wandb_log), the same records in Weights & Biases.
 """
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -33,23 +34,21 @@ class RunLog:
         write(self.metrics, ''.join(json.dumps(r) + '\n' for r in kept), 'w')
         path = os.path.join(out_dir, 'run.json')
         starts = read_json(path).get('starts', []) if iter_num else []
+        self.wandb = import_or_die('wandb', "wandb_log=True") if config['wandb_log'] else None  # optional, as nanoGPT's
         # a resume carries on its wandb run: the id its first start chose
-        wandb_id = next((s['wandb_id'] for s in starts if 'wandb_id' in s), os.urandom(4).hex()) \
-            if config['wandb_log'] else None
-        # this start's command, config, code, versions and hardware
-        start = dict(iter=iter_num, started=time.strftime('%Y-%m-%d %H:%M:%S %z'), cwd=os.getcwd(),
-                     command=shlex.join(['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]]), config=config,
-                     commit=commit(), versions=versions(), hardware=hardware(device), dtype=dtype)
-        starts.append(start | ({'wandb_id': wandb_id} if wandb_id else {}))
+        wandb_id = next((s['wandb_id'] for s in starts if s.get('wandb_id')), os.urandom(4).hex()) \
+            if self.wandb else None
+        starts.append(dict(iter=iter_num, started=time.strftime('%Y-%m-%d %H:%M:%S %z'), cwd=os.getcwd(),
+                           command=shlex.join(['python', os.path.relpath(sys.argv[0]), *sys.argv[1:]]), config=config,
+                           commit=commit(), versions=versions(), hardware=hardware(device), dtype=dtype,
+                           wandb_id=wandb_id))
         write(path, json.dumps(dict(starts=starts), indent=1), 'w')
         # line-buffered: a run killed at any moment has logged every line it printed
         self.log = open(os.path.join(out_dir, 'log.txt'), 'a' if iter_num else 'w', encoding='utf-8', errors='replace',
                         buffering=1)
         self.streams = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = Tee(sys.stdout, self.log), Tee(sys.stderr, self.log)
-        self.wandb = None
-        if config['wandb_log']:  # optional: imported only when a run asks for it, as nanoGPT does
-            self.wandb = import_or_die('wandb', "wandb_log=True")
+        if self.wandb:
             self.wandb.init(project=config['wandb_project'], name=config['wandb_run_name'], config=config, id=wandb_id,
                             resume='allow')
 
@@ -123,9 +122,6 @@ def read_metrics(path):
             note(f"{path} ends in a half-written line (the run was killed while writing it); dropped")
     return records
 
-# -----------------------------------------------------------------------------
-# where a run came from
-
 
 def commit():
     """The repository's commit, and whether its tracked files differ from it; None outside a git checkout."""
@@ -141,25 +137,19 @@ def commit():
 def versions():
     found = {'python': platform.python_version(), 'torch': torch.__version__}
     for package in ('torchvision', 'numpy', 'timm'):  # read from their metadata: importing torchvision costs a second
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found
 
 
 def hardware(device):
-    """The machine a run's speed depends on: the CPU (its model, cores, and the flags that decide precision: native
-    bf16 by AVX-512 BF16 or AMX), and the GPU (name, compute capability, memory)."""
+    """The machine a run's speed depends on: the CPU (model, cores, the flags that decide native bf16) and the GPU."""
     cpu = dict(model=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads())
-    try:
-        with open('/proc/cpuinfo') as f:
-            lines = f.read().splitlines()
+    with contextlib.suppress(OSError, StopIteration), open('/proc/cpuinfo') as f:  # Linux's, which names the model
+        lines = f.read().splitlines()
         cpu['model'] = next(line.split(':', 1)[1].strip() for line in lines if line.startswith('model name'))
         flags = next(line.split(':', 1)[1].split() for line in lines if line.startswith('flags'))
         cpu['flags'] = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
-    except (OSError, StopIteration):
-        pass
     if not device.startswith('cuda'):
         return dict(cpu=cpu)
     gpu = torch.cuda.get_device_properties(device)

@@ -17,9 +17,6 @@ import torch
 from support.errors import die
 from support.locks import hold
 
-# -----------------------------------------------------------------------------
-# the out_dir
-
 
 def claim_out_dir(out_dir, init_from, ckpt_path):
     """Create out_dir and hold its lock while this process lives (locks.py: a killed run never leaves it stuck); refuse
@@ -38,13 +35,13 @@ def claim_out_dir(out_dir, init_from, ckpt_path):
         if init_from != 'resume' and os.path.exists(ckpt_path):
             die(f"{ckpt_path} already holds a run; carry it on with --init_from=resume, or to start over delete "
                 f"{out_dir} (or choose another --out_dir)", 2)
-        lock.seek(0)
-        lock.truncate()
+        lock.truncate(0)  # opened to append: what follows is written at its end, now its start
         lock.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         lock.flush()
     except OSError as e:
         die(f"out_dir={out_dir!r} is not writable: {e.strerror}")
     return lock
+
 
 def forget_a_failed_start(out_dir, ckpt_path, existed):
     """What a run that ends without a checkpoint wrote into out_dir (a run that ends well leaves by os._exit)."""
@@ -55,9 +52,6 @@ def forget_a_failed_start(out_dir, ckpt_path, existed):
             os.remove(os.path.join(out_dir, name))
     if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
         os.rmdir(out_dir)
-
-# -----------------------------------------------------------------------------
-# guards and signals
 
 
 def stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler):
