@@ -8,12 +8,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL's convert('L')
-
-
-def grey(x):
-    """Colour pictures (B, 3, H, W) as grey ones (B, 1, H, W)."""
-    return (x * torch.tensor(GREY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+GREY = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # ITU-R 601 luma, as PIL's convert('L')
 
 
 def model_input(x, config, mean, std, crop=1.0):
@@ -22,7 +17,7 @@ def model_input(x, config, mean, std, crop=1.0):
     larger than the model's side), its side, normalized per channel with the mean and std its weights expect."""
     x = x.float().div_(255) if x.dtype == torch.uint8 else x
     if x.shape[1] != config.in_chans:
-        x = x.expand(-1, 3, -1, -1) if config.in_chans == 3 else grey(x)
+        x = x.expand(-1, 3, -1, -1) if config.in_chans == 3 else (x * GREY.to(x)).sum(dim=1, keepdim=True)
     if crop < 1:
         keep = round(x.shape[-1] * crop)
         top = (x.shape[-1] - keep) // 2

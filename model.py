@@ -60,17 +60,9 @@ class ViTConfig:
         return self.img_size // self.patch_size
 
     @property
-    def n_patches(self):
-        return self.grid ** 2
-
-    @property
     def n_prefix(self):
         # the learned tokens before the patches: the cls token, then the registers
         return (self.pool == 'cls') + self.n_registers
-
-    @property
-    def n_tokens(self):
-        return self.n_prefix + self.n_patches
 
 
 def resample_pos_embd(pos, grid):
@@ -109,8 +101,7 @@ class Attention(nn.Module):
     def heads(self, x):
         """Queries, keys and values, (B, n_head, T, head_dim) each."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         return self.q_norm(q), self.k_norm(k), v
 
     def attention_probs(self, x):
@@ -169,9 +160,6 @@ class Block(nn.Module):
         return x
 
 
-# -----------------------------------------------------------------------------
-
-
 class ViT(nn.Module):
 
     def __init__(self, config):
@@ -181,7 +169,7 @@ class ViT(nn.Module):
         self.patch_embd = nn.Conv2d(config.in_chans, config.n_embd, config.patch_size,
                                     stride=config.patch_size, bias=config.bias)
         if config.pos_embd == 'learned':
-            self.pos_embd = nn.Parameter(torch.zeros(1, config.n_patches, config.n_embd))
+            self.pos_embd = nn.Parameter(torch.zeros(1, config.grid ** 2, config.n_embd))
         else:
             self.register_buffer('pos_embd', sincos_pos_embd(config.grid, config.n_embd)[None], persistent=False)
         # learned tokens before the patches: the cls token the head reads, the registers it does not
@@ -225,7 +213,7 @@ class ViT(nn.Module):
         expected = (c.in_chans, c.img_size, c.img_size)
         if imgs.dim() != 4 or tuple(imgs.shape[1:]) != expected:
             raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(imgs.shape)}")
-        x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, n_patches, n_embd)
+        x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, grid ** 2, n_embd)
         x = x + self.pos_embd
         prefix = [token.expand(x.size(0), -1, -1) for token in (self.cls_token, self.registers) if token is not None]
         return self.drop(torch.cat([*prefix, x], dim=1))
@@ -255,11 +243,8 @@ class ViT(nn.Module):
         """Matmul FLOPs of one forward pass on one image (2 FLOPs per multiply-add),
         attention scores and weighted sum included; a training step costs 3x this."""
         c = self.config
-        T, C = c.n_tokens, c.n_embd
-        hidden = int(c.mlp_ratio * C)
-        patch = 2 * c.n_patches * (c.in_chans * c.patch_size ** 2) * C
+        T, C, hidden = c.n_prefix + c.grid ** 2, c.n_embd, int(c.mlp_ratio * c.n_embd)
+        patch = 2 * c.in_chans * c.img_size ** 2 * C  # each input pixel into each of its token's C channels
         per_token = 2 * (3 * C * C + C * C + 2 * C * hidden)  # qkv, proj, fc, fc proj
         attention = 2 * 2 * T * C  # QK^T and att @ V, per token, summed over heads
-        blocks = c.n_layer * T * (per_token + attention)
-        head = 2 * C * c.n_classes
-        return patch + blocks + head
+        return patch + c.n_layer * T * (per_token + attention) + 2 * C * c.n_classes  # the patches, blocks and head

@@ -22,10 +22,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import prepare
 from data import augment, model_input, predict
 from model import ViT
-from support import checkpoint, pretrained, rules, safety
+from support import checkpoint, errors, pretrained, rules, safety
 from support.device import (autocast, fits_on_device, global_mean, peak_flops, pick_device, pick_dtype, rng_states,
                            synchronize, try_compile)
-from support.errors import quiet_when_a_peer_stops
 from support.runlog import RunLog, duration
 from support.optimizer import configure_optimizers
 
@@ -114,7 +113,7 @@ device_type = device.split(':')[0]
 if ddp:
     dist.init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
     if not master:
-        sys.excepthook = quiet_when_a_peer_stops
+        sys.excepthook = errors.quiet_when_a_peer_stops
 dtype, dtype_reason = pick_dtype(dtype, device_type)
 ctx = autocast(device_type, dtype)
 torch.manual_seed(seed + rank)
@@ -122,8 +121,7 @@ torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have the
 
 # the run's folder: one run at a time, and never a finished or interrupted run overwritten unasked
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-if master:
-    out_dir_lock = safety.claim_out_dir(out_dir, init_from, ckpt_path)
+out_dir_lock = safety.claim_out_dir(out_dir, init_from, ckpt_path) if master else None  # held while the run lives
 
 # where the run starts: from scratch, its checkpoint or a pretrained source (support/checkpoint.py, pretrained.py)
 if ddp and not master:
@@ -138,8 +136,8 @@ else:
 found = prepare.find(dataset, data_dir, start.store_size)
 model_config = start.settle(found.shape, found.classes)  # the model's arguments, settled once
 rules.check_against_data(config, found, world_size)
-if master:  # metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
-    run_log = RunLog(out_dir, config, start.iter_num, device, dtype)
+# metrics.jsonl, what the run prints (log.txt), where it came from (run.json: command, code, hardware)
+run_log = RunLog(out_dir, config, start.iter_num, device, dtype) if master else None
 data = prepare.load(found)
 if ddp and master:
     dist.barrier()
@@ -236,9 +234,8 @@ stop = safety.StopSignals(verbose=master, group=dist.new_group(backend='gloo') i
 # training loop. t0 restarts at every log line and after every evaluation; the first log interval (warm-up:
 # allocators, a first compile) counts in no average
 losses = []  # training losses since the last evaluation, unread tensors: reading one waits for the device
-logged_iter = iter_num  # the iteration of the last log line
 interval_ms = []  # ms/iter of each log interval after the first
-t0 = time.time()
+logged_iter, t0 = iter_num, time.time()  # the iteration of the last log line, and when it was written
 while iter_num < max_iters:
     for opt, peaks in zip(optimizers.values(), peak_lrs):  # this iteration's learning rates
         for group, peak_lr in zip(opt.param_groups, peaks):
@@ -319,7 +316,7 @@ while iter_num < max_iters:
         if master:
             print(f"stopped by {signal.Signals(signum).name} after iter {iter_num}; checkpoint in {ckpt_path}. "
                   f"Resume with: {safety.resume_command(ddp, world_size)}")
-        safety.leave(0 if signum == signal.SIGINT else 128 + signum, ddp, run_log if master else None)
+        safety.leave(0 if signum == signal.SIGINT else 128 + signum, ddp, run_log)
 
 if master:
     mean_ms = sum(interval_ms) / len(interval_ms) if interval_ms else ms
@@ -327,4 +324,4 @@ if master:
           + f" | {iter_num - start.iter_num} iters in {duration(time.time() - _started)} wall, {mean_ms:.2f} ms/iter"
           + (f", mfu {100 * flops_per_iter / (mean_ms / 1000) / peak:.1f}%" if peak else "")
           + f", {flops_per_iter * iter_num / 1e12:.3g} TFLOP of training | checkpoint {ckpt_path}")
-safety.leave(0, ddp, run_log if master else None)
+safety.leave(0, ddp, run_log)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from data import affine, augment, grey, model_input, predict, shifted_views
+from data import affine, augment, model_input, predict, shifted_views
 from model import ViTConfig
 
 
@@ -93,7 +93,8 @@ def test_the_model_s_input_from_any_picture():
     made_grey = model_input(pictures, side(1, 16), [0.0], [1.0])  # colour into a grey model, shrunk
     assert made_grey.shape == (4, 1, 16, 16) and 0 <= made_grey.min() and made_grey.max() <= 1
     assert model_input(pictures[:, :1, :28, :28], side(3, 28), [0.0] * 3, [1.0] * 3).shape == (4, 3, 28, 28)
-    assert torch.allclose(grey(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)), torch.tensor(0.299))  # ITU-R 601
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert torch.allclose(model_input(red, side(1, 1), [0.0], [1.0]), torch.tensor(0.299))  # ITU-R 601 luma
 
 def test_normalize_gives_zero_mean_and_unit_variance():
     torch.manual_seed(0)
