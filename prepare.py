@@ -9,6 +9,7 @@ A prepared dataset is a folder in ~/.cache/nanovit ($XDG_CACHE_HOME/nanovit), na
 train.u8 and test.u8 (the pictures, N x C x H x W bytes), train.i64 and test.i64 (their labels) and meta.json.
 It is written in a folder of its own renamed into place when whole, and checked (a CRC-32) at every start.
 """
+import glob
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import socket
 import sys
 import time
 import zlib
+from collections import namedtuple
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -33,22 +35,17 @@ VERSION = 3  # 3: both splits in one folder, meta.json inside the CRC
 SPLITS = ('train', 'test')
 
 
-def cache_dir():
-    # beside other programs' caches, never in data_dir, which may be read-only
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'nanovit')
-
-
 def prepared_path(data_dir, name, size):
-    """Where a dataset is prepared: named for it and the side its pictures are kept at, with a hash of its full path."""
+    """Where a dataset is prepared: named for it and the side its pictures are kept at, with a hash of its full path,
+    beside other programs' caches (never in data_dir, which may be read-only)."""
+    cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     where = hashlib.sha256(f"{os.path.abspath(data_dir)}/{name}".encode(errors='surrogateescape')).hexdigest()[:8]
-    return os.path.join(cache_dir(), f"{name}-{size}-{where}")
+    return os.path.join(cache, 'nanovit', f"{name}-{size}-{where}")
 
 
 def files_key(root, files, *facts):
     """What a prepared dataset must have been made from: facts (the side, the classes) and each file's path under
-    root, size, modification time, change time and inode. A copy tool can keep the first three equal by accident
-    (touch -r sets the modification time back), not the last two."""
+    root, size, modification time, change time and inode (a copy tool or touch -r can keep the first three, not all)."""
     key = hashlib.sha256(repr(facts).encode(errors='surrogateescape'))
     for path, s in files:
         key.update(repr((os.path.relpath(path, root), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino))
@@ -59,17 +56,10 @@ def files_key(root, files, *facts):
 # a prepared dataset
 
 
-@dataclass
-class Prepared:
-    """A prepared dataset, mapped: each split as (pictures uint8 (N, C, H, W), read from the file as they are indexed,
-    labels int64 (N,)), the class names, and the training pictures' mean and std per channel, in [0, 1] units."""
-    path: str
-    classes: list
-    mean: list
-    std: list
-    train: tuple
-    test: tuple
-    note: str = ''  # what preparing it found worth saying of the files, e.g. the pictures it skipped
+# A prepared dataset, mapped: each split as (pictures uint8 (N, C, H, W), read from the file as they are indexed,
+# labels int64 (N,)), the class names, the training pictures' mean and std per channel in [0, 1] units, and what
+# preparing it found worth saying of the files (e.g. the pictures it skipped, '' for nothing).
+Prepared = namedtuple('Prepared', 'path classes mean std train test note')
 
 
 def checksum(path, meta):
@@ -127,23 +117,15 @@ class Pictures(torch.utils.data.Dataset):
             if pixels.shape[:2] != self.shape[1:]:
                 raise ValueError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]}, the dataset's pictures are "
                                  f"{self.shape[2]}x{self.shape[1]} (set --img_size, or --store_size)")
-            pixels = np.broadcast_to(pixels, (*self.shape[1:], self.shape[0])).transpose(2, 0, 1)  # grey as colour
-            return torch.tensor(pixels), label, ''
+            return torch.tensor(pixels.transpose(2, 0, 1)), label, ''  # read gives it shape's channels
         except (ValueError, OSError, TypeError) as e:  # a file PIL cannot read, a label that is no number
             return torch.zeros(self.shape, dtype=torch.uint8), -1, str(e)
 
 
-@dataclass
-class Found:
-    """A dataset as its files describe it, before a pixel is decoded: all that the checks which need no pixel need."""
-    name: str
-    path: str  # where it is prepared
-    key: str  # what it is made from
-    classes: list
-    shape: tuple  # (C, H, W) of its prepared pictures
-    sizes: dict  # split -> its pictures (a few broken ones may yet be left out)
-    pictures: dict = None  # split -> Pictures, when it is to be prepared
-    prepared: Prepared = None  # when it is prepared from these very files already
+# A dataset as its files describe it, before a pixel is decoded (all that the checks which need no pixel need): name,
+# path (where it is prepared), key (what it is made from), classes, shape (C, H, W), sizes (split -> its count: a few
+# broken pictures may yet be left out), then pictures (split -> Pictures to prepare) or prepared (from these files).
+Found = namedtuple('Found', 'name path key classes shape sizes pictures prepared', defaults=(None, None))
 
 
 def found_prepared(name, prepared, key):
@@ -166,20 +148,17 @@ def find_torchvision(name, folder, data_dir, size):
     splits = {split: open_torchvision(kind, data_dir, split, folder) for split in SPLITS}
     classes = torchvision_classes(splits['train'], name)
     key = files_key(data_dir, sorted_files(os.path.join(data_dir, folder)), size) if folder else \
-        hashlib.sha256(repr((name, size, [len(ds) for ds in splits.values()])).encode()).hexdigest()
+        files_key(data_dir, [], name, size, [len(ds) for ds in splits.values()])
     if prepared := open_prepared(path, key):
         return found_prepared(name, prepared, key)
-    first = read_image_of(splits['train'], size, 0, 0)[0]  # (H, W, C): the first picture's say for all
-    shape = (first.shape[2], *first.shape[:2])
+    shape = read_image_of(splits['train'], size, 0, 0)[0].transpose(2, 0, 1).shape  # the first picture's say for all
     pictures = {split: Pictures(partial(read_image_of, ds, size, shape[0]), len(ds),
                                 f"{name} {split} picture {{}}".format, shape) for split, ds in splits.items()}
     return Found(name, path, key, classes, shape, {s: len(ds) for s, ds in splits.items()}, pictures)
 
 
 def sorted_files(folder):
-    if not os.path.isdir(folder):
-        return []
-    return [(os.path.join(folder, f), os.stat(os.path.join(folder, f))) for f in sorted(os.listdir(folder))]
+    return sorted((entry.path, entry.stat()) for entry in os.scandir(folder)) if os.path.isdir(folder) else []
 
 
 def open_torchvision(kind, data_dir, split, folder):
@@ -222,7 +201,6 @@ def read_image_of(ds, size, channels, i):
     return to_pixels(picture, size, channels), int(label)
 
 
-# folder datasets: data_dir/train/<class>/* and data_dir/test/<class>/* (or val/)
 FOLDER_LAYOUT = "data_dir/train/<class>/<image> and data_dir/test/<class>/<image> (val/ is taken for test/)"
 # the files that label a flat validation folder: Tiny-ImageNet's (val/val_annotations.txt), ImageNet's (Kaggle's
 # LOC_val_solution.csv, in val/ or data_dir): a picture's name, then its class, on each line
@@ -335,11 +313,9 @@ def get_dataset(name):
     return DATASETS[name]
 
 
-@dataclass(frozen=True)
-class Dataset:
-    find: Callable  # (data_dir, size) -> Found
-    shape: tuple = None  # (C, H, W) of its pictures, when known without reading its files
-    digits: bool = False  # handwritten digits: never mirrored; sample.py --image makes a picture look like one
+# find: (data_dir, size) -> Found; shape: (C, H, W) of its pictures, when known without reading its files; digits:
+# handwritten digits, never mirrored (sample.py --image makes a picture look like one)
+Dataset = namedtuple('Dataset', 'find shape digits', defaults=(None, False))
 
 
 DATASETS = {  # a torchvision dataset: its class in torchvision.datasets, and the folder its files land in
@@ -370,11 +346,11 @@ def load(found):
             note(found.prepared.note)
         return found.prepared
     try:
-        os.makedirs(cache_dir(), exist_ok=True)
+        os.makedirs(os.path.dirname(found.path), exist_ok=True)
         lock = open(found.path + '.lock', 'a+')
     except OSError as e:
-        die(f"cannot prepare the dataset in {cache_dir()}: {e.strerror or e} (point XDG_CACHE_HOME at a writable "
-            f"folder)")
+        die(f"cannot prepare the dataset in {os.path.dirname(found.path)}: {e.strerror or e} (point XDG_CACHE_HOME at "
+            f"a writable folder)")
     with lock:
         if not hold(lock, wait=False):
             lock.seek(0)
@@ -388,7 +364,6 @@ def load(found):
         if not prepared:
             if os.path.exists(found.path):
                 note(f"{found.path} is damaged, of another version or made from other files; preparing it again")
-            remove_abandoned(found.path)
             write_dataset(found)
             prepared = open_prepared(found.path, found.key)
     assert prepared, f"the dataset just prepared at {found.path} does not read back"
@@ -402,18 +377,18 @@ def stop_preparing(signum, frame):
 def write_dataset(found):
     """Decode found's pictures into a folder of its own, then rename it into place."""
     tmp = f"{found.path}.{os.getpid()}@{socket.gethostname()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # what preparations of it by processes of this machine that died (kill -9, a crash) left, each as large as the
+    # dataset: any other would hold the lock this process holds
+    for left in glob.glob(f"{glob.escape(found.path)}.*@{glob.escape(socket.gethostname())}.tmp"):
+        shutil.rmtree(left, ignore_errors=True)
     previous = signal.signal(signal.SIGTERM, stop_preparing)
     try:
         os.makedirs(tmp)
-        meta, notes = dict(version=VERSION, key=found.key, classes=found.classes, shape=list(found.shape)), []
-        for split in SPLITS:
-            n, counts, skipped = write_split(tmp, split, found)
-            meta.setdefault('sizes', {})[split] = n
-            notes += [skipped] if skipped else []
-            if split == 'train':
-                meta['mean'], meta['std'] = mean_std(counts)
-        meta['note'] = '; '.join(notes)
+        written = {split: write_split(tmp, split, found) for split in SPLITS}  # split -> (count, histograms, note)
+        mean, std = mean_std(written['train'][1])
+        meta = dict(version=VERSION, key=found.key, classes=found.classes, shape=list(found.shape), mean=mean, std=std,
+                    sizes={split: n for split, (n, _, _) in written.items()},
+                    note='; '.join(skipped for _, _, skipped in written.values() if skipped))
         meta['checksum'] = checksum(tmp, meta)
         with open(os.path.join(tmp, 'meta.json'), 'w') as f:
             json.dump(meta, f)
@@ -434,15 +409,10 @@ def write_dataset(found):
         signal.signal(signal.SIGTERM, previous)
 
 
-# a few broken pictures are skipped; more than this share of them, and the folder is probably not what was meant
-MAX_BROKEN_SHARE = 0.1
-
-
 def write_split(folder, split, found):
     """Decode a split's pictures in order into folder/<split>.u8 and .i64, by one process per core (DataLoader's
-    workers, which end with this process), one piece at a time: the memory used stays that of a few pieces, whatever
-    the count of pictures. Returns (pictures kept, per-channel histograms of their values, a note of the broken
-    pictures skipped or '')."""
+    workers, which end with this process), a piece at a time: memory stays that of a few pieces, whatever the count.
+    Returns (pictures kept, per-channel histograms of their values, a note of the broken pictures skipped or '')."""
     pictures, batch = found.pictures[split], 64
     # elsewhere than Linux a worker is spawned, which would run the script that imported this module anew
     workers = os.cpu_count() if sys.platform == 'linux' and pictures.n > 1000 else 0
@@ -457,15 +427,15 @@ def write_split(folder, split, found):
             for start, (pixels, label, why) in zip(range(0, pictures.n, batch), batches):
                 broken += [(start + i, w) for i, w in enumerate(why) if w]
                 good = torch.tensor([not w for w in why])
-                kept, label = pixels[good].numpy(), label[good]
-                outside = (label < 0) | (label >= len(found.classes))
+                outside = good & ((label < 0) | (label >= len(found.classes)))
                 if outside.any():
-                    j = int(torch.nonzero(outside)[0])
-                    die(f"{pictures.name(start + int(torch.nonzero(good)[j]))} has label {int(label[j])}, outside the "
-                        f"{len(found.classes)} classes 0..{len(found.classes) - 1}")
+                    i = int(torch.nonzero(outside)[0])
+                    die(f"{pictures.name(start + i)} has label {int(label[i])}, outside the {len(found.classes)} "
+                        f"classes 0..{len(found.classes) - 1}")
+                kept = pixels[good].numpy()
                 f.write(kept.tobytes())
                 counts += [np.bincount(channel.reshape(-1), minlength=256) for channel in kept.swapaxes(0, 1)]
-                labels.append(label)
+                labels.append(label[good])
                 progress.update(min(start + batch, pictures.n))
     except (RuntimeError, ConnectionError) as e:  # torch names a killed worker, unless its pipe breaks first
         if isinstance(e, RuntimeError) and 'DataLoader worker' not in str(e):
@@ -484,7 +454,7 @@ def write_split(folder, split, found):
 
 def skipped_note(found, split, broken, kept_labels):
     """A note naming the broken pictures a split skipped ('' for none), or one line when they are more than a few
-    damaged files: a whole class of them, or more than MAX_BROKEN_SHARE."""
+    damaged files: a whole class of them, or more than a tenth (then it is probably not the data that was meant)."""
     pictures = found.pictures[split]
     present = np.bincount(kept_labels, minlength=len(found.classes))
     for label, c in enumerate(found.classes):
@@ -496,7 +466,7 @@ def skipped_note(found, split, broken, kept_labels):
         return ''
     listed = '; '.join(f"{pictures.name(i)} ({why})" for i, why in broken[:5]) + \
         (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
-    if len(broken) > 2 and len(broken) > MAX_BROKEN_SHARE * pictures.n:
+    if len(broken) > 2 and len(broken) > 0.1 * pictures.n:
         die(f"{len(broken)} of the {pictures.n} {split} pictures of {found.name} do not decode, too many to be a few "
             f"damaged files (is it the data you meant?): {listed}")
     skipped = f"skipped {len(broken)} of the {pictures.n} {split} pictures of {found.name} that do not decode: {listed}"
@@ -513,15 +483,6 @@ def mean_std(counts):
     for c in np.nonzero(std == 0)[0]:
         note(f"channel {c} of the training pictures is constant ({round(255 * mean[c])}); it is centred, not scaled")
     return mean.tolist(), np.where(std == 0, 1.0, std).tolist()
-
-
-def remove_abandoned(path):
-    """Remove what preparations of this dataset by processes of this machine that died (kill -9, a crash) left: each
-    its folder <path>.<pid>@<host>.tmp, as large as the dataset. Any other would hold the lock this process holds."""
-    folder, name = os.path.split(path)
-    for entry in os.listdir(folder):
-        if entry.startswith(name + '.') and entry.endswith(f"@{socket.gethostname()}.tmp"):
-            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
 
 
 class Progress:

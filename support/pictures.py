@@ -4,10 +4,10 @@ into uint8 pixels, and finding the pictures in a folder. prepare.py reads datase
 your own pictures.
 """
 import os
-import stat
 import warnings
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from support.errors import die
 
@@ -22,7 +22,6 @@ def read_image(path, size=0, channels=0, max_side=2048):
     grey and 3 for colour, or channels when given. size > 0: the shorter side resized to size and the centre
     size x size cut out. max_side > 0: a larger picture is shrunk while it is decoded, so a 10000 x 10000 photo
     costs about what a 2000 x 2000 one does. A bad file raises ValueError."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         with warnings.catch_warnings():
             # pictures between PIL's two pixel limits only warn; we shrink them as we decode
@@ -48,8 +47,15 @@ def read_image(path, size=0, channels=0, max_side=2048):
 
 def to_pixels(picture, size=0, channels=0):
     """A PIL picture as uint8 (H, W, C) (read_image's rules), at size x size when size > 0."""
-    from PIL import Image
-    picture = to_grey_or_rgb(picture)
+    mode = picture.mode
+    if mode == 'P' and 'transparency' in picture.info or mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
+        # transparent pixels become white paper, so black ink on a clear background stays black on white
+        paper = Image.new('RGBA', picture.size, (255, 255, 255, 255))
+        picture = Image.alpha_composite(paper, picture.convert('RGBA'))
+    elif mode.startswith('I'):  # 16- or 32-bit grey: PIL's convert('L') would clip everything above 255
+        pixels = np.asarray(picture).astype(np.int64 if mode == 'I' else np.int32)
+        picture = Image.fromarray(((np.clip(pixels, 0, 65535) + 128) // 257).astype(np.uint8))
+    picture = picture.convert('L' if mode in GREY_MODES or mode.startswith('I') else 'RGB')
     if channels:
         picture = picture.convert('L' if channels == 1 else 'RGB')
     if size:
@@ -61,23 +67,6 @@ def to_pixels(picture, size=0, channels=0):
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def to_grey_or_rgb(picture):
-    """A decoded PIL image in mode 'L' (grey) or 'RGB', from any mode."""
-    from PIL import Image
-    mode = picture.mode
-    if mode == 'P' and 'transparency' in picture.info or mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
-        # transparent pixels become white paper, so black ink on a clear background stays black on white
-        paper = Image.new('RGBA', picture.size, (255, 255, 255, 255))
-        flat = Image.alpha_composite(paper, picture.convert('RGBA'))
-        return flat.convert('L' if mode in ('LA', 'La') else 'RGB')
-    if mode.startswith('I'):  # 16- or 32-bit grey: PIL's convert('L') would clip everything above 255
-        pixels = np.asarray(picture).astype(np.int64 if mode == 'I' else np.int32)
-        return Image.fromarray(((np.clip(pixels, 0, 65535) + 128) // 257).astype(np.uint8))
-    if mode in ('L', 'RGB'):
-        return picture
-    return picture.convert('L' if mode in ('1', 'F') else 'RGB')
-
-
 def orientation(picture):
     """The EXIF orientation tag of an opened picture, 1 when none: read from the header alone (a PNG's getexif() decodes
     the whole picture when the header has no EXIF, seconds and gigabytes over a folder of 20,000)."""
@@ -87,7 +76,6 @@ def orientation(picture):
 def survey(paths, size):
     """(C, H, W) the pictures at paths decode to (size > 0: H = W = size), from their headers alone: C is 1 only when
     every one is grey. One line when none of them is a picture, or their sides differ."""
-    from PIL import Image
     sides, channels, why = set(), 1, None
     for path in paths:
         try:
@@ -102,9 +90,8 @@ def survey(paths, size):
     if not sides:
         die(f"none of the {len(paths)} pictures decodes, for instance {paths[0]} ({why})")
     if len(sides) > 1:
-        found = sorted(sides)
-        listed = ', '.join(f"{w}x{h}" for h, w in found[:4])
-        die(f"the pictures have different sizes ({listed}{', ...' if len(found) > 4 else ''}); "
+        listed = ', '.join(f"{w}x{h}" for h, w in sorted(sides)[:4]) + (', ...' if len(sides) > 4 else '')
+        die(f"the pictures have different sizes ({listed}); "
             f"set --img_size=N to resize the shorter side to N and cut out the centre N x N")
     return (channels, *sides.pop())
 
@@ -116,16 +103,11 @@ def pictures_below(folder):
     pictures, others = [], []
     for parent, dirs, names in os.walk(folder):
         others += [os.path.join(parent, d) for d in dirs if os.path.islink(os.path.join(parent, d))]
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and not os.path.islink(os.path.join(parent, d)))
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))  # os.walk itself enters no symlinked folder
         for name in sorted(n for n in names if not n.startswith('.')):
             path = os.path.join(parent, name)
-            try:
-                info = os.stat(path)
-                regular = stat.S_ISREG(info.st_mode)
-            except OSError:  # a dangling link, or one that points at itself
-                regular = False
-            if regular and name.lower().endswith(IMAGE_EXTENSIONS):
-                pictures.append((path, info))
+            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):  # no FIFO, no dangling or looping link
+                pictures.append((path, os.stat(path)))
             else:
                 others.append(path)
     return pictures, others
