@@ -70,13 +70,11 @@ images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=d
 labels = torch.randint(0, n_classes, (batch_size,), device=device)
 aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
 
-
 def get_batch(step):
     # as train.py's get_batch, from pictures already on the device: augmented, then as the model takes them
     x = augment(images.float() / 255, torch.Generator(device=device).manual_seed(step), size=vit_config.img_size, **aug)
     crop = start.test_crop if not aug_rrc_scale else 1.0
     return model_input(x, vit_config, [0.5] * shape[0], [0.25] * shape[0], crop)
-
 
 class Candidate:
     """One way to run the step (ours eager or compiled, torchvision's; a dtype), with its timings so far."""
@@ -130,13 +128,11 @@ class Candidate:
             if device_type == 'cuda':
                 self.memory = max(self.memory, torch.cuda.max_memory_allocated() / 2 ** 20)
 
-
 def matmul_flops(dtype, n=2048):
     """Measured FLOP/s of one big matmul in dtype, on the CPU: its practical ceiling."""
     a = torch.randn(n, n, dtype=getattr(torch, dtype))
     timeit.timeit(lambda: a @ a, number=3)  # warm-up
     return 10 * 2 * n ** 3 / timeit.timeit(lambda: a @ a, number=10)
-
 
 flops_per_step = 3 * ViT(vit_config).flops_per_image() * batch_size
 machine = hardware(device)

@@ -15,11 +15,9 @@ import types
 from ast import literal_eval
 from difflib import get_close_matches
 
-
 def _config_error(message):
     print(f"config error: {message}", file=sys.stderr)
     sys.exit(2)
-
 
 def _checked(key, value, source):
     """value converted to the type of the key's default, or a config error naming both (or the key, unknown)."""
@@ -32,7 +30,6 @@ def _checked(key, value, source):
     if type(value) is type(default):
         return value
     _config_error(f"{source}: {key} must be {type(default).__name__} (default {default!r}), got {value!r}")
-
 
 def _run_config_file(path):
     """The names a config file defines, or a config error with the file and line where it went wrong."""
@@ -55,7 +52,6 @@ def _run_config_file(path):
     # imports and helper functions are the file's tools, not config values
     return {k: v for k, v in namespace.items() if not k.startswith('_')
             and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
-
 
 for _arg in sys.argv[1:]:
     if not _arg.startswith('--'):

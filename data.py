@@ -10,7 +10,6 @@ from torch.nn import functional as F
 
 GREY = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # ITU-R 601 luma, as PIL's convert('L')
 
-
 def model_input(x, config, mean, std, crop=1.0):
     """Pictures (B, C, H, W), uint8 or floats in [0, 1], as the model of ViTConfig config takes them: its channels
     (grey made colour, colour made grey), the centre crop share of the side (ImageNet's test crop, of pictures kept
@@ -31,7 +30,6 @@ def model_input(x, config, mean, std, crop=1.0):
 # -----------------------------------------------------------------------------
 # augmentation: random label-keeping changes, drawn per picture from a generator
 
-
 def affine(x, angle, zoom, shift_x, shift_y):
     """Rotate each picture of x (B, C, H, W) by angle (radians), zoom it, and shift it by (shift_x, shift_y) pixels
     (right, down); each argument holds one value per picture. What leaves the frame is lost, what enters is black."""
@@ -41,7 +39,6 @@ def affine(x, angle, zoom, shift_x, shift_y):
     theta = torch.stack([cos, -sin, -shift_x * 2 / W, sin, cos, -shift_y * 2 / H], 1).view(-1, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False)
-
 
 def random_resized_crop(x, generator, min_scale, size):
     """Inception's and ImageNet's crop of each picture of x (B, C, H, W): a share of its area drawn from [min_scale, 1],
@@ -56,7 +53,6 @@ def random_resized_crop(x, generator, min_scale, size):
     theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
     grid = F.affine_grid(theta, [B, x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, align_corners=False)
-
 
 def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=False, rrc_scale=0.0, size=None):
     """Float pictures x (B, C, H, W) changed at random: a random-resized crop to size x size (at least rrc_scale of the
@@ -79,7 +75,6 @@ def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=Fal
 # -----------------------------------------------------------------------------
 # evaluation
 
-
 def shifted_views(images, pixels, count=9):
     """What test-time augmentation looks at: images (B, C, H, W) and, for pixels > 0, copies moved by pixels, filled
     with black (windows of the padded pictures): count=9, in every direction (the 3 x 3 neighbourhood of shifts);
@@ -91,7 +86,6 @@ def shifted_views(images, pixels, count=9):
     moves = [(top, left) for top in (2 * pixels, pixels, 0) for left in (2 * pixels, pixels, 0)
              if count == 9 or pixels in (top, left)]
     return [padded[..., top:top + H, left:left + W] for top, left in moves]
-
 
 def predict(model, images, mean, std, crop=1.0, tta_shift=0, tta_views=9):
     """The logits an evaluation reports for uint8 images: the model's, or with tta_shift > 0 their mean over the

@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-
 @dataclass
 class ViTConfig:
     img_size: int = 28
@@ -64,7 +63,6 @@ class ViTConfig:
         # the learned tokens before the patches: the cls token, then the registers
         return (self.pool == 'cls') + self.n_registers
 
-
 def resample_pos_embd(pos, grid):
     """A learned position embedding (1, old_grid**2, C) resampled to (1, grid**2, C) on its 2-D grid, bicubic
     (as timm's resample_abs_pos_embed), for pictures of another size."""
@@ -75,7 +73,6 @@ def resample_pos_embd(pos, grid):
     image = F.interpolate(image, size=(grid, grid), mode='bicubic', align_corners=False, antialias=grid < old)
     return image.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
 
-
 def sincos_pos_embd(grid_size, dim):
     """Fixed 2-D sin-cos position embedding (MAE / big_vision), shape (grid_size**2, dim).
     A quarter of the channels each for sin(y), cos(y), sin(x), cos(x) at geometric frequencies."""
@@ -83,7 +80,6 @@ def sincos_pos_embd(grid_size, dim):
     omega = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
     y, x = (t.flatten()[:, None] * omega[None, :] for t in (y, x))
     return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
-
 
 class Attention(nn.Module):
 
@@ -117,7 +113,6 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(y.transpose(1, 2).flatten(2)))
 
-
 class MLP(nn.Module):
 
     def __init__(self, config):
@@ -131,7 +126,6 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.dropout(self.proj(self.act(self.fc(x))))
 
-
 class LayerScale(nn.Module):
     """A learned scale per channel (CaiT, DeiT III): a residual branch that starts small lets deep models train."""
 
@@ -141,7 +135,6 @@ class LayerScale(nn.Module):
 
     def forward(self, x):
         return x * self.gamma
-
 
 class Block(nn.Module):
 
@@ -158,7 +151,6 @@ class Block(nn.Module):
         x = x + self.ls_1(self.attn(self.ln_1(x)))
         x = x + self.ls_2(self.mlp(self.ln_2(x)))
         return x
-
 
 class ViT(nn.Module):
 

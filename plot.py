@@ -3,7 +3,7 @@ Training curves from the metrics.jsonl that train.py writes to each out_dir.
 One run (train.py calls this at every evaluation), drawn into out-mnist/curves.png:
 $ python plot.py out-mnist
 Several runs overlaid on one figure, for comparisons: yours over a record's (records/runs/ hold their metrics)
-$ python plot.py out-cifar10-cpu records/runs/cifar10_cpu-fp32-avx2-2026-12-07 --out=compare.png --labels="mine,the record"
+$ python plot.py out-mine records/runs/cifar10_cpu-fp32-avx2-2026-12-07 --out=compare.png --labels="mine,the record"
 """
 import os
 import sys
@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt
 
 from support.errors import die, note
 from support.runlog import machine, read_metrics
-
 
 def plot_runs(out_dirs, path, labels=None):
     """Train loss, then the loss and accuracy of every evaluated split (val, when a run holds one out, and test)
@@ -48,7 +47,6 @@ def plot_runs(out_dirs, path, labels=None):
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
-
 def redraw(out_dir):
     """out_dir/curves.png drawn anew (train.py, at every evaluation). A figure is not worth a run: a disk that
     refuses it is a note, and training goes on (the checkpoint and the metrics are written)."""
@@ -57,7 +55,6 @@ def redraw(out_dir):
         plot_runs([out_dir], path)
     except OSError as e:
         note(f"could not draw {path} ({e.strerror or e}); training goes on")
-
 
 if __name__ == '__main__':
     options = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)

@@ -34,14 +34,12 @@ from support.pictures import IMAGE_EXTENSIONS, pictures_below, read_image, surve
 VERSION = 3  # 3: both splits in one folder, meta.json inside the CRC
 SPLITS = ('train', 'test')
 
-
 def prepared_path(data_dir, name, size):
     """Where a dataset is prepared: named for it and the side its pictures are kept at, with a hash of its full path,
     beside other programs' caches (never in data_dir, which may be read-only)."""
     cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     where = hashlib.sha256(f"{os.path.abspath(data_dir)}/{name}".encode(errors='surrogateescape')).hexdigest()[:8]
     return os.path.join(cache, 'nanovit', f"{name}-{size}-{where}")
-
 
 def files_key(root, files, *facts):
     """What a prepared dataset must have been made from: facts (the side, the classes) and each file's path under
@@ -55,12 +53,10 @@ def files_key(root, files, *facts):
 # -----------------------------------------------------------------------------
 # a prepared dataset
 
-
 # A prepared dataset, mapped: each split as (pictures uint8 (N, C, H, W), read from the file as they are indexed,
 # labels int64 (N,)), the class names, the training pictures' mean and std per channel in [0, 1] units, and what
 # preparing it found worth saying of the files (e.g. the pictures it skipped, '' for nothing).
 Prepared = namedtuple('Prepared', 'path classes mean std train test note')
-
 
 def checksum(path, meta):
     """CRC-32 of a prepared dataset's files and of its meta (all but the checksum), read in 4 MiB pieces: it catches a
@@ -72,7 +68,6 @@ def checksum(path, meta):
                 crc = zlib.crc32(memoryview(piece)[:size], crc)
     meta = json.dumps({k: v for k, v in meta.items() if k != 'checksum'}, sort_keys=True).encode()
     return f"{zlib.crc32(meta, crc):08x}"
-
 
 def open_prepared(path, key):
     """The dataset prepared at path when it is whole, of this version, made from the files key describes and holding
@@ -95,7 +90,6 @@ def open_prepared(path, key):
 
 # -----------------------------------------------------------------------------
 # the datasets, found from their files' names and headers before a pixel is decoded
-
 
 @dataclass
 class Pictures(torch.utils.data.Dataset):
@@ -121,17 +115,14 @@ class Pictures(torch.utils.data.Dataset):
         except (ValueError, OSError, TypeError) as e:  # a file PIL cannot read, a label that is no number
             return torch.zeros(self.shape, dtype=torch.uint8), -1, str(e)
 
-
 # A dataset as its files describe it, before a pixel is decoded (all that the checks which need no pixel need): name,
 # path (where it is prepared), key (what it is made from), classes, shape (C, H, W), sizes (split -> its count: a few
 # broken pictures may yet be left out), then pictures (split -> Pictures to prepare) or prepared (from these files).
 Found = namedtuple('Found', 'name path key classes shape sizes pictures prepared', defaults=(None, None))
 
-
 def found_prepared(name, prepared, key):
     return Found(name, prepared.path, key, prepared.classes, tuple(prepared.train[0].shape[1:]),
                  {split: len(getattr(prepared, split)[1]) for split in SPLITS}, prepared=prepared)
-
 
 def find_torchvision(name, folder, data_dir, size):
     """A torchvision dataset, downloaded into data_dir once (process 0 of a torchrun run first). folder: where its files
@@ -156,10 +147,8 @@ def find_torchvision(name, folder, data_dir, size):
                                 f"{name} {split} picture {{}}".format, shape) for split, ds in splits.items()}
     return Found(name, path, key, classes, shape, {s: len(ds) for s, ds in splits.items()}, pictures)
 
-
 def sorted_files(folder):
     return sorted((entry.path, entry.stat()) for entry in os.scandir(folder)) if os.path.isdir(folder) else []
-
 
 def open_torchvision(kind, data_dir, split, folder):
     """A split of a torchvision dataset class: train=True/False, or split='trainval' or 'train' / 'test' or 'val'."""
@@ -184,7 +173,6 @@ def open_torchvision(kind, data_dir, split, folder):
     die(f"could not load the {split} split of {kind.__name__} from {where} ({holds}): {reason}; offline, point "
         f"--data_dir at a copy of its files, or delete them to download them again")
 
-
 def torchvision_classes(ds, name):
     """The class names of a torchvision dataset, or numbers as names where it keeps only its labels."""
     if isinstance(getattr(ds, 'classes', None), (list, tuple)) and ds.classes:
@@ -195,17 +183,14 @@ def torchvision_classes(ds, name):
             f"nanoViT can read", 2)
     return [str(c) for c in range(int(max(labels)) + 1)]
 
-
 def read_image_of(ds, size, channels, i):
     picture, label = ds[i]
     return to_pixels(picture, size, channels), int(label)
-
 
 FOLDER_LAYOUT = "data_dir/train/<class>/<image> and data_dir/test/<class>/<image> (val/ is taken for test/)"
 # the files that label a flat validation folder: Tiny-ImageNet's (val/val_annotations.txt), ImageNet's (Kaggle's
 # LOC_val_solution.csv, in val/ or data_dir): a picture's name, then its class, on each line
 LABEL_FILES = ('val_annotations.txt', 'LOC_val_solution.csv')
-
 
 def find_folder(data_dir, size):
     """An ImageFolder-style tree: its class folders, its pictures and their shape from the headers."""
@@ -238,11 +223,9 @@ def find_folder(data_dir, size):
                                 labels[split]) for split in SPLITS}
     return Found(name, path, key, classes, shape, {split: len(paths[split]) for split in SPLITS}, pictures)
 
-
 def read_file(paths, labels, size, channels, i):
     # a huge photo shrinks as it decodes (draft, thumbnail); kept at its own size, a picture is decoded whole
     return read_image(paths[i], size, channels, max_side=2048 if size else 0), labels[i]
-
 
 def split_dir(data_dir, split):
     """train/; for the test split test/ or val/, the first labelled by class folders or a label file of its own, else
@@ -256,10 +239,8 @@ def split_dir(data_dir, split):
                 or any(os.path.isfile(os.path.join(f, name)) for name in LABEL_FILES))
     return next(labelled, found[-1])
 
-
 def class_names(folder):
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
-
 
 def class_pictures(data_dir, root, classes, left_out):
     """([(path, stat)], [label]) of a split's pictures, from its class folders (which must be the training split's)."""
@@ -277,7 +258,6 @@ def class_pictures(data_dir, root, classes, left_out):
         labels += [label] * len(pictures)
         left_out += others
     return files, labels
-
 
 def labelled_pictures(data_dir, root, classes, left_out):
     """The pictures of a flat validation folder, labelled by the label file beside them."""
@@ -303,7 +283,6 @@ def labelled_pictures(data_dir, root, classes, left_out):
             f"for instance {unknown[0]} ({named.get(os.path.splitext(unknown[0])[0], 'not listed')})")
     return pictures, labels
 
-
 def get_dataset(name):
     if name.startswith('torchvision:'):
         return Dataset(partial(find_torchvision, name.removeprefix('torchvision:'), None))
@@ -312,11 +291,9 @@ def get_dataset(name):
             f"classification dataset, e.g. torchvision:Flowers102)", 2)
     return DATASETS[name]
 
-
 # find: (data_dir, size) -> Found; shape: (C, H, W) of its pictures, when known without reading its files; digits:
 # handwritten digits, never mirrored (sample.py --image makes a picture look like one)
 Dataset = namedtuple('Dataset', 'find shape digits', defaults=(None, False))
-
 
 DATASETS = {  # a torchvision dataset: its class in torchvision.datasets, and the folder its files land in
     'mnist': Dataset(partial(find_torchvision, 'MNIST', 'MNIST/raw'), (1, 28, 28), digits=True),
@@ -326,7 +303,6 @@ DATASETS = {  # a torchvision dataset: its class in torchvision.datasets, and th
     'folder': Dataset(find_folder),  # its shape is what the files say, or (C, size, size)
 }
 
-
 def find(name, data_dir, size):
     """Dataset name as its files describe it, its pictures to be kept at side size (0: their own; a dataset of one known
     size keeps it: a model of another side gets each batch resized), nothing decoded."""
@@ -335,7 +311,6 @@ def find(name, data_dir, size):
 
 # -----------------------------------------------------------------------------
 # preparing it: decode every picture once, write the arrays, rename them into place
-
 
 def load(found):
     """The prepared dataset found describes: the one there, or one prepared now. A whole one is read without a lock
@@ -369,10 +344,8 @@ def load(found):
     assert prepared, f"the dataset just prepared at {found.path} does not read back"
     return prepared
 
-
 def stop_preparing(signum, frame):
     raise KeyboardInterrupt(signum)  # SIGTERM (Colab's stop button, a preemption): stop as Ctrl-C does
-
 
 def write_dataset(found):
     """Decode found's pictures into a folder of its own, then rename it into place."""
@@ -407,7 +380,6 @@ def write_dataset(found):
     finally:  # whatever stopped it (renamed into place, tmp is gone already)
         shutil.rmtree(tmp, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
-
 
 def write_split(folder, split, found):
     """Decode a split's pictures in order into folder/<split>.u8 and .i64, by one process per core (DataLoader's
@@ -451,7 +423,6 @@ def write_split(folder, split, found):
     labels.tofile(os.path.join(folder, f"{split}.i64"))
     return len(labels), counts, skipped_note(found, split, broken, labels)
 
-
 def skipped_note(found, split, broken, kept_labels):
     """A note naming the broken pictures a split skipped ('' for none), or one line when they are more than a few
     damaged files: a whole class of them, or more than a tenth (then it is probably not the data that was meant)."""
@@ -473,7 +444,6 @@ def skipped_note(found, split, broken, kept_labels):
     note(skipped)
     return skipped
 
-
 def mean_std(counts):
     """Per-channel mean and std, in [0, 1] units, from histograms of the 256 values. A constant channel carries
     nothing to learn: its std is 1 (centred, it is 0 whatever it is divided by)."""
@@ -483,7 +453,6 @@ def mean_std(counts):
     for c in np.nonzero(std == 0)[0]:
         note(f"channel {c} of the training pictures is constant ({round(255 * mean[c])}); it is centred, not scaled")
     return mean.tolist(), np.where(std == 0, 1.0, std).tolist()
-
 
 class Progress:
     """One updating line for a long job: done / total, items a second, time left."""
@@ -502,13 +471,11 @@ class Progress:
         line = f"{self.what}: {done}/{self.total}, {rate:.0f} a second, {left:.0f}s left"
         print(f"\r{line}   " if self.live else line, end='' if self.live and done < self.total else '\n', flush=True)
 
-
 def held_out(n, val_size):
     """(training indices, validation indices) of a split of n pictures: val_size held out to choose settings on, the
     same ones for every run and seed (a fixed shuffle), so that the test split is left for the final figure."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     return order[val_size:].sort().values, order[:val_size].sort().values
-
 
 if __name__ == '__main__':
     dataset = 'mnist'  # as train.py's: 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'folder', 'torchvision:NAME'

@@ -36,7 +36,6 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 out_dir = os.path.expanduser(out_dir)
 figures_dir = os.path.expanduser(figures_dir or out_dir)
 
-
 def to_mnist(grey):
     """A picture of one digit as a grey float array, any size, either polarity, made into what MNIST's
     digits are: white on black, cropped to the stroke, fitted into 20x20 and placed in 28x28 with its
@@ -59,7 +58,6 @@ def to_mnist(grey):
     canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
     return canvas
 
-
 def image_paths(spec):
     """The pictures a --image value names: a file (its name may hold commas), a folder, or a,b,c."""
     parts = [spec] if os.path.exists(spec) else [p for p in spec.split(',') if p]
@@ -78,7 +76,6 @@ def image_paths(spec):
         die(f"image={spec!r} names no picture: give a path, several joined by commas, or a folder", 2)
     return paths
 
-
 def as_the_model_sees(path):
     """(uint8 (S, S, C) as the model takes it, what to show of the original, a note or ''): digits get MNIST's
     preprocessing, other pictures a resize of the shorter side and a centre crop, as folder datasets do."""
@@ -91,7 +88,6 @@ def as_the_model_sees(path):
         if original.shape[2] != c.in_chans else ''
     return pixels, original, note  # the user's picture as it is, beside what the model sees
 
-
 def save_figure(fig, name):
     path = os.path.join(figures_dir, name)
     try:
@@ -103,13 +99,11 @@ def save_figure(fig, name):
     plt.close(fig)
     print(f"wrote {path}")
 
-
 def show(ax, pixels, title='', **style):
     """Draw a (H, W, C) uint8 picture, titled: grey with a grey colour map, colour as it is."""
     ax.imshow(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, cmap='gray' if pixels.shape[2] == 1 else None)
     ax.set_title(title, **style)
     ax.axis('off')
-
 
 def show_grid(pictures, titles, colors, name, heading, cols=8):
     rows = max(1, (len(pictures) + cols - 1) // cols)
@@ -121,7 +115,6 @@ def show_grid(pictures, titles, colors, name, heading, cols=8):
         show(ax, pixels, title, fontsize=7, color=color)
     save_figure(fig, name)
 
-
 @torch.no_grad()
 def classify(images_uint8):
     """Class probabilities for uint8 images (B, C, H, W), in batches, as the run's evaluation computed them
@@ -132,7 +125,6 @@ def classify(images_uint8):
             logits = predict(model, batch.to(device), start.mean, start.std, start.test_crop, tta_shift, tta_views)
         probs.append(F.softmax(logits, dim=1).cpu())
     return torch.cat(probs)
-
 
 def classify_pictures(paths):
     """Print the top-3 classes of each picture and draw what the model saw; a bad file is listed, not fatal."""
@@ -167,7 +159,6 @@ def classify_pictures(paths):
             die(f"could not write {seen_path}: {e.strerror}")
     if bad:
         die(f"could not read {len(bad)} of the {len(paths)} pictures: {'; '.join(bad)}")
-
 
 def report_test_split():
     """Accuracy overall and per class on the whole test split, then the figures."""
@@ -207,7 +198,6 @@ def report_test_split():
     if n_attention:
         draw_attention(test_x[:n_attention], pictures[:n_attention], pred)
 
-
 def draw_confusion(true, predicted):
     n = len(classes)
     confusion = torch.bincount(true * n + predicted, minlength=n * n).view(n, n).numpy()  # [true, predicted]
@@ -220,7 +210,6 @@ def draw_confusion(true, predicted):
     ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(n), classes, fontsize=7)
     save_figure(fig, "confusion.png")
-
 
 @torch.no_grad()
 def attention_rollout(model, x):
@@ -240,7 +229,6 @@ def attention_rollout(model, x):
         weights = read.sum(dim=1)[:, model.config.n_prefix:]
     return (weights / weights.sum(dim=-1, keepdim=True)).view(-1, model.config.grid, model.config.grid)
 
-
 def draw_attention(images_uint8, pictures, pred):
     """Where, through all the layers, the classification draws its information from."""
     with ctx:
@@ -255,7 +243,6 @@ def draw_attention(images_uint8, pictures, pred):
                           interpolation='bilinear')
     fig.suptitle('attention rollout over the patch grid (averaged over heads, all layers)', fontsize=9)
     save_figure(fig, "attention.png")
-
 
 # -----------------------------------------------------------------------------
 matplotlib.use('Agg')  # headless: no display needed (Colab, servers, CI)

@@ -22,7 +22,6 @@ ARCHITECTURE = ('patch_size', 'n_layer', 'n_head', 'n_embd', 'mlp_ratio', 'bias'
 RUN_KEYS = ('dataset', 'optimizer', 'linear_probe', 'val_size')
 ADDED_LATER = ('layer_scale', 'n_registers')  # ViTConfig fields older checkpoints lack: their defaults are those models
 
-
 @dataclass
 class Start:
     """What a run's start decides, settled once the dataset is found."""
@@ -98,13 +97,11 @@ class Start:
         model.load_state_dict(state)
         return model
 
-
 def from_scratch(config):
     """The start of a run from random weights: the config's model."""
     args = dict({f.name: config[f.name] for f in fields(ViTConfig) if f.name in config},
                 in_chans=None, img_size=config['img_size'] or None, n_classes=None)
     return Start(args, store_size=config['store_size'] or config['img_size'])
-
 
 def architecture_of(saved, config, flags, owner, clash):
     """The model arguments of a run that keeps a saved model's architecture (a checkpoint's, a source's). What the
@@ -119,7 +116,6 @@ def architecture_of(saved, config, flags, owner, clash):
         note(f"the architecture is {owner}'s, not the config's: "
              + ', '.join(f"{k} {now!r} -> {then!r}" for k, then, now in differ))
     return dict(saved, dropout=config['dropout'])
-
 
 def from_checkpoint(path, config=None, flags=(), world_size=1):
     """The start of a resumed run (config: this run's; flags: the keys its command line sets), or, without a config,
@@ -160,7 +156,6 @@ def from_checkpoint(path, config=None, flags=(), world_size=1):
 # -----------------------------------------------------------------------------
 # the file
 
-
 def save(checkpoint, path):
     """Write path so that a kill at any instant leaves the old file or the new one, never half of one; if the disk
     refuses (full, gone), say so in one line, leaving the old file and no temporary one."""
@@ -181,14 +176,12 @@ def save(checkpoint, path):
             reason = f"No space left on device ({written / 2 ** 20:.0f} MiB written, then the disk was full)"
         die(f"could not write the checkpoint {tmp_path}: {reason}; {kept}")
 
-
 def checkpoint_of(model, optimizers, scaler, iter_num, train_loss, config, classes, mean, std, n_train, start, rngs):
     """What a checkpoint holds: plain types and tensors only."""
     return {'model': model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
             'scaler': scaler.state_dict(), 'model_args': asdict(model.config), 'iter_num': iter_num,
             'train_loss': train_loss, 'config': config, 'classes': classes, 'data_mean': mean, 'data_std': std,
             'n_train': n_train, 'store_size': start.store_size, 'test_crop': start.test_crop, 'rng': rngs}
-
 
 def load_checkpoint(path, keys):
     """The checkpoint dict at path, holding at least keys, its model_args every ViTConfig field (a field this version
@@ -215,7 +208,6 @@ def load_checkpoint(path, keys):
         die(f"{path}: model_args lack {', '.join(missing)}: saved by another version of nanoViT, or edited")
     checkpoint['model_args'] = {k: args.get(k, known[k]) for k in known}
     return checkpoint
-
 
 def load_optimizer_states(optimizers, states, path):
     """Load the optimizers' saved moments, after checking that every saved tensor has its parameter's shape (a fused

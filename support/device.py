@@ -9,7 +9,6 @@ import torch
 
 from support.errors import die
 
-
 def pick_device(requested, local_rank=None):
     """(device, reason); the GPU it names becomes the current one. local_rank: this process's index on
     its node under torchrun, which takes the GPU of that index."""
@@ -34,7 +33,6 @@ def pick_device(requested, local_rank=None):
         torch.cuda.set_device(device)  # so that every "current GPU" query means this one
     return device, reason
 
-
 def native_dtypes(device_type, capability=None, native_cpu_bf16=None):
     """[(dtype, reason)] this device runs well, the one dtype='auto' picks first; capability and
     native_cpu_bf16 are looked up when not given. bench.py times them all."""
@@ -57,7 +55,6 @@ def native_dtypes(device_type, capability=None, native_cpu_bf16=None):
         return [('float32', "this CPU has no native bf16")]
     return [('float32', f"{device_type}: float32 is the safe choice"), ('float16', "half-precision ALUs")]
 
-
 def pick_dtype(requested, device_type, capability=None, native_cpu_bf16=None):
     """(dtype name, reason): the requested one, or for 'auto' the first of native_dtypes."""
     if requested not in ('auto', 'float32', 'bfloat16', 'float16'):
@@ -68,10 +65,8 @@ def pick_dtype(requested, device_type, capability=None, native_cpu_bf16=None):
         return requested, "as requested"
     return native_dtypes(device_type, capability, native_cpu_bf16)[0]
 
-
 def autocast(device_type, dtype):
     return torch.autocast(device_type, getattr(torch, dtype), enabled=dtype != 'float32')
-
 
 def compile_blocker(device_type):
     """Why torch.compile cannot run here, or None when it should."""
@@ -87,11 +82,9 @@ def compile_blocker(device_type):
             return "Triton is not installed"
     return None
 
-
 # on a 2-core CPU (AVX-512 BF16 EPYC, 2026-12-06) compiling took 21-30 s (4-5 s from inductor's cache) and the compiled
 # step was 1-6% faster (bench.py: the speedrun's and cifar10_cpu.py's models): it pays from about this many iterations
 CPU_COMPILE_FROM = 10_000
-
 
 def try_compile(model, compile, ctx, x, y, iterations):
     """(torch.compile(model), 'on') when compile asks for it and it pays (on a CPU: a run of CPU_COMPILE_FROM
@@ -116,7 +109,6 @@ def try_compile(model, compile, ctx, x, y, iterations):
     finally:
         model.zero_grad(set_to_none=True)
 
-
 # dense tensor-core peak FLOP/s by GPU name, first match wins (so specific names come first).
 # float32 runs as TF32 where the GPU has it (train.py allows TF32 matmuls).
 PEAK_FLOPS = [
@@ -136,12 +128,10 @@ PEAK_FLOPS = [
     ('RTX 3080', {'bfloat16': 59.5e12, 'float16': 59.5e12, 'float32': 29.8e12}),
 ]
 
-
 def peak_flops(device, dtype):
     """The GPU's peak FLOP/s for dtype, or None when we do not know it (then MFU is not shown)."""
     name = torch.cuda.get_device_name(device) if device.startswith('cuda') else device
     return next((peaks.get(dtype) for fragment, peaks in PEAK_FLOPS if fragment in name), None)
-
 
 def fits_on_device(nbytes, device, data_placement):
     """Whether a training split of nbytes goes to the device whole ('device'), or each batch is gathered from its
@@ -154,10 +144,8 @@ def fits_on_device(nbytes, device, data_placement):
               torch.mps.recommended_max_memory() if kind == 'mps' else 0)
     return nbytes <= memory / 4
 
-
 def synchronize(device_type):
     getattr(torch, device_type).synchronize()  # torch.cpu's does nothing
-
 
 def global_mean(values, ddp):
     """The mean of a list of device scalars (reading it waits for the device) over all processes, each a part."""
@@ -167,7 +155,6 @@ def global_mean(values, ddp):
         mean /= torch.distributed.get_world_size()
     return mean.item()
 
-
 def rng_states(world_size):
     """Every process's random state (dropout draws: the CPU's, and the current GPU's), gathered on each."""
     state = {'cpu': torch.get_rng_state()} | ({'cuda': torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
@@ -175,7 +162,6 @@ def rng_states(world_size):
     if world_size > 1:
         torch.distributed.all_gather_object(states, state)
     return states
-
 
 def set_rng_state(state):
     torch.set_rng_state(state['cpu'])

@@ -10,14 +10,12 @@ for stream in (sys.stdout, sys.stderr):
     if hasattr(stream, 'reconfigure'):  # a notebook's streams have no encoding to set
         stream.reconfigure(errors='backslashreplace')
 
-
 def die(message, code=1):
     """Stop with one line on stderr (exit code 2: the command line or config was wrong; 1: the files were).
     Under torchrun every process reads the same config and data, so process 0 alone says it."""
     if os.environ.get('RANK', '0') == '0':
         print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
-
 
 def quiet_when_a_peer_stops(exc_type, exc, tb):
     """sys.excepthook for the other processes of a torchrun run: when one process stops (with its one line),
@@ -27,12 +25,10 @@ def quiet_when_a_peer_stops(exc_type, exc, tb):
         os._exit(1)
     sys.__excepthook__(exc_type, exc, tb)
 
-
 def note(message):
     """Say something worth knowing that does not stop the run, once (process 0 under torchrun)."""
     if os.environ.get('RANK', '0') == '0':
         print(f"note: {message}")
-
 
 def import_or_die(package, asked_by):
     """An optional package (timm, wandb), imported when a run asks for it; one line when it is not installed."""

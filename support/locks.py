@@ -5,7 +5,6 @@ lock is never left stuck: flock on POSIX, msvcrt.locking on Windows.
 import os
 import time
 
-
 def hold(f, wait=True):
     """Lock the open file f for this process; True once held. wait=False: False at once if another process holds it."""
     if os.name == 'nt':

@@ -5,7 +5,6 @@ with AdamW for the rest, and which parameter goes into which group.
 import torch
 from torch import nn
 
-
 def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay, betas, muon_momentum, device_type,
                          dtype, layer_decay=1.0):
     """{'adamw': AdamW, 'muon': Muon}, owning together every parameter that trains, each group at its peak lr. 'muon':
@@ -39,7 +38,6 @@ def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay,
                                   ns_dtype=torch.bfloat16 if dtype == 'bfloat16' else torch.float32)
     return optimizers
 
-
 def orthogonalize(g):
     """Newton-Schulz iteration toward the nearest semi-orthogonal matrix, for a batch of matrices
     (B, m, n). Keller Jordan's quintic coefficients, chosen for speed over exactness: the singular
@@ -52,7 +50,6 @@ def orthogonalize(g):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.mT if tall else x
-
 
 class Muon(torch.optim.Optimizer):
     """As torch.optim.Muon with adjust_lr_fn='original' (Nesterov momentum, decoupled weight decay, lr

@@ -15,7 +15,6 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.
 MAX_PIXELS = 50_000_000  # a picture decoded whole (no JPEG draft) larger than this costs gigabytes: refused
 GREY_MODES = ('1', 'L', 'LA', 'La', 'F')  # and 'I...': what read_image returns with one channel
 
-
 def read_image(path, size=0, channels=0, max_side=2048):
     """A picture file as uint8 (H, W, C), in any format PIL reads: EXIF rotation applied, the first frame of an
     animation, transparency laid over white, 16-bit grey scaled to 8 bits, palettes and CMYK made RGB. C is 1 for
@@ -44,7 +43,6 @@ def read_image(path, size=0, channels=0, max_side=2048):
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"not a picture PIL can read ({type(e).__name__})") from None
 
-
 def to_pixels(picture, size=0, channels=0):
     """A PIL picture as uint8 (H, W, C) (read_image's rules), at size x size when size > 0."""
     mode = picture.mode
@@ -66,12 +64,10 @@ def to_pixels(picture, size=0, channels=0):
     pixels = np.array(picture)  # a copy of its own: writable, as torch.from_numpy wants it
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
-
 def orientation(picture):
     """The EXIF orientation tag of an opened picture, 1 when none: read from the header alone (a PNG's getexif() decodes
     the whole picture when the header has no EXIF, seconds and gigabytes over a folder of 20,000)."""
     return picture.getexif().get(0x0112, 1) if picture.format != 'PNG' or 'exif' in picture.info else 1
-
 
 def survey(paths, size):
     """(C, H, W) the pictures at paths decode to (size > 0: H = W = size), from their headers alone: C is 1 only when
@@ -94,7 +90,6 @@ def survey(paths, size):
         die(f"the pictures have different sizes ({listed}); "
             f"set --img_size=N to resize the shorter side to N and cut out the centre N x N")
     return (channels, *sides.pop())
-
 
 def pictures_below(folder):
     """([(path, stat)] of the pictures under folder, sorted, [paths left out]): a picture is a regular file named like

@@ -18,7 +18,6 @@ TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 
 # -----------------------------------------------------------------------------
 # timm
 
-
 def timm_source(init_from, weights):
     """A timm ViT as a Start: its architecture from a random-weight copy (one line, before anything is fetched or
     decoded, for a name timm does not know or a model model.py cannot express), then its pretrained weights."""
@@ -51,7 +50,6 @@ def timm_source(init_from, weights):
     return Start(args, 0, list(cfg['mean']), list(cfg['std']), weights=from_timm(model.state_dict(), model) if weights
                  else None, crop=cfg.get('crop_pct', 0.875))
 
-
 def timm_refusal(model):
     """What a timm model has that model.py's ViT has not, or '': the first of these checks that fails."""
     nn = torch.nn
@@ -77,7 +75,6 @@ def timm_refusal(model):
     ]
     return next((why for holds, why in checks if not holds()), '')
 
-
 def from_timm(state, model):
     """timm's VisionTransformer state_dict under model.py's names. Where its position embedding covers the tokens
     before the patches (cls, registers), their positions are constants, folded into the tokens."""
@@ -102,7 +99,6 @@ def from_timm(state, model):
 
 # -----------------------------------------------------------------------------
 # torchvision
-
 
 def torchvision_source(init_from, weights):
     """A torchvision ViT ('vit_b_16' or 'vit_b_16:IMAGENET1K_SWAG_E2E_V1') as a Start: its architecture from its name
@@ -133,7 +129,6 @@ def torchvision_source(init_from, weights):
     return Start(args, 0, list(transforms.mean), list(transforms.std), list(entry.meta['categories']),
                  from_torchvision(state, path), crop=crop)
 
-
 def from_torchvision(state, path):
     """torchvision's VisionTransformer state_dict under model.py's names. Its cls token gets a position of its
     own in the position embedding: a constant, which folds into the token."""
@@ -158,7 +153,6 @@ def from_torchvision(state, path):
 # -----------------------------------------------------------------------------
 # another nanoViT run, and the start of a fine-tuning run
 
-
 def read_run(init_from, config):
     """Another nanoViT run (its out_dir or its ckpt.pt) as a Start."""
     path = os.path.expanduser(init_from)
@@ -179,7 +173,6 @@ def read_run(init_from, config):
             f"be in this run's validation split: use val_size={source.get('val_size', 0)} or less", 2)
     return Start(checkpoint['model_args'], 0, checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'],
                  checkpoint['model'], crop=checkpoint.get('test_crop', 0.875))
-
 
 def from_source(init_from, config, flags, weights=True):
     """The start of a fine-tuning run: the source's architecture (what the command line asks against it stops the

@@ -8,7 +8,6 @@ import math
 from support.checkpoint import from_scratch
 from support.errors import die, import_or_die, note
 
-
 def check_config(c, dataset):
     """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. dataset:
     prepare.py's entry (its shape, when known without its files; whether it is digits, which a mirror changes)."""
@@ -48,7 +47,6 @@ def check_config(c, dataset):
              f"reaches its peak and never decays")
     if c['muon_momentum_warmup'] and c['optimizer'] != 'muon':
         note(f"muon_momentum_warmup={c['muon_momentum_warmup']} does nothing with optimizer={c['optimizer']!r}")
-
 
 def check_against_data(c, found, world_size):
     """One line and exit 2 for a value that cannot work with the dataset found (prepare.find), before it is prepared."""

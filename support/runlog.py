@@ -22,7 +22,6 @@ from support.errors import die, import_or_die, note
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
 class RunLog:
 
     def __init__(self, out_dir, config, iter_num, device, dtype):
@@ -63,7 +62,6 @@ class RunLog:
         sys.stdout, sys.stderr = self.streams
         self.log.close()
 
-
 class Tee:
     """A stream that writes to a terminal (or notebook) stream and to the run's log.txt."""
 
@@ -81,7 +79,6 @@ class Tee:
     def __getattr__(self, name):
         return getattr(self.stream, name)
 
-
 def write(path, text, mode):
     """Write text into path (mode 'w' or 'a'); a full disk is one line, not a traceback."""
     try:
@@ -90,14 +87,12 @@ def write(path, text, mode):
     except OSError as e:
         die(f"could not write {path}: {e.strerror or e}; the last checkpoint is kept, resume when there is room")
 
-
 def read_json(path):
     try:
         with open(path, encoding='utf-8') as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}
-
 
 def read_metrics(path):
     """The records of a metrics.jsonl. A run killed while writing (a full disk, a power cut) can leave its last line
@@ -122,7 +117,6 @@ def read_metrics(path):
             note(f"{path} ends in a half-written line (the run was killed while writing it); dropped")
     return records
 
-
 def commit():
     """The repository's commit, and whether its tracked files differ from it; None outside a git checkout."""
     try:
@@ -133,14 +127,12 @@ def commit():
         return None
     return dict(id=head.stdout.strip(), changed=bool(changes.stdout.strip())) if head.returncode == 0 else None
 
-
 def versions():
     found = {'python': platform.python_version(), 'torch': torch.__version__}
     for package in ('torchvision', 'numpy', 'timm'):  # read from their metadata: importing torchvision costs a second
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[package] = importlib.metadata.version(package)
     return found
-
 
 def hardware(device):
     """The machine a run's speed depends on: the CPU (model, cores, the flags that decide native bf16) and the GPU."""
@@ -156,7 +148,6 @@ def hardware(device):
     return dict(cpu=cpu, gpu=dict(name=gpu.name, capability=f"{gpu.major}.{gpu.minor}", count=torch.cuda.device_count(),
                                   memory_gib=round(gpu.total_memory / 2 ** 30, 1)))
 
-
 def machine(run_json):
     """A run's machine in a few words, from its run.json (its last start): 'AMD EPYC (avx512_bf16), bfloat16'."""
     starts = read_json(run_json).get('starts')
@@ -167,7 +158,6 @@ def machine(run_json):
     if 'gpu' in hardware:
         return f"{hardware['gpu']['name']}, {dtype}"
     return f"{hardware.get('cpu', {}).get('model', '?')}" + (f" ({', '.join(bf16)})" if bf16 else '') + f", {dtype}"
-
 
 def duration(seconds):
     m, s = divmod(int(seconds), 60)

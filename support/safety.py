@@ -17,7 +17,6 @@ import torch
 from support.errors import die
 from support.locks import hold
 
-
 def claim_out_dir(out_dir, init_from, ckpt_path):
     """Create out_dir and hold its lock while this process lives (locks.py: a killed run never leaves it stuck); refuse
     a second run in it, a fresh start over a checkpoint, and a resume without one. A run that stops before its first
@@ -42,7 +41,6 @@ def claim_out_dir(out_dir, init_from, ckpt_path):
         die(f"out_dir={out_dir!r} is not writable: {e.strerror}")
     return lock
 
-
 def forget_a_failed_start(out_dir, ckpt_path, existed):
     """What a run that ends without a checkpoint wrote into out_dir (a run that ends well leaves by os._exit)."""
     if os.path.exists(ckpt_path):
@@ -52,7 +50,6 @@ def forget_a_failed_start(out_dir, ckpt_path, existed):
             os.remove(os.path.join(out_dir, name))
     if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
         os.rmdir(out_dir)
-
 
 def stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, dtype, scaler):
     """Stop before a diverged model can overwrite the last good checkpoint: a training loss that overflowed, or more
@@ -66,7 +63,6 @@ def stop_if_diverged(loss, iter_num, ckpt_path, checkpoint_loss, learning_rate, 
     if scaler.is_enabled() and scaler.get_scale() < 1.0:
         die(f"GradScaler's scale fell to {scaler.get_scale():g} at iter {iter_num}: fp16 gradients overflow at "
             f"every step. Lower learning_rate or use dtype=bfloat16/float32. {ckpt_path} is left as it was.")
-
 
 class StopSignals:
     """Ctrl-C and SIGTERM (Colab's stop button, a cluster's preemption) ask the run to stop: train.py asks
@@ -95,7 +91,6 @@ class StopSignals:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.group)
         return int(flag.item())
 
-
 def resume_command(ddp, world_size):
     """The command that carries this run on, typed where it was started: the script's path as it was given."""
     args = shlex.join([sys.argv[0], *(a for a in sys.argv[1:] if not a.startswith('--init_from='))])
@@ -105,14 +100,12 @@ def resume_command(ddp, world_size):
         return f"torchrun --standalone --nproc_per_node={world_size} {args} --init_from=resume"
     return f"the same torchrun command as this run's ({world_size} processes), with {args} --init_from=resume"
 
-
 def check_free_space(out_dir, checkpoint_bytes):
     """Stop at start, not at the first save, when out_dir's disk cannot hold a checkpoint beside the old one."""
     free = shutil.disk_usage(out_dir).free
     if free < checkpoint_bytes * 1.1:
         die(f"out_dir={out_dir!r} has {free / 2 ** 20:.0f} MiB free on its disk, and a checkpoint of this run takes "
             f"about {checkpoint_bytes / 2 ** 20:.0f} MiB: free some space, or choose another --out_dir")
-
 
 def leave(code, ddp, run_log=None):
     """Exit with code, everything written; under torchrun every process together. The interpreter's teardown is
