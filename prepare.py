@@ -331,10 +331,8 @@ def load(found):
             lock.seek(0)
             note(f"waiting for {lock.read().strip() or 'another process'}, which is preparing {found.path}")
             hold(lock)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        lock.flush()
+        lock.truncate(0)  # opened to append: what follows is written at its end, now its start
+        print(f"pid {os.getpid()} on {socket.gethostname()}", file=lock, flush=True)
         prepared = open_prepared(found.path, found.key)  # prepared while this process waited
         if not prepared:
             if os.path.exists(found.path):
@@ -388,12 +386,11 @@ def write_split(folder, split, found):
     pictures, batch = found.pictures[split], 64
     # elsewhere than Linux a worker is spawned, which would run the script that imported this module anew
     workers = os.cpu_count() if sys.platform == 'linux' and pictures.n > 1000 else 0
-    loader = torch.utils.data.DataLoader(pictures, batch_size=batch, num_workers=workers,
-                                         multiprocessing_context='fork' if workers else None,
-                                         generator=torch.Generator())  # its seed draw leaves the run's random state be
     progress = Progress(f"preparing {found.name} {split}", pictures.n)
+    batches = iter(torch.utils.data.DataLoader(pictures, batch_size=batch, num_workers=workers,
+                                               multiprocessing_context='fork' if workers else None,
+                                               generator=torch.Generator()))  # its seed draw leaves the run's RNG be
     counts, labels, broken = np.zeros((found.shape[0], 256), dtype=np.int64), [], []
-    batches = iter(loader)
     try:
         with open(os.path.join(folder, f"{split}.u8"), 'wb') as f:
             for start, (pixels, label, why) in zip(range(0, pictures.n, batch), batches):

@@ -51,12 +51,9 @@ def to_mnist(grey):
     grey = grey[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     size = [max(1, round(side * 20 / max(grey.shape))) for side in grey.shape[::-1]]  # (w, h), the longer side 20
     digit = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize(size, Image.LANCZOS))
-    # shift so that the centre of mass lands on the centre pixel of the 28x28 canvas
     centre = (np.indices(digit.shape) * digit).sum(axis=(1, 2)) / digit.sum()  # (row, column)
     top, left = (int(np.clip(round(13.5 - c), 0, 28 - side)) for c, side in zip(centre, digit.shape))
-    canvas = np.zeros((28, 28), dtype=np.uint8)
-    canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
-    return canvas
+    return np.pad(digit, ((top, 28 - top - digit.shape[0]), (left, 28 - left - digit.shape[1])))  # on black
 
 def image_paths(spec):
     """The pictures a --image value names: a file (its name may hold commas), a folder, or a,b,c."""
@@ -83,10 +80,9 @@ def as_the_model_sees(path):
     original = read_image(path)
     if digits:  # PIL makes it grey (ITU-R 601, as data.grey)
         return to_mnist(read_image(path, channels=1)[:, :, 0].astype(np.float32))[:, :, None], original, ''
-    pixels = read_image(path, size=start.store_size or c.img_size, channels=c.in_chans)
     note = f" (made {'colour' if c.in_chans == 3 else 'grey'}: the model takes {c.in_chans}-channel pictures)" \
         if original.shape[2] != c.in_chans else ''
-    return pixels, original, note  # the user's picture as it is, beside what the model sees
+    return read_image(path, size=start.store_size or c.img_size, channels=c.in_chans), original, note
 
 def save_figure(fig, name):
     path = os.path.join(figures_dir, name)
@@ -94,13 +90,11 @@ def save_figure(fig, name):
         os.makedirs(figures_dir, exist_ok=True)
         fig.savefig(path, dpi=100, bbox_inches='tight')
     except OSError as e:
-        elsewhere = " (give another folder: --figures_dir)" * (figures_dir == out_dir)
-        die(f"could not write {path}: {e.strerror}{elsewhere}")
+        die(f"could not write {path}: {e.strerror}{' (give another folder: --figures_dir)' * (figures_dir == out_dir)}")
     plt.close(fig)
     print(f"wrote {path}")
 
 def show(ax, pixels, title='', **style):
-    """Draw a (H, W, C) uint8 picture, titled: grey with a grey colour map, colour as it is."""
     ax.imshow(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, cmap='gray' if pixels.shape[2] == 1 else None)
     ax.set_title(title, **style)
     ax.axis('off')
@@ -117,8 +111,7 @@ def show_grid(pictures, titles, colors, name, heading, cols=8):
 
 @torch.no_grad()
 def classify(images_uint8):
-    """Class probabilities for uint8 images (B, C, H, W), in batches, as the run's evaluation computed them
-    (with its test-time augmentation, if it had one); on the CPU."""
+    """Class probabilities of uint8 images (B, C, H, W), on the CPU, as the run's evaluation computed them."""
     probs = []
     for batch in images_uint8.split(run['eval_batch_size']):
         with ctx:
@@ -169,9 +162,6 @@ def report_test_split():
     if found.classes != start.classes:  # before a picture is decoded
         die(f"the classes in {folder} ({', '.join(found.classes[:5])}{', ...' * (len(found.classes) > 5)}) are not "
             f"the {len(classes)} the model was trained on ({', '.join(classes[:5])}{', ...' * (len(classes) > 5)})")
-    if found.shape[-1] != found.shape[-2]:
-        die(f"the pictures in {folder} are {found.shape[-1]}x{found.shape[-2]}, not square: give --data_dir a folder "
-            f"like the run's")
     test_x, test_y = prepare.load(found).test  # the pictures stay on disk, mapped
     confidence, predicted = classify(test_x).max(dim=1)
     correct = predicted == test_y
@@ -185,9 +175,8 @@ def report_test_split():
         print(f"{c:5d}  {mask.sum().item():6d}  {100 * correct[mask].float().mean().item():7.2f}%  {name}")
     pictures = test_x.permute(0, 2, 3, 1).numpy()
     pred, true = predicted.tolist(), test_y.tolist()
-    first = range(min(32, len(true)))
-    show_grid(pictures[:32], [f"{classes[pred[i]]} / {classes[true[i]]}" for i in first],
-              ['black' if pred[i] == true[i] else 'red' for i in first], "predictions.png",
+    show_grid(pictures[:32], [f"{classes[p]} / {classes[t]}" for p, t in zip(pred[:32], true)],
+              ['black' if p == t else 'red' for p, t in zip(pred[:32], true)], "predictions.png",
               "the first test images: predicted / true (mistakes in red)")
     mistakes = torch.nonzero(~correct).flatten()
     mistakes = mistakes[confidence[mistakes].argsort(descending=True)][:24].tolist()
@@ -234,12 +223,12 @@ def draw_attention(images_uint8, pictures, pred):
     with ctx:
         maps = attention_rollout(model, model_input(images_uint8.to(device), model.config, start.mean, start.std,
                                                     start.test_crop)).cpu().numpy()
-    size = pictures.shape[1]
+    h, w = pictures.shape[1:3]  # pictures kept at their own size may be oblong: the model saw them stretched square
     fig, axes = plt.subplots(2, len(pictures), figsize=(1.8 * len(pictures), 3.8), squeeze=False)
     for i, pixels in enumerate(pictures):
         show(axes[0, i], pixels, f"pred {classes[pred[i]]}", fontsize=8)
         show(axes[1, i], pixels)
-        axes[1, i].imshow(maps[i], cmap='inferno', alpha=0.6, extent=(-0.5, size - 0.5, size - 0.5, -0.5),
+        axes[1, i].imshow(maps[i], cmap='inferno', alpha=0.6, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
                           interpolation='bilinear')
     fig.suptitle('attention rollout over the patch grid (averaged over heads, all layers)', fontsize=9)
     save_figure(fig, "attention.png")

@@ -3,6 +3,7 @@ Picture files as people have them: reading one (any format PIL reads, EXIF-rotat
 into uint8 pixels, and finding the pictures in a folder. prepare.py reads datasets with it, sample.py --image
 your own pictures.
 """
+import contextlib
 import os
 import warnings
 
@@ -48,8 +49,7 @@ def to_pixels(picture, size=0, channels=0):
     mode = picture.mode
     if mode == 'P' and 'transparency' in picture.info or mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
         # transparent pixels become white paper, so black ink on a clear background stays black on white
-        paper = Image.new('RGBA', picture.size, (255, 255, 255, 255))
-        picture = Image.alpha_composite(paper, picture.convert('RGBA'))
+        picture = Image.alpha_composite(Image.new('RGBA', picture.size, 'white'), picture.convert('RGBA'))
     elif mode.startswith('I'):  # 16- or 32-bit grey: PIL's convert('L') would clip everything above 255
         pixels = np.asarray(picture).astype(np.int64 if mode == 'I' else np.int32)
         picture = Image.fromarray(((np.clip(pixels, 0, 65535) + 128) // 257).astype(np.uint8))
@@ -57,8 +57,7 @@ def to_pixels(picture, size=0, channels=0):
     if channels:
         picture = picture.convert('L' if channels == 1 else 'RGB')
     if size:
-        scale = size / min(picture.size)
-        w, h = (max(size, round(side * scale)) for side in picture.size)
+        w, h = (max(size, round(side * (size / min(picture.size)))) for side in picture.size)
         left, top = (w - size) // 2, (h - size) // 2
         picture = picture.resize((w, h), Image.LANCZOS, reducing_gap=3.0).crop((left, top, left + size, top + size))
     pixels = np.array(picture)  # a copy of its own: writable, as torch.from_numpy wants it
@@ -76,10 +75,8 @@ def survey(paths, size):
     for path in paths:
         try:
             with Image.open(path) as picture:
-                w, h = picture.size
-                if orientation(picture) in (5, 6, 7, 8):  # turned a quarter: read_image transposes it
-                    w, h = h, w
-                sides.add((size, size) if size else (h, w))
+                w, h = picture.size  # (h, w) unless EXIF says it was turned a quarter: read_image transposes it
+                sides.add((size, size) if size else (w, h) if orientation(picture) in (5, 6, 7, 8) else (h, w))
                 channels = max(channels, 1 if picture.mode in GREY_MODES or picture.mode.startswith('I') else 3)
         except Exception as e:
             why = why or f"not a picture PIL can read ({type(e).__name__})"
@@ -101,8 +98,9 @@ def pictures_below(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith('.'))  # os.walk itself enters no symlinked folder
         for name in sorted(n for n in names if not n.startswith('.')):
             path = os.path.join(parent, name)
-            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):  # no FIFO, no dangling or looping link
-                pictures.append((path, os.stat(path)))
-            else:
-                others.append(path)
+            with contextlib.suppress(FileNotFoundError):  # deleted since os.walk listed it: one of the others
+                if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):  # no FIFO, no dangling link
+                    pictures.append((path, os.stat(path)))
+                    continue
+            others.append(path)
     return pictures, others

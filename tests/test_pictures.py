@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, make_picture_folder, png_claiming, run_script
-from support.pictures import read_image
+from support.pictures import pictures_below, read_image
 
 FOLDER = TINY + ['--dataset=folder', '--max_iters=4', '--eval_interval=4', '--log_interval=2']
 
@@ -79,6 +79,21 @@ def test_a_picture_too_large_to_decode_whole_is_refused_before_decoding(tmp_path
     # a 16-bit 12000 x 12000 PNG is a few hundred KB on disk and gigabytes once decoded: PNG has no draft mode
     with pytest.raises(ValueError, match=r'too large to decode safely \(12000x12000 pixels, more than 50,000,000\)'):
         read_image(png_claiming(tmp_path / 'deep.png', 12000, 12000))
+
+
+def test_a_picture_deleted_while_its_folder_is_listed_is_left_out(tmp_path, monkeypatch):
+    for name in ('a.png', 'b.png'):
+        Image.new('L', (4, 4)).save(tmp_path / name)
+    real_isfile = os.path.isfile
+
+    def isfile_then_deleted(path):  # b.png goes between the check and the stat
+        found = real_isfile(path)
+        if path.endswith('b.png'):
+            os.remove(path)
+        return found
+    monkeypatch.setattr('support.pictures.os.path.isfile', isfile_then_deleted)
+    pictures, others = pictures_below(str(tmp_path))
+    assert [os.path.basename(p) for p, _ in pictures] == ['a.png'] and others == [str(tmp_path / 'b.png')]
 
 
 @pytest.mark.slow

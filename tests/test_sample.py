@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, grey_folder, png_claiming, run_script
+from conftest import TINY, assert_one_line_error, grey_folder, make_picture_folder, png_claiming, run_script
 from model import ViT, ViTConfig
 
 FIGURES = ('predictions', 'mistakes', 'confusion', 'attention')
@@ -284,3 +284,12 @@ def test_a_sixteen_bit_grey_picture_into_a_grey_model_prints_no_warning(tmp_path
     result = run_script('sample.py', '--out_dir=out', '--device=cpu', f'--image={tmp_path / "deep.png"}', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == '', result.stderr
+
+
+def test_a_run_on_oblong_pictures_is_reported_on_its_own_folder(tmp_path, run_here):
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(20, 4), size=(24, 16))
+    assert run_here('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--patch_size=4', '--max_iters=2',
+                    '--eval_interval=2', '--out_dir=out', cwd=tmp_path).returncode == 0
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', '--n_attention=2', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'test accuracy' in result.stdout and (tmp_path / 'out' / 'attention.png').exists()
