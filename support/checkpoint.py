@@ -12,7 +12,7 @@ import torch
 
 from model import ViTConfig
 from support.device import set_rng_state
-from support.errors import die, note
+from support.errors import die, first_line, note
 
 # what a fine-tuned or resumed model keeps of its source: everything but the data's (in_chans, img_size,
 # n_classes), the init (pos_std) and dropout
@@ -24,7 +24,6 @@ ADDED_LATER = ('layer_scale', 'n_registers')  # ViTConfig fields older checkpoin
 
 @dataclass
 class Start:
-    """What a run's start decides, settled once the dataset is found."""
     model_args: dict  # ViTConfig's arguments: in_chans, img_size and n_classes None where the data decides them
     store_size: int  # the side the dataset is prepared at (0: the pictures' own)
     mean: list = None  # the pixel normalization; None: the training split's statistics
@@ -98,7 +97,6 @@ class Start:
         return model
 
 def from_scratch(config):
-    """The start of a run from random weights: the config's model."""
     args = dict({f.name: config[f.name] for f in fields(ViTConfig) if f.name in config},
                 in_chans=None, img_size=config['img_size'] or None, n_classes=None)
     return Start(args, store_size=config['store_size'] or config['img_size'])
@@ -108,8 +106,7 @@ def architecture_of(saved, config, flags, owner, clash):
     command line asks for against it (--n_layer=3 for a 2-layer checkpoint) stops the run with clash.format(then,
     now); what a config file says against it (a recipe written for another model) yields to it, with a note."""
     differ = [(k, saved[k], config[k]) for k in ARCHITECTURE if k in config and saved[k] != config[k]]
-    clashes = [d for d in differ if d[0] in flags]
-    if clashes:
+    if clashes := [d for d in differ if d[0] in flags]:
         then, now = (', '.join(f'{k}={d[i]!r}' for k, *d in clashes) for i in (0, 1))
         die(clash.format(then, now), 2)
     if differ:
@@ -120,8 +117,7 @@ def architecture_of(saved, config, flags, owner, clash):
 def from_checkpoint(path, config=None, flags=(), world_size=1):
     """The start of a resumed run (config: this run's; flags: the keys its command line sets), or, without a config,
     the checkpoint's run as it was (sample.py)."""
-    checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'optimizer', 'scaler', 'iter_num', 'config',
-                                             'classes', 'rng', 'data_mean', 'data_std', 'store_size', 'n_train'))
+    checkpoint = load_checkpoint(path, keys=('optimizer', 'scaler', 'iter_num', 'rng', 'store_size', 'n_train'))
     args = checkpoint['model_args']
     if config:
         if checkpoint['iter_num'] >= config['max_iters']:
@@ -171,40 +167,35 @@ def save(checkpoint, path):
         if os.path.lexists(tmp_path):
             os.remove(tmp_path)
         kept = f"{path} is left as it was" if os.path.exists(path) else "no checkpoint was kept"
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        reason = getattr(e, 'strerror', None) or first_line(e)
         if isinstance(e, RuntimeError) and shutil.disk_usage(os.path.dirname(path) or '.').free <= written + 2 ** 20:
             reason = f"No space left on device ({written / 2 ** 20:.0f} MiB written, then the disk was full)"
         die(f"could not write the checkpoint {tmp_path}: {reason}; {kept}")
 
 def checkpoint_of(model, optimizers, scaler, iter_num, train_loss, config, classes, mean, std, n_train, start, rngs):
-    """What a checkpoint holds: plain types and tensors only."""
     return {'model': model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
             'scaler': scaler.state_dict(), 'model_args': asdict(model.config), 'iter_num': iter_num,
             'train_loss': train_loss, 'config': config, 'classes': classes, 'data_mean': mean, 'data_std': std,
             'n_train': n_train, 'store_size': start.store_size, 'test_crop': start.test_crop, 'rng': rngs}
 
-def load_checkpoint(path, keys):
-    """The checkpoint dict at path, holding at least keys, its model_args every ViTConfig field (a field this version
-    added: its default), or one line saying why there is none to use."""
+def load_checkpoint(path, keys=()):
+    """The checkpoint dict at path, holding the model, data_mean, data_std, classes, config and keys, its model_args
+    every ViTConfig field (a field this version added: its default), or one line saying why there is none to use."""
     if not os.path.isfile(path):
         die(f"no checkpoint at {path} (train one first, or point out_dir at the run's folder)")
     try:
         # weights_only: a checkpoint is tensors and plain types, nothing that runs code on load
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        die(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}"[:300])
+        die(f"{path} is not a readable checkpoint (truncated or corrupt?): {first_line(e)}")
     if not (isinstance(checkpoint, dict) and 'model' in checkpoint and isinstance(checkpoint.get('model_args'), dict)):
         die(f"{path} is not a nanoViT checkpoint (it needs 'model' and a dict 'model_args')")
-    missing = [k for k in keys if k not in checkpoint]
-    if missing:
+    if missing := [k for k in ('data_mean', 'data_std', 'classes', 'config', *keys) if k not in checkpoint]:
         die(f"{path} lacks {', '.join(missing)}: saved by another version of nanoViT, or edited")
     args, known = checkpoint['model_args'], {f.name: f.default for f in fields(ViTConfig)}
-    unknown = sorted(set(args) - set(known))
-    missing = [k for k in known if k not in args and k not in ADDED_LATER]
-    if unknown:
+    if unknown := sorted(set(args) - set(known)):
         die(f"{path}: model_args hold {', '.join(unknown)}, which this version of nanoViT does not know")
-    if missing:
+    if missing := [k for k in known if k not in args and k not in ADDED_LATER]:
         die(f"{path}: model_args lack {', '.join(missing)}: saved by another version of nanoViT, or edited")
     checkpoint['model_args'] = {k: args.get(k, known[k]) for k in known}
     return checkpoint
@@ -227,7 +218,6 @@ def load_optimizer_states(optimizers, states, path):
             fits = False
         if not fits:
             die(f"{path}: the saved {type(optimizer).__name__} state does not fit this model's parameters")
-        settings = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
+        for saved_group, group in zip(state['param_groups'], optimizer.param_groups):
+            saved_group.update({k: v for k, v in group.items() if k != 'params'})
         optimizer.load_state_dict(state)
-        for group, own in zip(optimizer.param_groups, settings):
-            group.update(own)

@@ -30,6 +30,10 @@ def note(message):
     if os.environ.get('RANK', '0') == '0':
         print(f"note: {message}")
 
+def first_line(e):
+    """An exception in one line, for a message that names it: its type and its message's first line, cut at 200."""
+    return type(e).__name__ + ': ' + str(e).strip().partition('\n')[0][:200]
+
 def import_or_die(package, asked_by):
     """An optional package (timm, wandb), imported when a run asks for it; one line when it is not installed."""
     import importlib

@@ -10,7 +10,7 @@ import torch
 
 from model import ViTConfig, resample_pos_embd
 from support.checkpoint import Start, architecture_of, load_checkpoint
-from support.errors import die, import_or_die
+from support.errors import die, first_line, import_or_die
 
 # torchvision's ViT builders: what their weights do not say (the heads)
 TORCHVISION_VITS = {'vit_b_16': 12, 'vit_b_32': 12, 'vit_l_16': 16, 'vit_l_32': 16, 'vit_h_14': 16}
@@ -27,10 +27,9 @@ def timm_source(init_from, weights):
         model = timm.create_model(name, pretrained=False)  # its shape, nothing fetched
     except RuntimeError as e:
         close = timm.list_models(name.split('.')[0].split('_')[0] + '*', pretrained=True)[:4]
-        die(f"init_from={init_from!r}: timm {timm.__version__} has no model {name!r} ({str(e).splitlines()[0]})"
+        die(f"init_from={init_from!r}: timm {timm.__version__} has no model {name!r} ({first_line(e)})"
             + (f"; for instance {', '.join(close)}" if close else ""), 2)
-    why = timm_refusal(model)
-    if why:
+    if why := timm_refusal(model):
         die(f"init_from={init_from!r} is not a ViT model.py expresses: it has {why}", 2)
     cfg, block, width = model.pretrained_cfg, model.blocks[0], model.embed_dim
     args = dict(asdict(ViTConfig()), img_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0],
@@ -44,9 +43,8 @@ def timm_source(init_from, weights):
         try:
             model = timm.create_model(name, pretrained=True)  # timm's loader: the Hugging Face cache, or a fetch
         except Exception as e:
-            die(f"init_from={init_from!r}: timm could not load its weights ({type(e).__name__}: "
-                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); offline, put them in the Hugging "
-                f"Face cache ($HF_HOME/hub) and set HF_HUB_OFFLINE=1")
+            die(f"init_from={init_from!r}: timm could not load its weights ({first_line(e)}); offline, put them in "
+                f"the Hugging Face cache ($HF_HOME/hub) and set HF_HUB_OFFLINE=1")
     return Start(args, 0, list(cfg['mean']), list(cfg['std']), weights=from_timm(model.state_dict(), model) if weights
                  else None, crop=cfg.get('crop_pct', 0.875))
 
@@ -122,8 +120,7 @@ def torchvision_source(init_from, weights):
         state = entry.get_state_dict(progress=True, weights_only=True)
     except Exception as e:
         if os.path.exists(path):
-            die(f"{path} is not a readable checkpoint (a download cut short? delete it to fetch it again): "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            die(f"{path} is not a readable file (a download cut short? delete it to fetch it again): {first_line(e)}")
         die(f"init_from={init_from!r}: no weights at {path}, and fetching {entry.url} failed "
             f"({type(e).__name__}); offline, put that file there (torchvision looks in $TORCH_HOME/hub/checkpoints)")
     return Start(args, 0, list(transforms.mean), list(transforms.std), list(entry.meta['categories']),
@@ -161,7 +158,7 @@ def read_run(init_from, config):
         die(f"init_from={init_from!r} is neither 'scratch', 'resume', a torchvision ViT "
             f"({', '.join(TORCHVISION_VITS)}, optionally :WEIGHTS), timm:NAME, nor a nanoViT run's out_dir or "
             f"ckpt.pt", 2)
-    checkpoint = load_checkpoint(path, keys=('model', 'model_args', 'data_mean', 'data_std', 'classes', 'config'))
+    checkpoint = load_checkpoint(path)
     # fine-tuned on the data its source trained on, a run holds out no more pictures than the source did: the same
     # fixed shuffle puts the source's held-out pictures first, and any beyond them the source has trained on
     source = checkpoint['config']
@@ -176,9 +173,8 @@ def read_run(init_from, config):
 
 def from_source(init_from, config, flags, weights=True):
     """The start of a fine-tuning run: the source's architecture (what the command line asks against it stops the
-    run) at the side config's img_size asks for (0: the source's), its pixel normalization and test crop, and, unless
-    weights is False (bench.py times the shape alone), its weights with the position embedding resampled to that side.
-    A timm or torchvision ViT's architecture is known before any fetch: whatever is wrong with it stops first."""
+    run) at the side config's img_size asks for (0: the source's), its pixel normalization and test crop, and,
+    unless weights is False (bench.py times the shape alone), its weights, the position embedding resampled to it."""
     fetch = timm_source if init_from.startswith('timm:') else \
         torchvision_source if init_from.split(':')[0] in TORCHVISION_VITS else None
     source = fetch(init_from, weights=False) if fetch else read_run(init_from, config)
@@ -188,8 +184,7 @@ def from_source(init_from, config, flags, weights=True):
     Start(args, 0).settle(classes=['a'])  # a model model.py cannot make stops here, before any fetch
     if fetch and weights:  # all is known to work: now the weights
         source = fetch(init_from, weights=True)
-    state = source.weights
+    state = source.weights  # a dict of its own, loaded or renamed for this run
     if state is not None and args['pos_embd'] == 'learned':
-        state = dict(state, pos_embd=resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size']))
-    return replace(source, model_args=args, store_size=config['store_size'] or args['img_size'], weights=state,
-                   path=init_from)
+        state['pos_embd'] = resample_pos_embd(state['pos_embd'], args['img_size'] // args['patch_size'])
+    return replace(source, model_args=args, store_size=config['store_size'] or args['img_size'], path=init_from)

@@ -19,10 +19,8 @@ from support.locks import hold
 
 def claim_out_dir(out_dir, init_from, ckpt_path):
     """Create out_dir and hold its lock while this process lives (locks.py: a killed run never leaves it stuck); refuse
-    a second run in it, a fresh start over a checkpoint, and a resume without one. A run that stops before its first
-    checkpoint leaves nothing behind. Returns the open lock file: the lock lasts while it is open."""
-    if init_from == 'resume' and not os.path.isfile(ckpt_path):
-        die(f"no checkpoint at {ckpt_path} to resume (train one first, or point out_dir at the run's folder)")
+    a second run in it and a fresh start over a checkpoint (load_checkpoint refuses a resume without one). A run that
+    stops before its first checkpoint leaves nothing behind. Returns the open lock file, held while it is open."""
     atexit.register(forget_a_failed_start, out_dir, ckpt_path, os.path.isdir(out_dir))
     try:
         os.makedirs(out_dir, exist_ok=True)

@@ -323,7 +323,7 @@ def test_a_failed_start_leaves_no_out_dir_and_a_resume_creates_none(tmp_path):
     assert result.returncode == 1 and 'could not load the train split of MNIST' in result.stderr
     assert not (tmp_path / 'out').exists()
     result = run_script('train.py', *TINY, '--out_dir=missing', '--init_from=resume', cwd=tmp_path)
-    assert_one_line_error(result, "no checkpoint at missing/ckpt.pt to resume")
+    assert_one_line_error(result, "no checkpoint at missing/ckpt.pt (train one first")
     assert not (tmp_path / 'missing').exists()
 
 
