@@ -12,7 +12,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 import timeit
 
@@ -31,9 +30,8 @@ from support.runlog import hardware
 
 # -----------------------------------------------------------------------------
 # train.py's keys with its defaults: its block of plain assignments, run here (a script is never imported); then ours
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')) as _f:
-    _train = _f.read().split('\nconfig_keys =')[0]
-exec(_train[_train.index('# default config values'):])
+_train = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')).read()
+exec(_train[_train.index('# default config values'):_train.index('\nconfig_keys =')])
 dtype = 'auto'  # 'auto' here: every dtype this device runs well
 torchvision_vit = True  # also time torchvision's VisionTransformer with the same dims
 bench_warmup = 5  # untimed steps first (compilation, allocator warm-up)
@@ -42,7 +40,6 @@ bench_out = 'bench.json'
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}
-flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}
 # -----------------------------------------------------------------------------
 if bench_iters < 1 or bench_warmup < 0:
     die(f"bench_iters={bench_iters} must be at least 1 and bench_warmup={bench_warmup} 0 or more", 2)
@@ -64,17 +61,15 @@ shape = prepare.get_dataset(dataset).shape if init_from == 'scratch' else (3, *[
 if shape is None and not start.store_size:  # a folder dataset: its shape is in its files, which the bench never reads
     die("bench.py does not read a folder dataset's pictures: give their size with --img_size=N (3 channels assumed)", 2)
 shape = shape or (3, start.store_size, start.store_size)
-n_classes = 10  # the head's size barely moves the step's cost
-vit_config = start.settle(shape, [str(c) for c in range(n_classes)])
+vit_config = start.settle(shape, [str(c) for c in range(10)])  # ten classes: the head's size barely moves the cost
 images = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
-labels = torch.randint(0, n_classes, (batch_size,), device=device)
+labels = torch.randint(0, vit_config.n_classes, (batch_size,), device=device)
 aug = {k.removeprefix('aug_'): v for k, v in config.items() if k.startswith('aug_')}
 
 def get_batch(step):
     # as train.py's get_batch, from pictures already on the device: augmented, then as the model takes them
     x = augment(images.float() / 255, torch.Generator(device=device).manual_seed(step), size=vit_config.img_size, **aug)
-    crop = start.test_crop if not aug_rrc_scale else 1.0
-    return model_input(x, vit_config, [0.5] * shape[0], [0.25] * shape[0], crop)
+    return model_input(x, vit_config, [0.5] * shape[0], [0.25] * shape[0], 1.0 if aug_rrc_scale else start.test_crop)
 
 class Candidate:
     """One way to run the step (ours eager or compiled, torchvision's; a dtype), with its timings so far."""
@@ -93,10 +88,9 @@ class Candidate:
             c = vit_config
             self.model = VisionTransformer(image_size=c.img_size, patch_size=c.patch_size, num_layers=c.n_layer,
                                            num_heads=c.n_head, hidden_dim=c.n_embd, mlp_dim=int(c.mlp_ratio * c.n_embd),
-                                           dropout=c.dropout, num_classes=n_classes).to(device)
+                                           dropout=c.dropout, num_classes=c.n_classes).to(device)
             self.optimizers = [torch.optim.AdamW(self.model.parameters(), lr=learning_rate, betas=(beta1, beta2),
                                                  weight_decay=weight_decay)]
-            # it takes 3-channel pictures
             self.loss_of = lambda x: F.cross_entropy(self.model(x.expand(-1, 3, -1, -1)).float(), labels,
                                                      label_smoothing=label_smoothing)
         self.scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
@@ -104,7 +98,6 @@ class Candidate:
         self.steps, self.optimizer_parts, self.memory = [], [], 0.0 if device_type == 'cuda' else None  # MiB
 
     def step(self, step, timed):
-        """train.py's iteration: forward, backward, clip the unscaled gradients, step, clear."""
         if device_type == 'cuda':
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -158,25 +151,21 @@ for step in range(bench_warmup + bench_iters):
 rows = []
 for c in candidates:
     seconds, ceiling, ceiling_kind = statistics.median(c.steps), *ceilings[c.dtype]
-    achieved = flops_per_step / seconds
-    rows.append(dict(impl=c.impl, mode=c.mode, dtype=c.dtype, ms_per_iter=1000 * seconds,
-                     optimizer_share=statistics.median(c.optimizer_parts) / seconds, images_per_s=batch_size / seconds,
-                     tflops=achieved / 1e12, utilization=achieved / ceiling if ceiling else None,
-                     ceiling=ceiling_kind if ceiling else None, peak_memory_mib=c.memory))
-    r = rows[-1]
-    util = f"{100 * r['utilization']:.1f}% of {ceiling_kind}" if ceiling else "n/a"
+    achieved, share = flops_per_step / seconds, statistics.median(c.optimizer_parts) / seconds
+    rows.append(dict(impl=c.impl, mode=c.mode, dtype=c.dtype, ms_per_iter=1000 * seconds, optimizer_share=share,
+                     images_per_s=batch_size / seconds, tflops=achieved / 1e12, peak_memory_mib=c.memory,
+                     utilization=achieved / ceiling if ceiling else None, ceiling=ceiling_kind if ceiling else None))
+    util = f"{100 * achieved / ceiling:.1f}% of {ceiling_kind}" if ceiling else "n/a"
     mem = f"{c.memory:.0f} MiB" if c.memory is not None else "-"
-    print(f"{c.impl:12s} {c.mode:9s} {c.dtype:9s} {r['ms_per_iter']:9.2f} ms/iter "
-          f"(optimizer {100 * r['optimizer_share']:4.1f}%) "
-          f"{r['images_per_s']:8.0f} img/s {r['tflops']:7.2f} TFLOP/s  {util:>18s}  {mem}")
+    print(f"{c.impl:12s} {c.mode:9s} {c.dtype:9s} {1000 * seconds:9.2f} ms/iter (optimizer {share:5.1%}) "
+          f"{batch_size / seconds:8.0f} img/s {achieved / 1e12:7.2f} TFLOP/s  {util:>18s}  {mem}")
 
 ratios = {}
-for dtype in dtypes:
+for reference in [r for r in rows if r['impl'] == 'torchvision']:  # one a dtype
+    dtype = reference['dtype']
     best = min((r for r in rows if r['impl'] == 'nanoViT' and r['dtype'] == dtype), key=lambda r: r['ms_per_iter'])
-    reference = [r for r in rows if r['impl'] == 'torchvision' and r['dtype'] == dtype]
-    if reference:
-        ratios[dtype] = best['ms_per_iter'] / reference[0]['ms_per_iter']
-        print(f"{dtype}: nanoViT ({best['mode']}) takes {ratios[dtype]:.2f}x the time of torchvision's ViT (eager)")
+    ratios[dtype] = best['ms_per_iter'] / reference['ms_per_iter']
+    print(f"{dtype}: nanoViT ({best['mode']}) takes {ratios[dtype]:.2f}x the time of torchvision's ViT (eager)")
 peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 print(f"peak memory of this process (every candidate above together): {peak_rss:.0f} MiB")
 try:

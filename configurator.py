@@ -55,7 +55,6 @@ def _run_config_file(path):
 
 for _arg in sys.argv[1:]:
     if not _arg.startswith('--'):
-        # a config file: run it in a scratch namespace, then take its keys one by one
         if not os.path.isfile(_arg):
             _config_error(f"config file not found: {_arg}")
         print(f"Overriding config with {_arg}")
@@ -71,3 +70,4 @@ for _arg in sys.argv[1:]:
             _value = _text  # a bare word is a string: --device=cpu
         globals()[_key] = _checked(_key, _value, _arg)
         print(f"Overriding: {_key} = {globals()[_key]!r}")
+flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}  # the keys the command line sets by name

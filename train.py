@@ -99,7 +99,6 @@ data_placement = 'auto'  # 'device': the whole dataset on the device; 'stream': 
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: globals()[k] for k in config_keys}  # plain types only, saved in the checkpoint
-flags = {a[2:].split('=')[0] for a in sys.argv[1:] if a.startswith('--')}  # the keys the command line sets by name
 # -----------------------------------------------------------------------------
 rules.check_config(config, prepare.get_dataset(dataset))  # every value a rule can judge alone (support/rules.py)
 out_dir = os.path.expanduser(out_dir)
@@ -129,7 +128,7 @@ if ddp and not master:
 if init_from == 'scratch':
     start = checkpoint.from_scratch(config)
 elif init_from == 'resume':
-    start = checkpoint.from_checkpoint(ckpt_path, config, flags, world_size)
+    start = checkpoint.from_checkpoint(ckpt_path, config, flags, world_size)  # flags: the keys set on the command line
 else:
     start = pretrained.from_source(init_from, config, flags)
 # the data: found from its files' names and headers, checked, then prepared once (prepare.py: uint8 arrays on disk)

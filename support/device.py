@@ -10,8 +10,7 @@ import torch
 from support.errors import die
 
 def pick_device(requested, local_rank=None):
-    """(device, reason); the GPU it names becomes the current one. local_rank: this process's index on
-    its node under torchrun, which takes the GPU of that index."""
+    """(device, reason); the GPU it names (under torchrun: GPU local_rank, its index on the node) becomes current."""
     if requested == 'auto':
         if torch.cuda.is_available():
             device, reason = 'cuda', f"found {torch.cuda.get_device_name()}"
@@ -34,8 +33,7 @@ def pick_device(requested, local_rank=None):
     return device, reason
 
 def native_dtypes(device_type, capability=None, native_cpu_bf16=None):
-    """[(dtype, reason)] this device runs well, the one dtype='auto' picks first; capability and
-    native_cpu_bf16 are looked up when not given. bench.py times them all."""
+    """[(dtype, reason)] this device runs well, the one dtype='auto' picks first (bench.py times them all)."""
     if device_type == 'cuda':
         major, minor = capability or torch.cuda.get_device_capability()
         # decide by compute capability, not torch.cuda.is_bf16_supported(): that also counts
@@ -139,9 +137,8 @@ def fits_on_device(nbytes, device, data_placement):
     no slower: the operating system keeps what fits of the file in memory, shared by every process that maps it."""
     if data_placement != 'auto':
         return data_placement == 'device'
-    kind = device.split(':')[0]
-    memory = (torch.cuda.get_device_properties(device).total_memory if kind == 'cuda' else
-              torch.mps.recommended_max_memory() if kind == 'mps' else 0)
+    memory = (torch.cuda.get_device_properties(device).total_memory if device.startswith('cuda') else
+              torch.mps.recommended_max_memory() if device.startswith('mps') else 0)
     return nbytes <= memory / 4
 
 def synchronize(device_type):

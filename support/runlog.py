@@ -25,8 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class RunLog:
 
     def __init__(self, out_dir, config, iter_num, device, dtype):
-        """Open the run's records for a run that starts at iter_num (a resume: what the interrupted run logged after
-        its checkpoint goes)."""
+        """The records of a run that starts at iter_num (a resume: what was logged after its checkpoint goes)."""
         self.metrics = os.path.join(out_dir, 'metrics.jsonl')
         kept = [r for r in read_metrics(self.metrics) if r['iter'] <= iter_num] \
             if iter_num and os.path.exists(self.metrics) else []
