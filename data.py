@@ -43,15 +43,14 @@ def affine(x, angle, zoom, shift_x, shift_y):
 def random_resized_crop(x, generator, min_scale, size):
     """Inception's and ImageNet's crop of each picture of x (B, C, H, W): a share of its area drawn from [min_scale, 1],
     an aspect ratio from [3/4, 4/3] (log-uniform), a place, then resized to size x size."""
-    B = x.shape[0]
-    u = torch.rand(4, B, device=x.device, generator=generator)
+    u = torch.rand(4, x.shape[0], device=x.device, generator=generator)
     area = min_scale + (1 - min_scale) * u[0]
     ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
     w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)  # half-sides, in [-1, 1] units
     cx, cy = (1 - w) * (2 * u[2] - 1), (1 - h) * (2 * u[3] - 1)
     zero = torch.zeros_like(w)
     theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
-    grid = F.affine_grid(theta, [B, x.shape[1], size, size], align_corners=False)
+    grid = F.affine_grid(theta, [*x.shape[:2], size, size], align_corners=False)
     return F.grid_sample(x, grid, align_corners=False)
 
 def augment(x, generator, translate=0.0, rotate=0.0, scale=0.0, crop=0, flip=False, rrc_scale=0.0, size=None):

@@ -60,7 +60,6 @@ class ViTConfig:
 
     @property
     def n_prefix(self):
-        # the learned tokens before the patches: the cls token, then the registers
         return (self.pool == 'cls') + self.n_registers
 
 def resample_pos_embd(pos, grid):
@@ -104,13 +103,11 @@ class Attention(nn.Module):
         """softmax(QK^T / sqrt(d)), (B, n_head, T, T): what the fused kernel of forward() applies but never
         writes out. For looking inside the model (sample.py), not for training."""
         q, k, _ = self.heads(x)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        return F.softmax(att.float(), dim=-1).to(q.dtype)
+        return F.softmax((q @ k.mT * (1.0 / math.sqrt(k.size(-1)))).float(), dim=-1).to(q.dtype)
 
     def forward(self, x):
-        q, k, v = self.heads(x)
         # SDPA picks the fastest kernel the hardware has (flash, memory-efficient, or a fused CPU one)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(*self.heads(x), dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(y.transpose(1, 2).flatten(2)))
 
 class MLP(nn.Module):
@@ -119,12 +116,11 @@ class MLP(nn.Module):
         super().__init__()
         hidden = int(config.mlp_ratio * config.n_embd)
         self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.act = nn.GELU()
         self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.proj(self.act(self.fc(x))))
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 class LayerScale(nn.Module):
     """A learned scale per channel (CaiT, DeiT III): a residual branch that starts small lets deep models train."""
@@ -171,10 +167,6 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.head = nn.Linear(config.n_embd, config.n_classes)
-        self.init_weights()
-
-    def init_weights(self):
-        c = self.config
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -184,13 +176,13 @@ class ViT(nn.Module):
             # GPT-2 / nanoGPT: the layers that write into the residual stream start smaller,
             # so the stream's variance does not grow with depth
             if name.startswith('blocks.') and name.endswith('proj.weight'):
-                nn.init.trunc_normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+                nn.init.trunc_normal_(p, std=0.02 / math.sqrt(2 * config.n_layer))
         # the patch embedding is a linear map of each flattened patch: a fan-in init keeps
         # the tokens at unit scale whatever the patch size
-        nn.init.trunc_normal_(self.patch_embd.weight, std=1 / math.sqrt(c.in_chans * c.patch_size ** 2))
-        if c.pos_embd == 'learned':
+        nn.init.trunc_normal_(self.patch_embd.weight, std=1 / math.sqrt(config.in_chans * config.patch_size ** 2))
+        if config.pos_embd == 'learned':
             # cut at 2 std: torch's default cut, at +-2 whatever the std, would shrink a std above 1
-            nn.init.trunc_normal_(self.pos_embd, std=c.pos_std, a=-2 * c.pos_std, b=2 * c.pos_std)
+            nn.init.trunc_normal_(self.pos_embd, std=config.pos_std, a=-2 * config.pos_std, b=2 * config.pos_std)
         for token in (self.cls_token, self.registers):
             if token is not None:
                 nn.init.trunc_normal_(token, std=0.02)
@@ -201,17 +193,14 @@ class ViT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def embed(self, imgs):
-        c = self.config
-        expected = (c.in_chans, c.img_size, c.img_size)
+        expected = (self.config.in_chans, self.config.img_size, self.config.img_size)
         if imgs.dim() != 4 or tuple(imgs.shape[1:]) != expected:
             raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(imgs.shape)}")
-        x = self.patch_embd(imgs).flatten(2).transpose(1, 2)  # (B, grid ** 2, n_embd)
-        x = x + self.pos_embd
+        x = self.patch_embd(imgs).flatten(2).transpose(1, 2) + self.pos_embd  # (B, grid ** 2, n_embd)
         prefix = [token.expand(x.size(0), -1, -1) for token in (self.cls_token, self.registers) if token is not None]
         return self.drop(torch.cat([*prefix, x], dim=1))
 
     def pool(self, x):
-        """What the head reads of the final tokens (B, T, C): the cls token, or the mean of the patch tokens."""
         return x[:, 0] if self.config.pool == 'cls' else x[:, self.config.n_prefix:].mean(dim=1)
 
     def forward(self, imgs, targets=None, label_smoothing=0.0):
@@ -237,6 +226,5 @@ class ViT(nn.Module):
         c = self.config
         T, C, hidden = c.n_prefix + c.grid ** 2, c.n_embd, int(c.mlp_ratio * c.n_embd)
         patch = 2 * c.in_chans * c.img_size ** 2 * C  # each input pixel into each of its token's C channels
-        per_token = 2 * (3 * C * C + C * C + 2 * C * hidden)  # qkv, proj, fc, fc proj
-        attention = 2 * 2 * T * C  # QK^T and att @ V, per token, summed over heads
-        return patch + c.n_layer * T * (per_token + attention) + 2 * C * c.n_classes  # the patches, blocks and head
+        per_token = 2 * (3 * C * C + C * C + 2 * C * hidden + 2 * T * C)  # qkv, proj, fc, fc proj; QK^T, att @ V
+        return patch + c.n_layer * T * per_token + 2 * C * c.n_classes  # the patches, blocks and head

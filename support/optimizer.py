@@ -14,7 +14,7 @@ def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay,
     # (3-D, but not weights, which nanoGPT's "decay every tensor of 2 or more dims" would catch), LayerNorm gains,
     # LayerScale's scales or biases
     weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-    groups = {}  # (kind, lr scale) -> parameters
+    groups = {kind: {} for kind in ('decay', 'no_decay', 'qkv', 'muon')}  # kind -> lr scale -> parameters
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -23,13 +23,11 @@ def configure_optimizers(model, optimizer, learning_rate, muon_lr, weight_decay,
         else:
             kind = 'decay' if id(p) in weights else 'no_decay'
         scale = layer_decay ** (model.config.n_layer + 1 - model.layer_id(name))
-        groups.setdefault((kind, scale), []).append(p)
-    kinds = ['decay', 'no_decay', 'qkv', 'muon']
-    groups = sorted(groups.items(), key=lambda group: (kinds.index(group[0][0]), -group[0][1]))  # a fixed order
+        groups[kind].setdefault(scale, []).append(p)
     adamw = [{'params': params, 'weight_decay': weight_decay if kind == 'decay' else 0.0, 'lr': learning_rate * scale}
-             for (kind, scale), params in groups if kind in ('decay', 'no_decay')]
+             for kind in ('decay', 'no_decay') for scale, params in sorted(groups[kind].items(), reverse=True)]
     muon = [{'params': params, 'lr': muon_lr * scale} | ({'blocks': 3} if kind == 'qkv' else {})
-            for (kind, scale), params in groups if kind in ('qkv', 'muon')]
+            for kind in ('qkv', 'muon') for scale, params in sorted(groups[kind].items(), reverse=True)]
     # fused: the whole update in one pass over the parameters (CUDA and CPU have the kernel)
     optimizers = {'adamw': torch.optim.AdamW(adamw, betas=betas, fused=device_type in ('cuda', 'cpu'))}
     if muon:

@@ -11,7 +11,6 @@ from support.errors import die, import_or_die, note
 def check_config(c, dataset):
     """One line and exit 2 for a value that cannot work; a note for one that works otherwise than it reads. dataset:
     prepare.py's entry (its shape, when known without its files; whether it is digits, which a mirror changes)."""
-    shape = dataset.shape
     if c['wandb_log']:  # missing, it is said before anything is fetched or prepared
         import_or_die('wandb', "wandb_log=True")
     rules = [(k, math.isfinite(v), 'a finite number') for k, v in c.items() if isinstance(v, float)]
@@ -33,13 +32,13 @@ def check_config(c, dataset):
          f"at least muon_momentum_min={c['muon_momentum_min']!r}, where muon_momentum_warmup starts it"),
         ('seed', 0 <= c['seed'] < 2 ** 63, 'in [0, 2**63)'), ('layer_decay', 0 < c['layer_decay'] <= 1, 'in (0, 1]'),
         ('store_size', c['store_size'] == 0 or c['store_size'] >= c['img_size'] > 0, "0, or img_size or more"),
-        ('store_size', c['store_size'] == 0 or not shape, f"0 for {c['dataset']}, whose pictures are kept at their "
-                                                          f"own size (another img_size resizes each batch)")]
+        ('store_size', c['store_size'] == 0 or not dataset.shape,
+         f"0 for {c['dataset']}, whose pictures are kept at their own size (another img_size resizes each batch)")]
     for key, valid, rule in rules:
         if not valid:
             die(f"{key}={c[key]!r} must be {rule}", 2)
     if c['init_from'] == 'scratch':  # the model is the config's: its values fail now, before any download or decode
-        from_scratch(c).settle(shape or (1, c['patch_size']), ['a'])  # stand-ins until the data is found
+        from_scratch(c).settle(dataset.shape or (1, c['patch_size']), ['a'])  # stand-ins until the data is found
     if c['aug_flip'] and dataset.digits:
         die(f"aug_flip=True on {c['dataset']}: a mirrored digit is another digit (use aug_translate, aug_rotate)", 2)
     if c['warmup_iters'] >= c['max_iters']:
