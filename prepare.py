@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from support.errors import die, note
+from support.errors import die, first_line, note
 from support.locks import hold
 from support.pictures import IMAGE_EXTENSIONS, pictures_below, read_image, survey, to_pixels
 
@@ -164,7 +164,7 @@ def open_torchvision(kind, data_dir, split, folder):
         try:
             return kind(data_dir, download=True, **way) if 'download' in parameters else kind(data_dir, **way)
         except Exception as e:
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:200]
+            reason = first_line(e)
             if not isinstance(e, ValueError):  # a ValueError: a split this class does not have; try the next name
                 break
     where = os.path.join(data_dir, folder) if folder else data_dir

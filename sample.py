@@ -78,7 +78,7 @@ def as_the_model_sees(path):
     preprocessing, other pictures a resize of the shorter side and a centre crop, as folder datasets do."""
     c = model.config
     original = read_image(path)
-    if digits:  # PIL makes it grey (ITU-R 601, as data.grey)
+    if digits:  # PIL makes it grey (ITU-R 601, as data.GREY)
         return to_mnist(read_image(path, channels=1)[:, :, 0].astype(np.float32))[:, :, None], original, ''
     note = f" (made {'colour' if c.in_chans == 3 else 'grey'}: the model takes {c.in_chans}-channel pictures)" \
         if original.shape[2] != c.in_chans else ''

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from support.errors import die
+from support.errors import die, first_line
 
 def pick_device(requested, local_rank=None):
     """(device, reason); the GPU it names (under torchrun: GPU local_rank, its index on the node) becomes current."""
@@ -103,7 +103,7 @@ def try_compile(model, compile, ctx, x, y, iterations):
             loss.backward()
         return fast, "on"
     except Exception as e:
-        return model, f"off (torch.compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+        return model, f"off (torch.compile failed: {first_line(e)})"
     finally:
         model.zero_grad(set_to_none=True)
 

@@ -49,7 +49,7 @@ def check_config(c, dataset):
 
 def check_against_data(c, found, world_size):
     """One line and exit 2 for a value that cannot work with the dataset found (prepare.find), before it is prepared."""
-    n, side = found.sizes['train'], found.shape[-1]
+    n, side = found.sizes['train'], min(found.shape[-2:])
     if c['val_size'] >= n:
         die(f"val_size={c['val_size']} holds out every training picture: the training split of {found.name} has {n}", 2)
     batch = c['batch_size'] * c['gradient_accumulation_steps'] * world_size
@@ -60,5 +60,5 @@ def check_against_data(c, found, world_size):
     # shifts as large as the picture leave nothing of it: the augmentation trains on black, the test views are void
     for key in ('aug_crop', 'aug_translate', 'tta_shift'):
         if c[key] >= side // 2:
-            die(f"{key}={c[key]!r} shifts the {side}x{side} pictures by half their side or more; keep it below "
-                f"{side // 2}", 2)
+            die(f"{key}={c[key]!r} shifts the {found.shape[-1]}x{found.shape[-2]} pictures by half their shorter "
+                f"side or more; keep it below {side // 2}", 2)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY, assert_one_line_error
+from conftest import REPO, TINY, assert_one_line_error, make_picture_folder
 
 
 @pytest.mark.parametrize('args,message', [
@@ -80,7 +80,7 @@ def test_impossible_values_stop_at_start_with_one_line(flag, message, tmp_path, 
 
 @pytest.mark.parametrize('flag,message', [
     ('nan.py', 'pos_std=nan must be a finite number'),
-    ('--tta_shift=14', 'tta_shift=14 shifts the 28x28 pictures by half their side or more; keep it below 14'),
+    ('--tta_shift=14', 'tta_shift=14 shifts the 28x28 pictures by half their shorter side or more; keep it below 14'),
     ('--aug_translate=20.0', 'aug_translate=20.0 shifts the 28x28 pictures'),
     ('--val_size=2000', 'val_size=2000 holds out every training picture: the training split of MNIST has 2000'),
     ('--val_size=1990', 'batch_size=32 x gradient_accumulation_steps=1 x 1 process(es) = 32 pictures an iteration, more '
@@ -100,6 +100,14 @@ def test_values_that_cannot_mean_anything_for_the_data_stop_at_start(flag, messa
     assert_one_line_error(result, message, code=2)
     assert 'decoded' not in result.stdout and not any(cache.rglob('*.u8'))
     assert not (tmp_path / 'out' / 'metrics.jsonl').exists()
+
+
+def test_shifts_are_judged_by_the_shorter_side_of_oblong_pictures(tmp_path, run_here):
+    root = make_picture_folder(str(tmp_path / 'pictures'), per_class=(20, 4), size=(24, 16))  # 24 wide, 16 high
+    result = run_here('train.py', *TINY, '--dataset=folder', f'--data_dir={root}', '--patch_size=4', '--aug_crop=9',
+                      '--out_dir=out', cwd=tmp_path, env={'XDG_CACHE_HOME': str(tmp_path / 'cache')})
+    assert_one_line_error(result, 'aug_crop=9 shifts the 24x16 pictures by half their shorter side or more; keep it '
+                                  'below 8', code=2)
 
 
 def test_a_config_file_that_is_not_utf8(tmp_path, run_here):
