@@ -111,6 +111,22 @@ SUITES = {
         '3 layers with an MLP 2x wide 64 wide for 2900 steps and Muon lr 0.015': [
             '--aug_crop=2', '--n_layer=3', '--mlp_ratio=2.0', '--max_iters=2900', '--n_embd=64', '--muon_lr=0.015'],
     }),
+    # cheaper steps for the speedrun (2026-12-07, AVX-512 BF16 EPYC): the steps timed in turn, records/README.md
+    'mnist_speedrun_step': (['records/recipes/mnist_speedrun_2026-12-06.py'], 1170, 128, 5000, {
+        'baseline': [],
+        'mean pooling': ['--pool=mean'],
+        'an MLP 2x wide (not 4x)': ['--mlp_ratio=2.0'],
+        'mean pooling and an MLP 2x wide': ['--pool=mean', '--mlp_ratio=2.0'],
+        'mean pooling and an MLP 2x wide for 3 epochs (1404 steps)': ['--pool=mean', '--mlp_ratio=2.0',
+                                                                      '--max_iters=1404'],
+        'mean pooling for 2.25 epochs (1053 steps)': ['--pool=mean', '--max_iters=1053'],
+        'mean pooling for 2 epochs (936 steps)': ['--pool=mean', '--max_iters=936'],
+        'mean pooling and an MLP 2x wide for 2.25 epochs (1053 steps)': ['--pool=mean', '--mlp_ratio=2.0',
+                                                                         '--max_iters=1053'],
+        'mean pooling and 3 layers (not 4)': ['--pool=mean', '--n_layer=3'],
+        'mean pooling and 3 layers for 3 epochs (1404 steps)': ['--pool=mean', '--n_layer=3', '--max_iters=1404'],
+        'mean pooling and 3 layers, 9 test-time views (not 5)': ['--pool=mean', '--n_layer=3', '--tta_views=9'],
+    }),
     'mnist_prototype': (['records/recipes/mnist_2026-12-02.py'], 1000, 32, 5000, {
         'baseline': [],
         'linear decay to 0': ['--lr_schedule=linear', '--min_lr=0'],
