@@ -66,7 +66,7 @@ for _arg in sys.argv[1:]:
         _key, _text = _arg[2:].split('=', 1)
         try:  # a string key takes the text as it is: --out_dir=2024 is a folder, not a number
             _value = _text if isinstance(globals().get(_key), str) else literal_eval(_text)
-        except (SyntaxError, ValueError):
+        except (SyntaxError, ValueError, TypeError):  # TypeError: {[]: 1}
             _value = _text  # a bare word is a string: --device=cpu
         globals()[_key] = _checked(_key, _value, _arg)
         print(f"Overriding: {_key} = {globals()[_key]!r}")

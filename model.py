@@ -103,7 +103,8 @@ class Attention(nn.Module):
         """softmax(QK^T / sqrt(d)), (B, n_head, T, T): what the fused kernel of forward() applies but never
         writes out. For looking inside the model (sample.py), not for training."""
         q, k, _ = self.heads(x)
-        return F.softmax((q @ k.mT * (1.0 / math.sqrt(k.size(-1)))).float(), dim=-1).to(q.dtype)
+        att = q @ k.mT * (1.0 / math.sqrt(k.size(-1)))
+        return F.softmax(att.float(), dim=-1).to(q.dtype)
 
     def forward(self, x):
         # SDPA picks the fastest kernel the hardware has (flash, memory-efficient, or a fused CPU one)

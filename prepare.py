@@ -148,7 +148,7 @@ def find_torchvision(name, folder, data_dir, size):
     return Found(name, path, key, classes, shape, {s: len(ds) for s, ds in splits.items()}, pictures)
 
 def sorted_files(folder):
-    return sorted((entry.path, entry.stat()) for entry in os.scandir(folder)) if os.path.isdir(folder) else []
+    return sorted((entry.path, os.stat(entry.path)) for entry in os.scandir(folder)) if os.path.isdir(folder) else []
 
 def open_torchvision(kind, data_dir, split, folder):
     """A split of a torchvision dataset class: train=True/False, or split='trainval' or 'train' / 'test' or 'val'."""

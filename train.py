@@ -29,7 +29,7 @@ from support.runlog import RunLog, duration
 from support.optimizer import configure_optimizers
 
 # -----------------------------------------------------------------------------
-# default config values: config/*.py files and --key=value flags override them
+# default config values: config/*.py files and --key=value flags override them (bench.py runs this block too)
 # I/O
 out_dir = 'out-mnist'  # the run's folder: ckpt.pt, metrics.jsonl, curves.png, run.json, log.txt
 eval_interval = 250  # evaluate on the whole validation and test splits, then checkpoint, every this many iterations

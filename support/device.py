@@ -4,6 +4,7 @@ random state (dropout draws) a checkpoint carries, and means over all of them.
 """
 import importlib.util
 import sys
+from contextlib import nullcontext
 
 import torch
 
@@ -64,7 +65,8 @@ def pick_dtype(requested, device_type, capability=None, native_cpu_bf16=None):
     return native_dtypes(device_type, capability, native_cpu_bf16)[0]
 
 def autocast(device_type, dtype):
-    return torch.autocast(device_type, getattr(torch, dtype), enabled=dtype != 'float32')
+    # float32 never enters torch.autocast: older torch (2.3) refuses 'mps' there, even disabled
+    return nullcontext() if dtype == 'float32' else torch.autocast(device_type, getattr(torch, dtype))
 
 def compile_blocker(device_type):
     """Why torch.compile cannot run here, or None when it should."""

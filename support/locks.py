@@ -9,6 +9,7 @@ def hold(f, wait=True):
     """Lock the open file f for this process; True once held. wait=False: False at once if another process holds it."""
     if os.name == 'nt':
         import msvcrt
+        f.seek(0)  # msvcrt locks bytes from the file's position: every process the same first byte
         while True:
             try:
                 msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)

@@ -3,8 +3,8 @@ Picture files as people have them: reading one (any format PIL reads, EXIF-rotat
 into uint8 pixels, and finding the pictures in a folder. prepare.py reads datasets with it, sample.py --image
 your own pictures.
 """
-import contextlib
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -98,9 +98,12 @@ def pictures_below(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith('.'))  # os.walk itself enters no symlinked folder
         for name in sorted(n for n in names if not n.startswith('.')):
             path = os.path.join(parent, name)
-            with contextlib.suppress(FileNotFoundError):  # deleted since os.walk listed it: one of the others
-                if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):  # no FIFO, no dangling link
-                    pictures.append((path, os.stat(path)))
-                    continue
-            others.append(path)
+            try:  # one stat: a FIFO, a dangling or looping link, a file deleted since it was listed are no pictures
+                info = os.stat(path)
+            except OSError:
+                info = None
+            if info and stat.S_ISREG(info.st_mode) and name.lower().endswith(IMAGE_EXTENSIONS):
+                pictures.append((path, info))
+            else:
+                others.append(path)
     return pictures, others

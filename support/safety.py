@@ -19,9 +19,11 @@ from support.locks import hold
 
 def claim_out_dir(out_dir, init_from, ckpt_path):
     """Create out_dir and hold its lock while this process lives (locks.py: a killed run never leaves it stuck); refuse
-    a second run in it and a fresh start over a checkpoint (load_checkpoint refuses a resume without one). A run that
-    stops before its first checkpoint leaves nothing behind. Returns the open lock file, held while it is open."""
-    atexit.register(forget_a_failed_start, out_dir, ckpt_path, os.path.isdir(out_dir))
+    a second run in it, a fresh start over a checkpoint, and a resume without one. A run that stops before its first
+    checkpoint leaves nothing behind. Returns the open lock file, held while it is open."""
+    if init_from == 'resume' and not os.path.isfile(ckpt_path):  # before anything in out_dir is touched
+        die(f"no checkpoint at {ckpt_path} to resume (train one first, or point out_dir at the run's folder)")
+    existed = os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         lock = open(os.path.join(out_dir, 'lock'), 'a+')
@@ -29,6 +31,8 @@ def claim_out_dir(out_dir, init_from, ckpt_path):
             lock.seek(0)
             die(f"out_dir={out_dir!r} is in use by another run ({lock.read().strip() or 'unknown process'}): "
                 f"wait for it to finish, stop it, or choose another --out_dir", 2)
+        # from here on the folder is this run's: what it writes is cleared if it stops before its first checkpoint
+        atexit.register(forget_a_failed_start, out_dir, ckpt_path, existed)
         if init_from != 'resume' and os.path.exists(ckpt_path):
             die(f"{ckpt_path} already holds a run; carry it on with --init_from=resume, or to start over delete "
                 f"{out_dir} (or choose another --out_dir)", 2)

@@ -16,6 +16,7 @@ from conftest import REPO, TINY, assert_one_line_error, make_picture_folder
     (['--_started=0.0'], "unknown config key '_started'"),
     (['config/missing.py'], "config error: config file not found: config/missing.py"),
     (['--batch_size'], "config error: --batch_size: overrides are written --key=value"),
+    (['--max_iters={[]:1}'], "config error: --max_iters={[]:1}: max_iters must be int (default 1000), got '{[]:1}'"),
 ])
 def test_configurator_errors_exit_2(args, message, tmp_path, run_here):
     result = run_here('train.py', *args, cwd=tmp_path)

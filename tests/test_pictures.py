@@ -84,14 +84,13 @@ def test_a_picture_too_large_to_decode_whole_is_refused_before_decoding(tmp_path
 def test_a_picture_deleted_while_its_folder_is_listed_is_left_out(tmp_path, monkeypatch):
     for name in ('a.png', 'b.png'):
         Image.new('L', (4, 4)).save(tmp_path / name)
-    real_isfile = os.path.isfile
+    real_walk = os.walk
 
-    def isfile_then_deleted(path):  # b.png goes between the check and the stat
-        found = real_isfile(path)
-        if path.endswith('b.png'):
-            os.remove(path)
-        return found
-    monkeypatch.setattr('support.pictures.os.path.isfile', isfile_then_deleted)
+    def walk_then_delete(folder):  # b.png goes after its folder is listed, before it is looked at
+        for parent, dirs, names in real_walk(folder):
+            os.remove(os.path.join(parent, 'b.png'))
+            yield parent, dirs, names
+    monkeypatch.setattr('support.pictures.os.walk', walk_then_delete)
     pictures, others = pictures_below(str(tmp_path))
     assert [os.path.basename(p) for p, _ in pictures] == ['a.png'] and others == [str(tmp_path / 'b.png')]
 

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from conftest import FAST, REPO, TINY, assert_one_line_error, grey_folder, read_jsonl, run_script
+from conftest import FAST, TINY, assert_one_line_error, grey_folder, read_jsonl, run_script
 
 
 def test_a_run_says_where_it_came_from(trained_run):

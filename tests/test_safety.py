@@ -2,7 +2,6 @@
 divergence that never replaces a good checkpoint, a full disk, a torn metrics file, and the same under torchrun; the
 held-out split kept apart, schedules that say what they do, and a run's folder that says where it came from."""
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -73,8 +72,10 @@ def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_lives(synth
     args = [*RUN, f'--data_dir={synthetic_data}', '--max_iters=100000', '--eval_interval=100000', '--out_dir=out']
     first = start_script('train.py', *args, cwd=tmp_path)
     wait_for_line(first, 'iter 3/')
-    second = run_here('train.py', *args, cwd=tmp_path)
+    second = run_script('train.py', *args, cwd=tmp_path)  # a process of its own: its exit handlers run as it ends
     assert_one_line_error(second, f"out_dir='out' is in use by another run (pid {first.pid} on ", code=2)
+    # the refused run clears nothing of the live one's, which has no checkpoint yet
+    assert all((tmp_path / 'out' / name).exists() for name in ('lock', 'log.txt', 'run.json'))
     first.kill()  # no chance to clean up: the lock must not outlive it
     first.wait()
     third = run_here('train.py', *args[:-3], '--max_iters=5', '--eval_interval=5', '--out_dir=out', cwd=tmp_path)
@@ -323,8 +324,14 @@ def test_a_failed_start_leaves_no_out_dir_and_a_resume_creates_none(tmp_path):
     assert result.returncode == 1 and 'could not load the train split of MNIST' in result.stderr
     assert not (tmp_path / 'out').exists()
     result = run_script('train.py', *TINY, '--out_dir=missing', '--init_from=resume', cwd=tmp_path)
-    assert_one_line_error(result, "no checkpoint at missing/ckpt.pt (train one first")
+    assert_one_line_error(result, "no checkpoint at missing/ckpt.pt to resume (train one first")
     assert not (tmp_path / 'missing').exists()
+    (tmp_path / 'kept').mkdir()  # a run's logs without its checkpoint (records/runs/ keeps such folders)
+    for name in ('log.txt', 'metrics.jsonl', 'run.json'):
+        (tmp_path / 'kept' / name).write_text('{}\n')
+    result = run_script('train.py', *TINY, '--out_dir=kept', '--init_from=resume', cwd=tmp_path)
+    assert_one_line_error(result, "no checkpoint at kept/ckpt.pt to resume")
+    assert sorted(os.listdir(tmp_path / 'kept')) == ['log.txt', 'metrics.jsonl', 'run.json']
 
 
 def test_a_save_that_runs_out_of_space_says_so_in_one_line(copy_of_run, resume, monkeypatch):
