@@ -9,8 +9,9 @@
 # say. The 97% goal is open (records/README.md).
 # On a 2-core AMD EPYC with AVX2 and no AVX-512 (float32, reference step about 75 ms), 2026-12-07: 2.6 s a step, and
 # the first line, after 10 steps (about half a minute), gave the whole run's eta: 52m27s, two evaluations included
-# (not run to its end). Then on the AVX-512 BF16 EPYC (reference step 34-54 ms that hour), 2026-12-07, the first line
-# (after 10 steps, about 10 s in) said eta 20m09s; the whole process took 19m50s, 94.48% (records/runs/mnist-2026-12-07/).
+# (not run to its end). Then on the AVX-512 BF16 EPYC (reference step 34-54 ms that hour), 2026-12-07, the first
+# line (after 10 steps, about 10 s in) said eta 20m09s; the whole process took 19m50s, 94.48%
+# (records/runs/mnist-2026-12-07/).
 # What moved it (records/README.md, "config/mnist.py"): a position embedding that starts at std 1.0, not
 # 0.02; a learning rate of 3e-4, not 1e-3; LayerNorm on queries and keys (qk_norm).
 out_dir = 'out-mnist'
