@@ -20,7 +20,7 @@ def test_small_vit_learns_real_mnist(tmp_path):
     assert result.returncode == 0, result.stderr
     assert 'data: mnist, 60000 train / 0 val / 10000 test images' in result.stdout
     final = final_eval(tmp_path / 'out')
-    assert final['test_acc'] >= 0.95, final  # measured 97.34% on a 2-core AMD EPYC (2026-12-06, the 2.5-epoch recipe)
+    assert final['test_acc'] >= 0.95, final  # measured 97.13% on a 2-core AMD EPYC (2026-12-07, 3 layers)
 # measured on a 2-core AMD EPYC: 49.61% (seed 1337) and 50.33% (seed 7); the floor leaves room for other CPUs
 FLOOR = 0.47
 
