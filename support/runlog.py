@@ -134,8 +134,10 @@ def versions():
     return found
 
 def hardware(device):
-    """The machine a run's speed depends on: the CPU (model, cores, the flags that decide native bf16) and the GPU."""
-    cpu = dict(model=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads())
+    """The machine a run's speed depends on: the CPU (model, cores, the flags that decide native bf16, the kernels torch
+    picked for it: ATEN_CPU_CAPABILITY can pick others) and the GPU."""
+    cpu = dict(model=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads(),
+               kernels=torch.backends.cpu.get_cpu_capability())  # AVX2, AVX512: a seed trains otherwise on each
     with contextlib.suppress(OSError, StopIteration), open('/proc/cpuinfo') as f:  # Linux's, which names the model
         lines = f.read().splitlines()
         cpu['model'] = next(line.split(':', 1)[1].strip() for line in lines if line.startswith('model name'))

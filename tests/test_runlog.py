@@ -19,6 +19,7 @@ def test_a_run_says_where_it_came_from(trained_run):
     assert start['config']['max_iters'] == 200 and start['versions']['torch'] == torch.__version__
     assert len(start['commit']['id']) == 40 and isinstance(start['commit']['changed'], bool)
     assert start['hardware']['cpu']['cores'] == os.cpu_count() and start['dtype'] == 'float32'
+    assert start['hardware']['cpu']['kernels'] == torch.backends.cpu.get_cpu_capability()  # a seed's numbers hang on it
     log = (trained_run.out / 'log.txt').read_text()
     assert 'step 200: train loss' in log and 'done: test acc' in log  # what the run printed
 
