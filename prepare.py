@@ -9,6 +9,7 @@ A prepared dataset is a folder in ~/.cache/nanovit ($XDG_CACHE_HOME/nanovit), na
 train.u8 and test.u8 (the pictures, N x C x H x W bytes), train.i64 and test.i64 (their labels) and meta.json.
 It is written in a folder of its own renamed into place when whole, and checked (a CRC-32) at every start.
 """
+import contextlib
 import glob
 import hashlib
 import json
@@ -148,7 +149,13 @@ def find_torchvision(name, folder, data_dir, size):
     return Found(name, path, key, classes, shape, {s: len(ds) for s, ds in splits.items()}, pictures)
 
 def sorted_files(folder):
-    return sorted((entry.path, os.stat(entry.path)) for entry in os.scandir(folder)) if os.path.isdir(folder) else []
+    """(path, os.stat) of each name in folder, sorted: what a torchvision dataset's key is made of. A name with no
+    file behind it (a dangling link) is left out: no dataset can read it."""
+    files = []
+    for entry in os.scandir(folder) if os.path.isdir(folder) else []:
+        with contextlib.suppress(OSError):
+            files.append((entry.path, os.stat(entry.path)))
+    return sorted(files)
 
 def open_torchvision(kind, data_dir, split, folder):
     """A split of a torchvision dataset class: train=True/False, or split='trainval' or 'train' / 'test' or 'val'."""

@@ -655,6 +655,7 @@ def test_cifar100_in_its_own_format(tmp_path, run_here, monkeypatch):
         data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
         pickle.dump({'data': data, 'fine_labels': labels, 'coarse_labels': labels}, open(folder / split, 'wb'))
     pickle.dump({'fine_label_names': ['apple', 'bee', 'cloud']}, open(folder / 'meta', 'wb'))
+    os.symlink(folder / 'moved-away', folder / 'old-link')  # a dangling link beside them is no file to key on
     monkeypatch.setattr(torchvision.datasets.CIFAR100, '_check_integrity', lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, 'check_integrity', lambda *args: True)
     result = run_here('train.py', '--dataset=cifar100', f"--data_dir={tmp_path / 'data'}", '--n_layer=1', '--n_head=2',
