@@ -49,7 +49,9 @@ def to_pixels(picture, size=0, channels=0):
     mode = picture.mode
     if mode == 'P' and 'transparency' in picture.info or mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
         # transparent pixels become white paper, so black ink on a clear background stays black on white
-        picture = Image.alpha_composite(Image.new('RGBA', picture.size, 'white'), picture.convert('RGBA'))
+        # (PIL turns 'La', grey premultiplied by its alpha as some TIFFs store it, into RGBA only through 'LA')
+        rgba = (picture.convert('LA') if mode == 'La' else picture).convert('RGBA')
+        picture = Image.alpha_composite(Image.new('RGBA', picture.size, 'white'), rgba)
     elif mode.startswith('I'):  # 16- or 32-bit grey: PIL's convert('L') would clip everything above 255
         pixels = np.asarray(picture).astype(np.int64 if mode == 'I' else np.int32)
         picture = Image.fromarray(((np.clip(pixels, 0, 65535) + 128) // 257).astype(np.uint8))

@@ -32,6 +32,20 @@ def test_transparency_is_laid_on_white(tmp_path):
     assert read_image(tmp_path / 'grey-ink.png').shape == (20, 20, 1)
 
 
+def test_premultiplied_grey_and_alpha_is_laid_on_white(tmp_path):
+    # a TIFF whose alpha is "associated" (its grey already multiplied by it) opens in PIL's mode 'La', which PIL
+    # converts to RGBA only through 'LA'; PIL writes no such TIFF, so one is made from an 'LA' one by its tag
+    grey = np.zeros((4, 4, 2), dtype=np.uint8)
+    grey[..., 0], grey[..., 1] = 50, 128  # 50 = 100 x 128 / 255: grey 100, half transparent
+    Image.fromarray(grey, 'LA').save(tmp_path / 'la.tif')
+    unassociated = bytes.fromhex('5201 0300 01000000 0200')  # ExtraSamples (338), one SHORT: 2
+    tiff = (tmp_path / 'la.tif').read_bytes()
+    assert tiff.count(unassociated) == 1
+    (tmp_path / 'la.tif').write_bytes(tiff.replace(unassociated, unassociated[:-2] + b'\x01\x00'))  # 1: associated
+    assert Image.open(tmp_path / 'la.tif').mode == 'La'
+    assert abs(int(read_image(tmp_path / 'la.tif')[0, 0, 0]) - 177) <= 1  # 100 x 0.5 + 255 x 0.5
+
+
 def test_exif_rotation_is_applied(tmp_path):
     picture = np.zeros((10, 30, 3), dtype=np.uint8)
     picture[:, :10] = 255  # the left third white
