@@ -74,15 +74,18 @@ def image_paths(spec):
     return paths
 
 def as_the_model_sees(path):
-    """(uint8 (S, S, C) as the model takes it, what to show of the original, a note or ''): digits get MNIST's
-    preprocessing, other pictures a resize of the shorter side and a centre crop, as folder datasets do."""
+    """(uint8 (H, W, C) as the model takes it, what to show of the original, a note or ''): digits get MNIST's
+    preprocessing, other pictures a resize of the shorter side and a centre crop, as folder datasets do (to the
+    sides of the run's pictures where it kept them whole and oblong: the model stretches them square)."""
     c = model.config
     original = read_image(path)
     if digits:  # PIL makes it grey (ITU-R 601, as data.GREY)
         return to_mnist(read_image(path, channels=1)[:, :, 0].astype(np.float32))[:, :, None], original, ''
     note = f" (made {'colour' if c.in_chans == 3 else 'grey'}: the model takes {c.in_chans}-channel pictures)" \
         if original.shape[2] != c.in_chans else ''
-    return read_image(path, size=start.store_size or c.img_size, channels=c.in_chans), original, note
+    oblong = not start.store_size and start.shape and start.shape[1] != start.shape[2]
+    return read_image(path, size=tuple(start.shape[1:]) if oblong else start.store_size or c.img_size,
+                      channels=c.in_chans), original, note
 
 def save_figure(fig, name):
     path = os.path.join(figures_dir, name)

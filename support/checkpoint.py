@@ -38,6 +38,7 @@ class Start:
     path: str = None  # the checkpoint's file, or the source's name
     resumed: bool = False
     crop: float = 0.875  # the share of the side a test picture is cut to, when kept larger than the model's side
+    shape: tuple = None  # the pictures' (C, H, W) as the dataset keeps them (oblong ones are stretched square)
 
     @property
     def test_crop(self):
@@ -52,6 +53,7 @@ class Start:
                 f"run's own data", 2)
         args = dict(self.model_args)
         if shape:
+            self.shape = tuple(shape)  # saved with the model: sample.py cuts a picture of its own to their aspect
             args.update(in_chans=args['in_chans'] or shape[0], img_size=args['img_size'] or shape[-1])
         if classes:
             args['n_classes'] = args['n_classes'] or len(classes)
@@ -147,7 +149,8 @@ def from_checkpoint(path, config=None, flags=(), world_size=1):
     return Start(args, checkpoint['store_size'], checkpoint['data_mean'], checkpoint['data_std'], checkpoint['classes'],
                  checkpoint['model'], checkpoint['iter_num'], train_loss,
                  {k: checkpoint[k] for k in ('optimizer', 'scaler', 'rng')}, checkpoint['config'],
-                 checkpoint['n_train'], path, resumed=True, crop=checkpoint.get('test_crop', 0.875))
+                 checkpoint['n_train'], path, resumed=True, crop=checkpoint.get('test_crop', 0.875),
+                 shape=checkpoint.get('picture_shape'))  # a checkpoint from before 2026-12-07 lacks it
 
 # -----------------------------------------------------------------------------
 # the file
@@ -176,7 +179,8 @@ def checkpoint_of(model, optimizers, scaler, iter_num, train_loss, config, class
     return {'model': model.state_dict(), 'optimizer': [opt.state_dict() for opt in optimizers],
             'scaler': scaler.state_dict(), 'model_args': asdict(model.config), 'iter_num': iter_num,
             'train_loss': train_loss, 'config': config, 'classes': classes, 'data_mean': mean, 'data_std': std,
-            'n_train': n_train, 'store_size': start.store_size, 'test_crop': start.test_crop, 'rng': rngs}
+            'n_train': n_train, 'store_size': start.store_size, 'test_crop': start.test_crop, 'rng': rngs,
+            'picture_shape': start.shape}
 
 def load_checkpoint(path, keys=()):
     """The checkpoint dict at path, holding the model, data_mean, data_std, classes, config and keys, its model_args

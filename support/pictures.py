@@ -20,8 +20,9 @@ def read_image(path, size=0, channels=0, max_side=2048):
     """A picture file as uint8 (H, W, C), in any format PIL reads: EXIF rotation applied, the first frame of an
     animation, transparency laid over white, 16-bit grey scaled to 8 bits, palettes and CMYK made RGB. C is 1 for
     grey and 3 for colour, or channels when given. size > 0: the shorter side resized to size and the centre
-    size x size cut out. max_side > 0: a larger picture is shrunk while it is decoded, so a 10000 x 10000 photo
-    costs about what a 2000 x 2000 one does. A bad file raises ValueError."""
+    size x size cut out; size (h, w): resized to cover h x w and its centre h x w cut out. max_side > 0: a larger
+    picture is shrunk while it is decoded, so a 10000 x 10000 photo costs about what a 2000 x 2000 one does. A bad
+    file raises ValueError."""
     try:
         with warnings.catch_warnings():
             # pictures between PIL's two pixel limits only warn; we shrink them as we decode
@@ -29,7 +30,8 @@ def read_image(path, size=0, channels=0, max_side=2048):
             picture = Image.open(path)
         with picture:
             if size or max_side:
-                picture.draft('RGB', (size or max_side, size or max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+                box = size[::-1] if isinstance(size, tuple) else (size or max_side,) * 2  # (width, height)
+                picture.draft('RGB', box)  # JPEG: decode at 1/2, 1/4 or 1/8 scale, no smaller than box
             if picture.width * picture.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{picture.width}x{picture.height} pixels, more than {MAX_PIXELS:,}")
             if orientation(picture) != 1:  # the EXIF orientation tag says the camera was turned
@@ -45,7 +47,7 @@ def read_image(path, size=0, channels=0, max_side=2048):
         raise ValueError(f"not a picture PIL can read ({type(e).__name__})") from None
 
 def to_pixels(picture, size=0, channels=0):
-    """A PIL picture as uint8 (H, W, C) (read_image's rules), at size x size when size > 0."""
+    """A PIL picture as uint8 (H, W, C) (read_image's rules), at size x size when size > 0, or size (h, w)."""
     mode = picture.mode
     if mode == 'P' and 'transparency' in picture.info or mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa'):
         # transparent pixels become white paper, so black ink on a clear background stays black on white
@@ -59,9 +61,11 @@ def to_pixels(picture, size=0, channels=0):
     if channels:
         picture = picture.convert('L' if channels == 1 else 'RGB')
     if size:
-        w, h = (max(size, round(side * (size / min(picture.size)))) for side in picture.size)
-        left, top = (w - size) // 2, (h - size) // 2
-        picture = picture.resize((w, h), Image.LANCZOS, reducing_gap=3.0).crop((left, top, left + size, top + size))
+        height, width = size if isinstance(size, tuple) else (size, size)
+        scale = max(width / picture.width, height / picture.height)  # the least that covers height x width
+        w, h = max(width, round(picture.width * scale)), max(height, round(picture.height * scale))
+        left, top = (w - width) // 2, (h - height) // 2
+        picture = picture.resize((w, h), Image.LANCZOS, reducing_gap=3.0).crop((left, top, left + width, top + height))
     pixels = np.array(picture)  # a copy of its own: writable, as torch.from_numpy wants it
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 

@@ -293,3 +293,9 @@ def test_a_run_on_oblong_pictures_is_reported_on_its_own_folder(tmp_path, run_he
     result = run_here('sample.py', '--out_dir=out', '--device=cpu', '--n_attention=2', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'test accuracy' in result.stdout and (tmp_path / 'out' / 'attention.png').exists()
+    # a picture of its own is cut to the run's sides (24 x 16), which the model stretches square as it did in training
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(tmp_path / 'square.png')
+    result = run_here('sample.py', '--out_dir=out', '--device=cpu', f"--image={tmp_path / 'square.png'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / 'out' / 'input-square_png-seen.png') as seen:
+        assert seen.size == (24, 16)
