@@ -10,10 +10,12 @@
 # (99.02, 99.11, 98.91 for seeds 1337, 2, 3; seed 3 below 99) in 47.9 s mean wall time for the whole process (42.4,
 # 49.3, 52.2 s), against the recipe before's 99.01% (99.08, 99.00, 98.94) in 66.7 s (65.9, 69.6, 64.5 s): 0.72x.
 # 2.25 TFLOP of training. Chosen on the held-out split (mean pooling and 3 layers, 9 views: 98.79% against 98.54%,
-# records/README.md); the runs in records/runs/speedrun-2026-12-07/round3-*. With torch's AVX2 kernels on the same
-# machine (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2: an AVX2 CPU's numerics, which
-# gave the recipe before the AVX2 EPYC's accuracies to the digit): 98.94% (98.97, 99.02, 98.83), short of 99% there,
-# in 0.87x the recipe before's time: about 1m42s on the AVX2 EPYC by that ratio, not the 90 s asked (avx2kernels-*).
+# records/README.md; last session's three such checkpoints were scored with 9 views on the test split first, as that
+# file says); the runs in records/runs/speedrun-2026-12-07/round3-*, the whole process's times in times.txt there.
+# With torch's AVX2 kernels on the same machine (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+# MKL_ENABLE_INSTRUCTIONS=AVX2: an AVX2 CPU's numerics, which gave the recipe before the AVX2 EPYC's accuracies to the
+# digit): 98.94% (98.97, 99.02, 98.83), short of 99% there, in 0.87x the recipe before's time: about 1m42s on the AVX2
+# EPYC by that ratio, not the 90 s asked (avx2kernels-*).
 out_dir = 'out-mnist-speedrun'
 eval_interval = 1170  # evaluate once, at the end
 log_interval = 468

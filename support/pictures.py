@@ -30,8 +30,8 @@ def read_image(path, size=0, channels=0, max_side=2048):
             picture = Image.open(path)
         with picture:
             if size or max_side:
-                box = size[::-1] if isinstance(size, tuple) else (size or max_side,) * 2  # (width, height)
-                picture.draft('RGB', box)  # JPEG: decode at 1/2, 1/4 or 1/8 scale, no smaller than box
+                side = max(size) if isinstance(size, tuple) else size or max_side  # square: EXIF may turn it
+                picture.draft('RGB', (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, no smaller than that
             if picture.width * picture.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{picture.width}x{picture.height} pixels, more than {MAX_PIXELS:,}")
             if orientation(picture) != 1:  # the EXIF orientation tag says the camera was turned

@@ -134,10 +134,12 @@ def versions():
     return found
 
 def hardware(device):
-    """The machine a run's speed depends on: the CPU (model, cores, the flags that decide native bf16, the kernels torch
-    picked for it: ATEN_CPU_CAPABILITY can pick others) and the GPU."""
+    """The machine a run's speed depends on: the CPU (model, cores, the flags that decide native bf16, the kernels ATen
+    picked for it, which ATEN_CPU_CAPABILITY can change, and oneDNN's and MKL's limits when set) and the GPU."""
     cpu = dict(model=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads(),
                kernels=torch.backends.cpu.get_cpu_capability())  # AVX2, AVX512: a seed trains otherwise on each
+    if limits := {k: os.environ[k] for k in ('ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS') if k in os.environ}:
+        cpu['isa_limits'] = limits  # oneDNN's and MKL's kernels, chosen apart from ATen's
     with contextlib.suppress(OSError, StopIteration), open('/proc/cpuinfo') as f:  # Linux's, which names the model
         lines = f.read().splitlines()
         cpu['model'] = next(line.split(':', 1)[1].strip() for line in lines if line.startswith('model name'))

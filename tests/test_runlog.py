@@ -24,6 +24,15 @@ def test_a_run_says_where_it_came_from(trained_run):
     assert 'step 200: train loss' in log and 'done: test acc' in log  # what the run printed
 
 
+def test_limits_on_onednn_and_mkl_kernels_are_recorded(monkeypatch):
+    from support.runlog import hardware
+    monkeypatch.delenv('MKL_ENABLE_INSTRUCTIONS', raising=False)
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    assert 'isa_limits' not in hardware('cpu')['cpu']
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')  # with ATEN_CPU_CAPABILITY=avx2: an AVX2 CPU's numbers
+    assert hardware('cpu')['cpu']['isa_limits'] == {'ONEDNN_MAX_CPU_ISA': 'AVX2'}
+
+
 def test_each_start_of_a_run_is_recorded_and_its_log_carries_on(copy_of_run, trained_run, run_here):
     result = run_here('train.py', *trained_run.args, '--max_iters=210', '--eval_interval=10', '--out_dir=out',
                       '--init_from=resume', cwd=copy_of_run.parent)
