@@ -16,7 +16,9 @@
 #   The mean of the two: 81.07% in 19m16s.
 # - 2-core AMD EPYC with AVX-512 BF16 (reference step 34-51 ms), 2026-12-06, the same values given as flags: seed 1337
 #   80.94% in 12m31s (94 ms a step), seed 2 81.23% in 10m29s (a faster hour)
-#   (records/runs/cifar10_cpu-fp32-3layers-mlp2-64wide-muon015{,-seed2}-2026-12-06/).
+#   (records/runs/cifar10_cpu-fp32-3layers-mlp2-64wide-muon015{,-seed2}-2026-12-06/). This file itself, 2026-12-07,
+#   seed 1337 (reference step 57.7 ms before, 48.2 after: a slower hour): 80.94% again, in 14m48s (108 ms a step;
+#   records/runs/cifar10_cpu-fp32-avx512-2026-12-07/).
 # Before it: 4 layers at 128 wide in bfloat16 for 3600 steps (records/recipes/cifar10_cpu_2026-12-06.py; its evaluation
 # batch then 128), 80.44% in 21m09s on the AVX-512 BF16 EPYC and about an hour in float32 on an AVX2 one.
 out_dir = 'out-cifar10-cpu'
